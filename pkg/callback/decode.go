@@ -1,0 +1,420 @@
+package callback
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// JoinGroup is the body of callbackBeforeJoinGroupCommand. ApplyID is the
+// applicant's user ID.
+type JoinGroup struct {
+	CallbackCommand string
+	GroupID         string
+	GroupType       int32
+	ApplyID         string
+	ReqMessage      string
+	Ex              string
+}
+
+// ErrMalformed is wrapped by every error DecodeJoinGroup returns: the body is
+// not a callback joingate can judge, and the edge answers actionCode 1.
+var ErrMalformed = errors.New("malformed callback")
+
+// maxDepth bounds the nesting of unknown fields that the decoder skips, as
+// encoding/json does, so hostile input cannot exhaust the stack.
+const maxDepth = 10000
+
+// DecodeJoinGroup decodes a callbackBeforeJoinGroupCommand body into r.
+//
+// It is a hand-written scanner rather than encoding/json because it runs on
+// every callback at both the edge and the worker; it accepts exactly what
+// encoding/json would accept into the fields below (keys matched exactly),
+// which the fuzz test checks. Unknown fields are skipped, groupType may be a
+// number or a string holding one, and groupID and applyID are required.
+func DecodeJoinGroup(body []byte, r *JoinGroup) error {
+	*r = JoinGroup{}
+	d := decoder{b: body}
+	d.space()
+	if !d.eat('{') {
+		if d.i == len(d.b) {
+			return malformed("empty body")
+		}
+		return malformed("body is not a JSON object")
+	}
+	d.space()
+	if !d.eat('}') {
+		for {
+			d.space()
+			key, ok := d.rawString()
+			if !ok {
+				return d.syntax("object key")
+			}
+			d.space()
+			if !d.eat(':') {
+				return d.syntax("':' after object key")
+			}
+			d.space()
+			var err error
+			switch string(key) {
+			case "callbackCommand":
+				r.CallbackCommand, err = d.stringField("callbackCommand")
+			case "groupID":
+				r.GroupID, err = d.stringField("groupID")
+			case "groupType":
+				r.GroupType, err = d.groupType()
+			case "applyID":
+				r.ApplyID, err = d.stringField("applyID")
+			case "reqMessage":
+				r.ReqMessage, err = d.stringField("reqMessage")
+			case "ex":
+				r.Ex, err = d.stringField("ex")
+			default:
+				err = d.skip(1)
+			}
+			if err != nil {
+				return err
+			}
+			d.space()
+			if d.eat(',') {
+				continue
+			}
+			if d.eat('}') {
+				break
+			}
+			return d.syntax("',' or '}' in object")
+		}
+	}
+	d.space()
+	if d.i != len(d.b) {
+		return malformed("data after the JSON object")
+	}
+	if r.GroupID == "" {
+		return malformed("groupID is missing or empty")
+	}
+	if r.ApplyID == "" {
+		return malformed("applyID is missing or empty")
+	}
+	return nil
+}
+
+func malformed(msg string) error {
+	return fmt.Errorf("%w: %s", ErrMalformed, msg)
+}
+
+type decoder struct {
+	b []byte
+	i int
+}
+
+func (d *decoder) syntax(want string) error {
+	if d.i >= len(d.b) {
+		return malformed("unexpected end of JSON, want " + want)
+	}
+	return fmt.Errorf("%w: invalid JSON at offset %d, want %s", ErrMalformed, d.i, want)
+}
+
+func (d *decoder) space() {
+	for d.i < len(d.b) {
+		switch d.b[d.i] {
+		case ' ', '\t', '\n', '\r':
+			d.i++
+		default:
+			return
+		}
+	}
+}
+
+func (d *decoder) eat(c byte) bool {
+	if d.i < len(d.b) && d.b[d.i] == c {
+		d.i++
+		return true
+	}
+	return false
+}
+
+func (d *decoder) literal(lit string) bool {
+	if len(d.b)-d.i >= len(lit) && string(d.b[d.i:d.i+len(lit)]) == lit {
+		d.i += len(lit)
+		return true
+	}
+	return false
+}
+
+// stringField decodes a string or null (which leaves the field empty).
+func (d *decoder) stringField(name string) (string, error) {
+	if d.literal("null") {
+		return "", nil
+	}
+	if d.i < len(d.b) && d.b[d.i] != '"' {
+		return "", malformed(name + " must be a string")
+	}
+	s, ok := d.rawString()
+	if !ok {
+		return "", d.syntax("string value of " + name)
+	}
+	return string(s), nil
+}
+
+// groupType decodes an int32 given as a JSON number or as a string holding
+// one: IMServer versions disagree. Null and "" read as 0.
+func (d *decoder) groupType() (int32, error) {
+	if d.literal("null") {
+		return 0, nil
+	}
+	var lit []byte
+	if d.i < len(d.b) && d.b[d.i] == '"' {
+		s, ok := d.rawString()
+		if !ok {
+			return 0, d.syntax("string value of groupType")
+		}
+		if len(s) == 0 {
+			return 0, nil
+		}
+		lit = s
+	} else {
+		start := d.i
+		if !d.number() {
+			if d.i < len(d.b) && (d.b[d.i] == '{' || d.b[d.i] == '[' || d.b[d.i] == 't' || d.b[d.i] == 'f') {
+				return 0, malformed("groupType must be a number or a numeric string")
+			}
+			return 0, d.syntax("value of groupType")
+		}
+		lit = d.b[start:d.i]
+	}
+	n, err := strconv.ParseInt(string(lit), 10, 32)
+	if err != nil {
+		return 0, malformed("groupType must be an integer in int32 range")
+	}
+	return int32(n), nil
+}
+
+// rawString reads a JSON string at the cursor and returns its unescaped
+// bytes. Without escapes or invalid UTF-8 the result aliases the input.
+// Invalid UTF-8 and lone surrogates become U+FFFD, as in encoding/json.
+func (d *decoder) rawString() ([]byte, bool) {
+	if !d.eat('"') {
+		return nil, false
+	}
+	start := d.i
+	for d.i < len(d.b) {
+		c := d.b[d.i]
+		switch {
+		case c == '"':
+			s := d.b[start:d.i]
+			d.i++
+			return s, true
+		case c == '\\':
+			return d.slowString(start)
+		case c < 0x20:
+			return nil, false
+		case c < utf8.RuneSelf:
+			d.i++
+		default:
+			r, size := utf8.DecodeRune(d.b[d.i:])
+			if r == utf8.RuneError && size == 1 {
+				return d.slowString(start)
+			}
+			d.i += size
+		}
+	}
+	return nil, false
+}
+
+// slowString finishes a string that holds escapes or invalid UTF-8 by
+// copying it; the cursor is inside the string, start is its first byte.
+func (d *decoder) slowString(start int) ([]byte, bool) {
+	out := make([]byte, d.i-start, d.i-start+16)
+	copy(out, d.b[start:d.i])
+	for d.i < len(d.b) {
+		c := d.b[d.i]
+		switch {
+		case c == '"':
+			d.i++
+			return out, true
+		case c < 0x20:
+			return nil, false
+		case c == '\\':
+			d.i++
+			if d.i >= len(d.b) {
+				return nil, false
+			}
+			e := d.b[d.i]
+			d.i++
+			switch e {
+			case '"', '\\', '/':
+				out = append(out, e)
+			case 'b':
+				out = append(out, '\b')
+			case 'f':
+				out = append(out, '\f')
+			case 'n':
+				out = append(out, '\n')
+			case 'r':
+				out = append(out, '\r')
+			case 't':
+				out = append(out, '\t')
+			case 'u':
+				r, ok := d.hex4()
+				if !ok {
+					return nil, false
+				}
+				if utf16.IsSurrogate(r) {
+					// A high surrogate followed by "\uDC00".."\uDFFF" makes one rune;
+					// anything else is a lone surrogate.
+					r2 := utf8.RuneError
+					if d.i+1 < len(d.b) && d.b[d.i] == '\\' && d.b[d.i+1] == 'u' {
+						save := d.i
+						d.i += 2
+						lo, ok := d.hex4()
+						if !ok {
+							return nil, false
+						}
+						if dec := utf16.DecodeRune(r, lo); dec != utf8.RuneError {
+							r2 = dec
+						} else {
+							d.i = save
+						}
+					}
+					r = r2
+				}
+				out = utf8.AppendRune(out, r)
+			default:
+				return nil, false
+			}
+		case c < utf8.RuneSelf:
+			out = append(out, c)
+			d.i++
+		default:
+			r, size := utf8.DecodeRune(d.b[d.i:])
+			d.i += size
+			out = utf8.AppendRune(out, r) // RuneError for invalid bytes
+		}
+	}
+	return nil, false
+}
+
+func (d *decoder) hex4() (rune, bool) {
+	if len(d.b)-d.i < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range d.b[d.i : d.i+4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(c)
+	}
+	d.i += 4
+	return r, true
+}
+
+// number reads a JSON number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (d *decoder) number() bool {
+	d.eat('-')
+	switch {
+	case d.eat('0'):
+	case d.i < len(d.b) && '1' <= d.b[d.i] && d.b[d.i] <= '9':
+		d.digits()
+	default:
+		return false
+	}
+	if d.eat('.') {
+		if !d.digits() {
+			return false
+		}
+	}
+	if d.eat('e') || d.eat('E') {
+		if !d.eat('+') {
+			d.eat('-')
+		}
+		if !d.digits() {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *decoder) digits() bool {
+	start := d.i
+	for d.i < len(d.b) && '0' <= d.b[d.i] && d.b[d.i] <= '9' {
+		d.i++
+	}
+	return d.i > start
+}
+
+// skip passes over one JSON value of any kind, validating it.
+func (d *decoder) skip(depth int) error {
+	if d.i >= len(d.b) {
+		return d.syntax("a value")
+	}
+	switch c := d.b[d.i]; {
+	case c == '"':
+		if _, ok := d.rawString(); !ok {
+			return d.syntax("a string")
+		}
+	case c == '{' || c == '[':
+		if depth > maxDepth {
+			return malformed("JSON nested too deeply")
+		}
+		d.i++
+		closing := byte('}')
+		if c == '[' {
+			closing = ']'
+		}
+		d.space()
+		if d.eat(closing) {
+			return nil
+		}
+		for {
+			d.space()
+			if c == '{' {
+				if _, ok := d.rawString(); !ok {
+					return d.syntax("object key")
+				}
+				d.space()
+				if !d.eat(':') {
+					return d.syntax("':' after object key")
+				}
+				d.space()
+			}
+			if err := d.skip(depth + 1); err != nil {
+				return err
+			}
+			d.space()
+			if d.eat(',') {
+				continue
+			}
+			if d.eat(closing) {
+				return nil
+			}
+			return d.syntax("',' or closing bracket")
+		}
+	case c == 't':
+		if !d.literal("true") {
+			return d.syntax("true")
+		}
+	case c == 'f':
+		if !d.literal("false") {
+			return d.syntax("false")
+		}
+	case c == 'n':
+		if !d.literal("null") {
+			return d.syntax("null")
+		}
+	default:
+		if !d.number() {
+			return d.syntax("a value")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,207 @@
+package callback
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestDecodeJoinGroup(t *testing.T) {
+	ok := func(body string, want JoinGroup) {
+		t.Helper()
+		var got JoinGroup
+		if err := DecodeJoinGroup([]byte(body), &got); err != nil {
+			t.Fatalf("DecodeJoinGroup(%q): unexpected error %v", body, err)
+		}
+		if got != want {
+			t.Fatalf("DecodeJoinGroup(%q)\n got %+v\nwant %+v", body, got, want)
+		}
+	}
+	bad := func(body, wantMsg string) {
+		t.Helper()
+		var got JoinGroup
+		err := DecodeJoinGroup([]byte(body), &got)
+		if err == nil {
+			t.Fatalf("DecodeJoinGroup(%q): want error containing %q, got %+v", body, wantMsg, got)
+		}
+		if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("DecodeJoinGroup(%q): error %v does not wrap ErrMalformed", body, err)
+		}
+		if !strings.Contains(err.Error(), wantMsg) {
+			t.Fatalf("DecodeJoinGroup(%q): error %q does not contain %q", body, err, wantMsg)
+		}
+	}
+
+	// What IMServer sends, with groupType as a number and as a string.
+	ok(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":""}`,
+		JoinGroup{CallbackCommand: JoinGroupCommand, GroupID: "g1", GroupType: 2, ApplyID: "u1", ReqMessage: "hi"})
+	ok(`{"groupID":"g1","groupType":"2","applyID":"u1"}`, JoinGroup{GroupID: "g1", GroupType: 2, ApplyID: "u1"})
+	ok(`{"groupID":"g1","groupType":"","applyID":"u1"}`, JoinGroup{GroupID: "g1", ApplyID: "u1"})
+	ok(`{"groupID":"g1","groupType":null,"applyID":"u1","ex":null}`, JoinGroup{GroupID: "g1", ApplyID: "u1"})
+	ok(`{"groupID":"g1","groupType":-7,"applyID":"u1"}`, JoinGroup{GroupID: "g1", GroupType: -7, ApplyID: "u1"})
+	// Unknown fields of every shape are ignored.
+	ok(` {"x":{"a":[1,2.5e3,{"b":null}],"c":true},"y":[],"z":"\u00e9","groupID":"g","applyID":"a","w":false} `,
+		JoinGroup{GroupID: "g", ApplyID: "a"})
+	// Escapes, unicode and a duplicate key (the last wins, as in encoding/json).
+	ok(`{"groupID":"g\"\\\/\n\u00e9\ud83d\ude00","applyID":"old","applyID":"new"}`,
+		JoinGroup{GroupID: "g\"\\/\né😀", ApplyID: "new"})
+	ok("{\"groupID\":\"g\xff\",\"applyID\":\"a\"}", JoinGroup{GroupID: "g\ufffd", ApplyID: "a"})
+	ok(`{"groupID":"g","applyID":"a","reqMessage":"\ud800x"}`, JoinGroup{GroupID: "g", ApplyID: "a", ReqMessage: "\ufffdx"})
+
+	bad(``, "empty body")
+	bad(`   `, "empty body")
+	bad(`null`, "not a JSON object")
+	bad(`[{"groupID":"g","applyID":"a"}]`, "not a JSON object")
+	bad(`groupID=g&applyID=a`, "not a JSON object")
+	bad(`{"groupID":"g","applyID":"a"`, "unexpected end")
+	bad(`{"groupID":"g","applyID":"a"}x`, "data after")
+	bad(`{"groupID":"g","applyID":"a"}{}`, "data after")
+	bad(`{"groupID":"g"}`, "applyID is missing")
+	bad(`{"applyID":"a"}`, "groupID is missing")
+	bad(`{"groupID":"","applyID":"a"}`, "groupID is missing")
+	bad(`{"groupID":12,"applyID":"a"}`, "groupID must be a string")
+	bad(`{"groupID":"g","applyID":["a"]}`, "applyID must be a string")
+	bad(`{"groupID":"g","applyID":"a","groupType":"two"}`, "groupType must be an integer")
+	bad(`{"groupID":"g","applyID":"a","groupType":1.5}`, "groupType must be an integer")
+	bad(`{"groupID":"g","applyID":"a","groupType":99999999999}`, "groupType must be an integer")
+	bad(`{"groupID":"g","applyID":"a","groupType":true}`, "groupType must be a number")
+	bad(`{"groupID":"g","applyID":"a","x":01}`, "invalid JSON")
+	bad(`{"groupID":"g","applyID":"a","x":tru}`, "invalid JSON")
+	bad("{\"groupID\":\"g\x01\",\"applyID\":\"a\"}", "invalid JSON")
+	bad(`{"groupID":"g\q","applyID":"a"}`, "invalid JSON")
+	bad(`{"groupID":"g","applyID":"a",}`, "invalid JSON")
+	bad(`{"groupID" "g","applyID":"a"}`, "invalid JSON")
+	bad(`{"x":`+strings.Repeat("[", maxDepth+2)+strings.Repeat("]", maxDepth+2)+`,"groupID":"g","applyID":"a"}`, "nested too deeply")
+}
+
+func TestDecodeJoinGroupAllocs(t *testing.T) {
+	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":"","extra":{"a":[1,2]}}`)
+	var r JoinGroup
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := DecodeJoinGroup(body, &r); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// One string per non-empty field, nothing else.
+	if allocs > 4 {
+		t.Fatalf("DecodeJoinGroup allocates %v times per call, want at most 4", allocs)
+	}
+}
+
+// referenceDecode is DecodeJoinGroup's oracle built on encoding/json: it
+// walks the object's members in order, so duplicate keys and the first bad
+// value behave as in the scanner.
+func referenceDecode(body []byte) (JoinGroup, bool) {
+	var r JoinGroup
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return r, false
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return r, false
+		}
+		key, _ := tok.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return r, false
+		}
+		str := func(dst *string) bool {
+			if string(raw) == "null" {
+				*dst = ""
+				return true
+			}
+			return json.Unmarshal(raw, dst) == nil
+		}
+		good := true
+		switch key {
+		case "callbackCommand":
+			good = str(&r.CallbackCommand)
+		case "groupID":
+			good = str(&r.GroupID)
+		case "applyID":
+			good = str(&r.ApplyID)
+		case "reqMessage":
+			good = str(&r.ReqMessage)
+		case "ex":
+			good = str(&r.Ex)
+		case "groupType":
+			lit := string(raw)
+			if lit == "null" {
+				r.GroupType = 0
+				break
+			}
+			if raw[0] == '"' {
+				if json.Unmarshal(raw, &lit) != nil {
+					return r, false
+				}
+				if lit == "" {
+					r.GroupType = 0
+					break
+				}
+			}
+			n, err := strconv.ParseInt(lit, 10, 32)
+			good = err == nil
+			r.GroupType = int32(n)
+		}
+		if !good {
+			return r, false
+		}
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return r, false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return r, false
+	}
+	return r, r.GroupID != "" && r.ApplyID != ""
+}
+
+func FuzzDecodeJoinGroup(f *testing.F) {
+	for _, seed := range []string{
+		`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":""}`,
+		`{"groupID":"g1","groupType":"2","applyID":"u1"}`,
+		`{"groupID":"g\u00e9\ud83d\ude00","applyID":"a","x":[{"y":null},true,-1.5e-3]}`,
+		`{"groupID":"g","applyID":"a","groupType":"x"}`,
+		`{"groupID":"g","applyID":"a"} `,
+		`{"groupID":1}`,
+		"{\"groupID\":\"\xff\",\"applyID\":\"\\ud800\"}",
+		``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var got JoinGroup
+		err := DecodeJoinGroup(body, &got)
+		want, wantOK := referenceDecode(body)
+		if (err == nil) != wantOK {
+			t.Fatalf("DecodeJoinGroup(%q) error %v, encoding/json accepts: %v", body, err, wantOK)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		if got != want {
+			t.Fatalf("DecodeJoinGroup(%q)\n got %+v\nwant %+v", body, got, want)
+		}
+	})
+}
+
+func BenchmarkDecodeJoinGroup(b *testing.B) {
+	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"3458719384","groupType":2,"applyID":"8129374651","reqMessage":"hello, let me in","ex":""}`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	var r JoinGroup
+	for b.Loop() {
+		if err := DecodeJoinGroup(body, &r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

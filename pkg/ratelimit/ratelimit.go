@@ -1,0 +1,98 @@
+// Package ratelimit admits requests against several GCRA limits at once,
+// all or nothing, in Redis (one script call) or in process memory.
+//
+// GCRA ("generic cell rate algorithm", as in go-redis/redis_rate) keeps one
+// number per key: the theoretical arrival time (TAT) of the next request. A
+// limit of Rate per Period spaces requests Period/Rate apart and lets Burst
+// of them arrive at once. Both stores compute in whole microseconds with the
+// same formulas, so they decide alike.
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Limit is Rate requests per Period, with bursts of up to Burst requests.
+type Limit struct {
+	Rate   int
+	Period time.Duration
+	Burst  int
+}
+
+// Validate reports a limit that cannot be enforced.
+func (l Limit) Validate() error {
+	switch {
+	case l.Rate <= 0:
+		return fmt.Errorf("limit must be positive, got %d", l.Rate)
+	case l.Period < time.Millisecond:
+		return fmt.Errorf("period must be at least 1ms, got %s", l.Period)
+	case l.Burst <= 0:
+		return fmt.Errorf("burst must be positive, got %d", l.Burst)
+	case l.Period/time.Duration(l.Rate) < time.Microsecond:
+		return fmt.Errorf("limit %d per %s is finer than one request per microsecond", l.Rate, l.Period)
+	}
+	return nil
+}
+
+// interval is the emission interval in microseconds: the spacing of
+// requests at the sustained rate.
+func (l Limit) interval() int64 {
+	return max(l.Period.Microseconds()/int64(l.Rate), 1)
+}
+
+// Check asks for one request on Key under Limit. A Shadow check is
+// evaluated and reported but never refuses the request.
+type Check struct {
+	Key    string
+	Limit  Limit
+	Shadow bool
+}
+
+// Result is one check's verdict. RetryAfter is set when it refuses: the wait
+// until it would admit one request.
+type Result struct {
+	Allowed    bool
+	Remaining  int
+	RetryAfter time.Duration
+}
+
+// ErrStore is wrapped by errors from the backing store (Redis down, timeout,
+// script error): the decision could not be made.
+var ErrStore = errors.New("rate limit store")
+
+// Admitted reports whether every enforcing (non-shadow) check allowed.
+func Admitted(checks []Check, results []Result) bool {
+	for i := range checks {
+		if !checks[i].Shadow && !results[i].Allowed {
+			return false
+		}
+	}
+	return true
+}
+
+// gcra evaluates one check at time now (µs) against the stored TAT (0 when
+// the key is absent). It returns the verdict and the TAT to store if the
+// request is admitted. Redis's script (redis.go) is the same arithmetic.
+func gcra(l Limit, tat, now int64) (Result, int64) {
+	interval := l.interval()
+	tat = max(tat, now)
+	newTAT := tat + interval
+	allowAt := newTAT - interval*int64(l.Burst)
+	diff := now - allowAt
+	if diff < 0 {
+		return Result{RetryAfter: time.Duration(-diff) * time.Microsecond}, 0
+	}
+	return Result{Allowed: true, Remaining: int(diff / interval)}, newTAT
+}
+
+// ctxErr turns a context that ended before the store was asked into a store
+// error, so callers see one kind of failure.
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrStore, err)
+	}
+	return nil
+}

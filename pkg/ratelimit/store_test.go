@@ -1,0 +1,284 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// store is what the conformance suite needs of either store.
+type store interface {
+	Allow(ctx context.Context, checks []Check, results []Result) error
+	Ping(ctx context.Context) error
+}
+
+// TestStores runs one conformance suite against both stores, so the
+// in-memory store of `joingate all` decides exactly as Redis does.
+func TestStores(t *testing.T) {
+	t.Run("memory", func(t *testing.T) {
+		testStore(t, func(t *testing.T) store { return NewMemory() })
+	})
+	t.Run("redis", func(t *testing.T) {
+		srv := testenv.StartRedis(t)
+		testStore(t, func(t *testing.T) store {
+			// An empty database per case keeps cases apart without restarts.
+			if err := srv.Client.FlushAll(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			return NewRedis(srv.Client)
+		})
+	})
+}
+
+func testStore(t *testing.T, newStore func(t *testing.T) store) {
+	ctx := context.Background()
+	allow := func(t *testing.T, s store, checks ...Check) []Result {
+		t.Helper()
+		res := make([]Result, len(checks))
+		if err := s.Allow(ctx, checks, res); err != nil {
+			t.Fatalf("Allow: %v", err)
+		}
+		return res
+	}
+	hourly := func(key string, rate, burst int) Check {
+		return Check{Key: key, Limit: Limit{Rate: rate, Period: time.Hour, Burst: burst}}
+	}
+
+	t.Run("burst then refuse", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("k", 3, 3)
+		for want := 2; want >= 0; want-- {
+			r := allow(t, s, c)[0]
+			if !r.Allowed || r.Remaining != want || r.RetryAfter != 0 {
+				t.Fatalf("request with %d left: got %+v", want+1, r)
+			}
+		}
+		r := allow(t, s, c)[0]
+		if r.Allowed || r.Remaining != 0 {
+			t.Fatalf("4th request: got %+v, want refused", r)
+		}
+		// One request is emitted every 20 minutes; the next is due then.
+		if r.RetryAfter <= 19*time.Minute || r.RetryAfter > 20*time.Minute {
+			t.Fatalf("RetryAfter %v, want just under 20m", r.RetryAfter)
+		}
+	})
+
+	t.Run("burst larger than rate", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("k", 1, 5)
+		for i := range 5 {
+			if r := allow(t, s, c)[0]; !r.Allowed {
+				t.Fatalf("request %d refused within burst 5: %+v", i+1, r)
+			}
+		}
+		if r := allow(t, s, c)[0]; r.Allowed || r.RetryAfter <= 59*time.Minute {
+			t.Fatalf("6th request: %+v, want refused for about an hour", r)
+		}
+	})
+
+	t.Run("keys are independent", func(t *testing.T) {
+		s := newStore(t)
+		allow(t, s, hourly("a", 1, 1))
+		if r := allow(t, s, hourly("b", 1, 1))[0]; !r.Allowed {
+			t.Fatalf("key b refused after key a was used: %+v", r)
+		}
+	})
+
+	t.Run("all or nothing", func(t *testing.T) {
+		s := newStore(t)
+		tight, loose := hourly("tight", 1, 1), hourly("loose", 10, 10)
+		res := allow(t, s, tight, loose)
+		if !res[0].Allowed || !res[1].Allowed || res[1].Remaining != 9 {
+			t.Fatalf("first request: %+v", res)
+		}
+		for range 3 {
+			res = allow(t, s, tight, loose)
+			if res[0].Allowed || !res[1].Allowed {
+				t.Fatalf("second request: %+v, want tight refusing and loose allowing", res)
+			}
+			if res[1].Remaining != 8 {
+				t.Fatalf("loose reports %d remaining, want 8 (a refused request must not count)", res[1].Remaining)
+			}
+		}
+		// The refused requests consumed nothing of the loose limit.
+		if r := allow(t, s, loose)[0]; !r.Allowed || r.Remaining != 8 {
+			t.Fatalf("loose alone after refusals: %+v, want 8 remaining", r)
+		}
+	})
+
+	t.Run("shadow never refuses", func(t *testing.T) {
+		s := newStore(t)
+		shadow := hourly("shadow", 1, 1)
+		shadow.Shadow = true
+		real := hourly("real", 10, 10)
+		allow(t, s, shadow, real)
+		res := allow(t, s, shadow, real)
+		if res[0].Allowed || !res[1].Allowed {
+			t.Fatalf("got %+v, want shadow reporting a refusal and real allowing", res)
+		}
+		if !Admitted([]Check{shadow, real}, res) {
+			t.Fatal("a shadow refusal refused the request")
+		}
+		// The request counted on the real limit: 10 - 2 = 8 left.
+		if r := allow(t, s, real)[0]; r.Remaining != 7 {
+			t.Fatalf("real limit after two admitted requests and this one: %d remaining, want 7", r.Remaining)
+		}
+	})
+
+	t.Run("refills at the rate", func(t *testing.T) {
+		s := newStore(t)
+		c := Check{Key: "fast", Limit: Limit{Rate: 20, Period: time.Second, Burst: 1}}
+		if r := allow(t, s, c)[0]; !r.Allowed {
+			t.Fatalf("first: %+v", r)
+		}
+		r := allow(t, s, c)[0]
+		if r.Allowed || r.RetryAfter <= 0 || r.RetryAfter > 50*time.Millisecond {
+			t.Fatalf("second: %+v, want refused with RetryAfter in (0, 50ms]", r)
+		}
+		if !testenv.Eventually(2*time.Second, func() bool { return allow(t, s, c)[0].Allowed }) {
+			t.Fatal("limit of 20/s did not admit again within 2s")
+		}
+	})
+
+	t.Run("concurrent requests never exceed the burst", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("hot", 50, 50)
+		var allowed atomic.Int64
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				res := make([]Result, 1)
+				for range 25 {
+					if err := s.Allow(ctx, []Check{c}, res); err != nil {
+						t.Error(err)
+						return
+					}
+					if res[0].Allowed {
+						allowed.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if got := allowed.Load(); got != 50 {
+			t.Fatalf("%d of 200 concurrent requests allowed, want exactly 50", got)
+		}
+	})
+
+	t.Run("no checks", func(t *testing.T) {
+		s := newStore(t)
+		if err := s.Allow(ctx, nil, nil); err != nil {
+			t.Fatalf("Allow with no checks: %v", err)
+		}
+	})
+
+	t.Run("cancelled context", func(t *testing.T) {
+		s := newStore(t)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		err := s.Allow(cctx, []Check{hourly("k", 1, 1)}, make([]Result, 1))
+		if !errors.Is(err, ErrStore) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("Allow on a cancelled context: %v, want ErrStore wrapping context.Canceled", err)
+		}
+		if err := s.Ping(ctx); err != nil {
+			t.Fatalf("Ping: %v", err)
+		}
+	})
+}
+
+func TestRedisKeysExpire(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	s := NewRedis(srv.Client)
+	ctx := context.Background()
+	checks := []Check{
+		{Key: "slow", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 3}},
+		{Key: "fast", Limit: Limit{Rate: 100, Period: time.Second, Burst: 1}},
+	}
+	if err := s.Allow(ctx, checks, make([]Result, 2)); err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := srv.Client.PTTL(ctx, "slow").Result()
+	if err != nil || ttl <= 59*time.Minute || ttl > time.Hour {
+		t.Fatalf("PTTL slow = %v, %v; want about one emission interval (1h)", ttl, err)
+	}
+	// The fast key's TAT is 10ms ahead, so it is gone soon after.
+	if !testenv.Eventually(2*time.Second, func() bool {
+		return srv.Client.Exists(ctx, "fast").Val() == 0
+	}) {
+		t.Fatal("key of a 100/s limit still exists after 2s")
+	}
+}
+
+func TestRedisDown(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	s := NewRedis(srv.Client)
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := s.Allow(ctx, []Check{{Key: "k", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 1}}}, make([]Result, 1))
+	if !errors.Is(err, ErrStore) {
+		t.Fatalf("Allow with Redis down: %v, want ErrStore", err)
+	}
+	if err := s.Ping(ctx); !errors.Is(err, ErrStore) {
+		t.Fatalf("Ping with Redis down: %v, want ErrStore", err)
+	}
+}
+
+func TestMemorySweepsExpiredKeys(t *testing.T) {
+	m := NewMemory()
+	now := time.Unix(1_700_000_000, 0)
+	m.now = func() time.Time { return now }
+	res := make([]Result, 1)
+	for i := range 100 {
+		c := Check{Key: fmt.Sprint("k", i), Limit: Limit{Rate: 1, Period: time.Second, Burst: 1}}
+		if err := m.Allow(context.Background(), []Check{c}, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.Len() != 100 {
+		t.Fatalf("Len = %d, want 100", m.Len())
+	}
+	now = now.Add(2 * time.Second) // every TAT has passed, and a sweep is due
+	c := Check{Key: "fresh", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 1}}
+	if err := m.Allow(context.Background(), []Check{c}, res); err != nil {
+		t.Fatal(err)
+	}
+	if m.Len() != 1 {
+		t.Fatalf("Len after sweep = %d, want 1 (only the fresh key)", m.Len())
+	}
+}
+
+func TestLimitValidate(t *testing.T) {
+	f := func(l Limit, ok bool) {
+		t.Helper()
+		if err := l.Validate(); (err == nil) != ok {
+			t.Fatalf("Validate(%+v) = %v, want ok=%v", l, err, ok)
+		}
+	}
+	f(Limit{Rate: 5, Period: time.Minute, Burst: 5}, true)
+	f(Limit{Rate: 0, Period: time.Minute, Burst: 5}, false)
+	f(Limit{Rate: 5, Period: 0, Burst: 5}, false)
+	f(Limit{Rate: 5, Period: time.Minute, Burst: 0}, false)
+	f(Limit{Rate: 1_000_000_000, Period: time.Second, Burst: 1}, false)
+}
+
+func BenchmarkMemoryAllow(b *testing.B) {
+	m := NewMemory()
+	checks := []Check{
+		{Key: "applicant:u1", Limit: Limit{Rate: 1 << 30, Period: time.Hour, Burst: 1 << 30}},
+		{Key: "group:g1", Limit: Limit{Rate: 1 << 30, Period: time.Hour, Burst: 1 << 30}},
+	}
+	res := make([]Result, 2)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := m.Allow(context.Background(), checks, res); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

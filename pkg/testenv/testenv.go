@@ -1,0 +1,139 @@
+// Package testenv starts the real servers that joingate's tests talk to: an
+// in-process NATS server on a random port and a redis-server process on a
+// unix socket in the test's temporary directory. Both stop with the test.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+)
+
+// NATS starts an in-process NATS server on a random loopback port.
+func NATS(t testing.TB) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		NoLog:      true,
+		NoSigs:     true,
+		MaxPayload: 1 << 20,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start within 10s")
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns
+}
+
+// Conn connects to ns and closes the connection when the test ends.
+func Conn(t testing.TB, ns *server.Server, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(ns.ClientURL(), opts...)
+	if err != nil {
+		t.Fatalf("nats connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Redis is a redis-server process owned by one test.
+type Redis struct {
+	// URL is a redis:// (unix socket) URL for joingate's configuration.
+	URL    string
+	Socket string
+	// Port is the loopback TCP port, for tools that need one.
+	Port   int
+	Client *redis.Client
+	cmd    *exec.Cmd
+}
+
+// StartRedis starts redis-server on a unix socket and a free loopback port,
+// without persistence, and waits until it answers PING. A missing
+// redis-server fails the test with what to install: it is never skipped.
+func StartRedis(t testing.TB) *Redis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal("redis-server not found in PATH: run `make test` (installs it) or `apt-get install redis-server`")
+	}
+	dir := t.TempDir()
+	// A unix socket path must stay under ~100 bytes; TempDir may be long.
+	sockDir, err := os.MkdirTemp("", "jg-redis")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	r := &Redis{Socket: filepath.Join(sockDir, "redis.sock"), Port: FreePort(t)}
+	r.cmd = exec.Command(bin,
+		"--port", fmt.Sprint(r.Port), "--bind", "127.0.0.1",
+		"--unixsocket", r.Socket, "--unixsocketperm", "700",
+		"--save", "", "--appendonly", "no", "--dir", dir,
+		"--daemonize", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(dir, "redis.log"))
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+	})
+	r.URL = "unix://" + r.Socket
+	r.Client = redis.NewClient(&redis.Options{Network: "unix", Addr: r.Socket})
+	t.Cleanup(func() { r.Client.Close() })
+	var lastErr error
+	if !Eventually(10*time.Second, func() bool {
+		lastErr = r.Client.Ping(context.Background()).Err()
+		return lastErr == nil
+	}) {
+		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+		t.Fatalf("redis-server did not answer within 10s: %v\n%s", lastErr, strings.TrimSpace(string(log)))
+	}
+	return r
+}
+
+// Stop kills the server, for tests of a store outage.
+func (r *Redis) Stop() {
+	r.cmd.Process.Kill()
+	r.cmd.Wait()
+}
+
+// Eventually polls cond every few milliseconds until it holds or timeout
+// passes, and reports whether it held.
+func Eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
