@@ -1,0 +1,145 @@
+// Package config loads joingate's configuration: defaults, then one YAML
+// file, then JOINGATE_* environment variables, then command-line flags, each
+// overriding the one before. Unknown keys and invalid values are errors that
+// name where the value came from (file and line, variable, or flag) and the
+// key.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole configuration; deploy/joingate.example.yaml documents
+// every key.
+type Config struct {
+	Listen          string        `yaml:"listen"`
+	AdminListen     string        `yaml:"admin_listen"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	Log             Log           `yaml:"log"`
+	NATS            NATS          `yaml:"nats"`
+	Redis           Redis         `yaml:"redis"`
+	Gateway         Gateway       `yaml:"gateway"`
+	Worker          Worker        `yaml:"worker"`
+	JoinGroup       JoinGroup     `yaml:"join_group"`
+}
+
+// Log configures the process's structured log.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// NATS names the message bus between gateways and workers.
+type NATS struct {
+	URL            string `yaml:"url"`
+	EmbeddedListen string `yaml:"embedded_listen"`
+	Subject        string `yaml:"subject"`
+	Queue          string `yaml:"queue"`
+}
+
+// Redis names the limiter store.
+type Redis struct {
+	URL       string        `yaml:"url"`
+	KeyPrefix string        `yaml:"key_prefix"`
+	Timeout   time.Duration `yaml:"timeout"`
+}
+
+// Gateway configures the callback edge.
+type Gateway struct {
+	DecisionTimeout time.Duration `yaml:"decision_timeout"`
+	Fallback        string        `yaml:"fallback"`
+	FallbackRefusal Refusal       `yaml:"fallback_refusal"`
+	MaxBodyBytes    int           `yaml:"max_body_bytes"`
+	ReadTimeout     time.Duration `yaml:"read_timeout"`
+	IdleTimeout     time.Duration `yaml:"idle_timeout"`
+	MaxConns        int           `yaml:"max_conns"`
+}
+
+// Worker configures the deciders.
+type Worker struct {
+	Concurrency       int     `yaml:"concurrency"`
+	OnStoreError      string  `yaml:"on_store_error"`
+	StoreErrorRefusal Refusal `yaml:"store_error_refusal"`
+}
+
+// Refusal is what IMServer passes on to the client when joingate refuses.
+type Refusal struct {
+	ErrCode int    `yaml:"err_code"`
+	ErrMsg  string `yaml:"err_msg"`
+}
+
+// JoinGroup is the policy for callbackBeforeJoinGroupCommand.
+type JoinGroup struct {
+	AllowApplicants []string `yaml:"allow_applicants"`
+	DenyApplicants  []string `yaml:"deny_applicants"`
+	DenyGroups      []string `yaml:"deny_groups"`
+	DenyRefusal     Refusal  `yaml:"deny_refusal"`
+	MaxMessageBytes int      `yaml:"max_message_bytes"`
+	BlockedWords    []string `yaml:"blocked_words"`
+	MessageRefusal  Refusal  `yaml:"message_refusal"`
+	Limits          []Limit  `yaml:"limits"`
+}
+
+// Limit is one named rate-limit rule.
+type Limit struct {
+	Name   string        `yaml:"name"`
+	Key    string        `yaml:"key"`
+	Limit  int           `yaml:"limit"`
+	Period time.Duration `yaml:"period"`
+	Burst  int           `yaml:"burst"`
+	// ErrCode and ErrMsg default to 5001 and "too many join requests".
+	ErrCode int    `yaml:"err_code"`
+	ErrMsg  string `yaml:"err_msg"`
+	Shadow  bool   `yaml:"shadow"`
+}
+
+// Limit keys: what a rule counts requests by.
+const (
+	KeyApplicant      = "applicant"
+	KeyGroup          = "group"
+	KeyApplicantGroup = "applicant_group"
+	KeyGlobal         = "global"
+)
+
+// Answers for gateway.fallback and worker.on_store_error.
+const (
+	Allow = "allow"
+	Deny  = "deny"
+)
+
+// Default returns the configuration `joingate all` runs with when nothing
+// is configured: an embedded NATS server, an in-memory store, and a policy
+// of at most 5 join applications per applicant per minute and 60 per group
+// per minute.
+func Default() Config {
+	return Config{
+		Listen:          ":10006",
+		AdminListen:     ":9090",
+		ShutdownTimeout: 15 * time.Second,
+		Log:             Log{Level: "info", Format: "text"},
+		NATS:            NATS{Subject: "joingate", Queue: "joingate-workers"},
+		Redis:           Redis{KeyPrefix: "joingate:", Timeout: 250 * time.Millisecond},
+		Gateway: Gateway{
+			DecisionTimeout: 300 * time.Millisecond,
+			Fallback:        Allow,
+			FallbackRefusal: Refusal{ErrCode: 5000, ErrMsg: "join requests cannot be checked now, try again later"},
+			MaxBodyBytes:    64 << 10,
+			ReadTimeout:     5 * time.Second,
+			IdleTimeout:     90 * time.Second,
+			MaxConns:        100_000,
+		},
+		Worker: Worker{
+			Concurrency:       256,
+			OnStoreError:      Allow,
+			StoreErrorRefusal: Refusal{ErrCode: 5000, ErrMsg: "join requests cannot be checked now, try again later"},
+		},
+		JoinGroup: JoinGroup{
+			DenyRefusal:    Refusal{ErrCode: 5002, ErrMsg: "join request not allowed"},
+			MessageRefusal: Refusal{ErrCode: 5003, ErrMsg: "join request message not allowed"},
+			Limits: []Limit{
+				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 5, ErrCode: 5001, ErrMsg: "too many join requests"},
+				{Name: "group-per-minute", Key: KeyGroup, Limit: 60, Period: time.Minute, Burst: 60, ErrCode: 5001, ErrMsg: "too many join requests for this group"},
+			},
+		},
+	}
+}

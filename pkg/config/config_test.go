@@ -1,0 +1,220 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	cfg, err := Load("", nil, nil)
+	if err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	if cfg.Listen != ":10006" || cfg.Gateway.DecisionTimeout != 300*time.Millisecond || cfg.Gateway.Fallback != Allow {
+		t.Fatalf("unexpected defaults: %+v", cfg)
+	}
+	if len(cfg.JoinGroup.Limits) == 0 {
+		t.Fatal("the default policy has no limits")
+	}
+}
+
+func TestLoadFull(t *testing.T) {
+	cfg, err := Load("testdata/full.yaml", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Listen:          "127.0.0.1:10007",
+		AdminListen:     "",
+		ShutdownTimeout: 5 * time.Second,
+		Log:             Log{Level: "debug", Format: "json"},
+		NATS:            NATS{URL: "nats://127.0.0.1:4222", Subject: "jg.prod", Queue: "deciders"},
+		Redis:           Redis{URL: "redis://127.0.0.1:6379/2", KeyPrefix: "jg:", Timeout: 100 * time.Millisecond},
+		Gateway: Gateway{
+			DecisionTimeout: 250 * time.Millisecond, Fallback: Deny,
+			FallbackRefusal: Refusal{5100, "paused"}, MaxBodyBytes: 4096,
+			ReadTimeout: 2 * time.Second, IdleTimeout: 30 * time.Second, MaxConns: 1000,
+		},
+		Worker: Worker{Concurrency: 32, OnStoreError: Deny, StoreErrorRefusal: Refusal{5101, "store down"}},
+		JoinGroup: JoinGroup{
+			AllowApplicants: []string{"admin", "bot-1"},
+			DenyApplicants:  []string{"spammer"},
+			DenyGroups:      []string{"closed-group"},
+			DenyRefusal:     Refusal{5200, "not allowed"},
+			MaxMessageBytes: 512,
+			BlockedWords:    []string{"casino"},
+			MessageRefusal:  Refusal{5201, "bad message"},
+			Limits: []Limit{
+				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 10, ErrCode: 5001, ErrMsg: "too many join requests"},
+				// Burst, err_code and err_msg take their defaults.
+				{Name: "global", Key: KeyGlobal, Limit: 1000, Period: time.Second, Burst: 1000, ErrCode: 5001, ErrMsg: "too many join requests", Shadow: true},
+			},
+		},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("Load(full.yaml)\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+// TestExampleConfig keeps the documented example loadable.
+func TestExampleConfig(t *testing.T) {
+	if _, err := Load("../../deploy/joingate.example.yaml", nil, nil); err != nil {
+		t.Fatalf("deploy/joingate.example.yaml: %v", err)
+	}
+}
+
+func TestEmptyFileKeepsDefaults(t *testing.T) {
+	cfg, err := Load("testdata/empty.yaml", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg, mustDefault(t)) {
+		t.Fatalf("empty file changed the defaults: %+v", cfg)
+	}
+}
+
+func mustDefault(t *testing.T) Config {
+	cfg, err := Load("", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestBadFiles(t *testing.T) {
+	f := func(file string, want ...string) {
+		t.Helper()
+		path := filepath.Join("testdata", file)
+		_, err := Load(path, nil, nil)
+		if err == nil {
+			t.Fatalf("Load(%s): no error", file)
+		}
+		for _, w := range append(want, path) {
+			if !strings.Contains(err.Error(), w) {
+				t.Fatalf("Load(%s) error %q does not mention %q", file, err, w)
+			}
+		}
+	}
+	f("unknown_key.yaml", "gateway.fallbak: unknown key", "line 3")
+	f("bad_duration.yaml", "gateway.decision_timeout", "must be a duration", "line 2")
+	f("bad_err_code.yaml", "join_group.limits[0].err_code", "5000-9999", "line 7")
+	f("bad_rule_key.yaml", "join_group.limits[0].key", "applicant, group, applicant_group, global", `"ip"`)
+	f("duplicate_key.yaml", "listen: key given twice", "line 2")
+	f("bad_fallback.yaml", "gateway.fallback", "allow, deny", `"maybe"`, "line 2")
+	f("timeout_too_long.yaml", "gateway.decision_timeout", "between 1ms and 900ms")
+	f("not_yaml.yaml", "yaml")
+	f("wrong_shape.yaml", "join_group.deny_groups", "must be a list")
+	f("duplicate_rule.yaml", "join_group.limits[1].name", "used by another limit")
+
+	if _, err := Load("testdata/missing.yaml", nil, nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	os.WriteFile(path, []byte("listen: ':1'\nadmin_listen: ':2'\ngateway:\n  decision_timeout: 100ms\n"), 0o644)
+
+	env := []string{
+		"PATH=/usr/bin",
+		"JOINGATE_ADMIN_LISTEN=:3",
+		"JOINGATE_GATEWAY_DECISION_TIMEOUT=200ms",
+		"JOINGATE_JOIN_GROUP_DENY_GROUPS=g1, g2",
+		"JOINGATE_JOIN_GROUP_LIMITS=[{name: env, key: group, limit: 7, period: 1h}]",
+		"JOINGATE_WORKER_CONCURRENCY=9",
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	values := FlagValues(fs)
+	if err := fs.Parse([]string{"--decision-timeout", "400ms", "--redis", "redis://h:6379"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, env, values())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":1" {
+		t.Errorf("listen = %q, want the file's :1", cfg.Listen)
+	}
+	if cfg.AdminListen != ":3" {
+		t.Errorf("admin_listen = %q, want the environment's :3", cfg.AdminListen)
+	}
+	if cfg.Gateway.DecisionTimeout != 400*time.Millisecond {
+		t.Errorf("decision_timeout = %s, want the flag's 400ms", cfg.Gateway.DecisionTimeout)
+	}
+	if cfg.Redis.URL != "redis://h:6379" {
+		t.Errorf("redis.url = %q, want the flag's", cfg.Redis.URL)
+	}
+	if !reflect.DeepEqual(cfg.JoinGroup.DenyGroups, []string{"g1", "g2"}) {
+		t.Errorf("deny_groups = %q", cfg.JoinGroup.DenyGroups)
+	}
+	if cfg.Worker.Concurrency != 9 {
+		t.Errorf("concurrency = %d", cfg.Worker.Concurrency)
+	}
+	want := []Limit{{Name: "env", Key: KeyGroup, Limit: 7, Period: time.Hour, Burst: 7, ErrCode: 5001, ErrMsg: "too many join requests"}}
+	if !reflect.DeepEqual(cfg.JoinGroup.Limits, want) {
+		t.Errorf("limits = %+v, want %+v", cfg.JoinGroup.Limits, want)
+	}
+}
+
+func TestBadEnvAndFlags(t *testing.T) {
+	f := func(env []string, flags map[string]string, want ...string) {
+		t.Helper()
+		_, err := Load("", env, flags)
+		if err == nil {
+			t.Fatalf("Load(env %q, flags %q): no error", env, flags)
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Fatalf("error %q does not mention %q", err, w)
+			}
+		}
+	}
+	f([]string{"JOINGATE_GATEWAY_DECISON_TIMEOUT=1s"}, nil, "JOINGATE_GATEWAY_DECISON_TIMEOUT", "no such configuration key")
+	f([]string{"JOINGATE_GATEWAY_DECISION_TIMEOUT=soon"}, nil, "environment JOINGATE_GATEWAY_DECISION_TIMEOUT", "must be a duration")
+	f([]string{"JOINGATE_GATEWAY_FALLBACK=maybe"}, nil, "environment JOINGATE_GATEWAY_FALLBACK", "gateway.fallback")
+	f([]string{"JOINGATE_WORKER_CONCURRENCY=many"}, nil, "worker.concurrency", "must be an integer")
+	f(nil, map[string]string{"gateway.decision_timeout": "0s"}, "flag --decision-timeout", "gateway.decision_timeout")
+	f(nil, map[string]string{"redis.url": "http://user:hunter2@host"}, "flag --redis", "redis.url")
+	f(nil, map[string]string{"listen": "10006"}, "flag --listen", "host:port")
+}
+
+func TestSecretNotInError(t *testing.T) {
+	_, err := Load("", nil, map[string]string{"redis.url": "redis://user:hunter2@host:notaport"})
+	if err == nil {
+		t.Fatal("bad redis URL accepted")
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("error leaks the password: %v", err)
+	}
+}
+
+// FuzzLoad feeds arbitrary files to the loader: it must return a config or
+// an error, never panic.
+func FuzzLoad(f *testing.F) {
+	for _, name := range []string{"full.yaml", "unknown_key.yaml", "bad_err_code.yaml", "duplicate_rule.yaml"} {
+		data, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("a: &x [*x]"))
+	f.Add([]byte("join_group: {limits: [{name: a, period: -1s}]}"))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(dir, "fuzz.yaml")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Load(path, nil, nil)
+		if err == nil && cfg.Gateway.DecisionTimeout <= 0 {
+			t.Fatalf("accepted a non-positive decision timeout from %q", data)
+		}
+	})
+}

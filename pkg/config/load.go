@@ -1,0 +1,344 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// EnvPrefix starts every environment variable that sets a key: the key path
+// in upper case with "_" between levels (JOINGATE_GATEWAY_DECISION_TIMEOUT).
+const EnvPrefix = "JOINGATE_"
+
+// loader merges layers into one Config and remembers where each key was
+// last set, so that validation can name the file line, variable or flag.
+type loader struct {
+	cfg    Config
+	source map[string]string // key path -> "file f line n", "environment X", "flag --y"
+}
+
+// Load returns the defaults overridden by the YAML file at path (if not
+// empty), then by JOINGATE_* variables in environ, then by flags (key path
+// to value, as collected by Flags.Values), and validated.
+func Load(path string, environ []string, flags map[string]string) (Config, error) {
+	l := loader{cfg: Default(), source: make(map[string]string)}
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("cannot read config: %w", err)
+		}
+		if err := l.file(path, data); err != nil {
+			return Config{}, err
+		}
+	}
+	if err := l.env(environ); err != nil {
+		return Config{}, err
+	}
+	keys := make([]string, 0, len(flags))
+	for k := range flags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := l.set(k, flags[k], "flag --"+flagName(k)); err != nil {
+			return Config{}, err
+		}
+	}
+	if err := l.validate(); err != nil {
+		return Config{}, err
+	}
+	return l.cfg, nil
+}
+
+// file merges one YAML document. Keys absent from it keep their value.
+func (l *loader) file(path string, data []byte) error {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file configures nothing
+		}
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return fmt.Errorf("config %s: line %d: more than one YAML document", path, extra.Line)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	w := walker{source: func(key string, n *yaml.Node) string {
+		return fmt.Sprintf("config %s line %d", path, n.Line)
+	}, seen: l.source}
+	if err := w.decode(root, reflect.ValueOf(&l.cfg).Elem(), ""); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// env merges JOINGATE_* variables. An unknown JOINGATE_ variable is an
+// error: a typo must not silently leave a default in place.
+func (l *loader) env(environ []string) error {
+	known := make(map[string]string)
+	for _, key := range leafKeys(reflect.TypeOf(Config{}), "") {
+		known[EnvName(key)] = key
+	}
+	for _, kv := range environ {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		key, ok := known[name]
+		if !ok {
+			return fmt.Errorf("environment %s: no such configuration key", name)
+		}
+		if err := l.set(key, val, "environment "+name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EnvName is the environment variable that sets key ("gateway.fallback").
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+func flagName(key string) string {
+	for _, f := range Flags {
+		if f.Key == key {
+			return f.Name
+		}
+	}
+	return key
+}
+
+// set assigns one key from a string, as written in a variable or flag.
+// Strings are taken as they are; lists of strings may be comma-separated;
+// anything else is read as YAML (so limits can be given in flow style).
+func (l *loader) set(key, val, source string) error {
+	field, err := lookup(reflect.ValueOf(&l.cfg).Elem(), key)
+	if err != nil {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+	switch {
+	case field.Kind() == reflect.String:
+		field.SetString(val)
+		l.source[key] = source
+		return nil
+	case field.Type() == reflect.TypeOf([]string(nil)) && !strings.HasPrefix(strings.TrimSpace(val), "["):
+		var list []string
+		for _, s := range strings.Split(val, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				list = append(list, s)
+			}
+		}
+		field.Set(reflect.ValueOf(list))
+		l.source[key] = source
+		return nil
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(val), &doc); err != nil {
+		return fmt.Errorf("%s: %s: %w", source, key, err)
+	}
+	if len(doc.Content) != 1 {
+		return fmt.Errorf("%s: %s: empty value", source, key)
+	}
+	w := walker{source: func(string, *yaml.Node) string { return source }, seen: l.source}
+	if err := w.decode(doc.Content[0], field, key); err != nil {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+	return nil
+}
+
+// lookup finds the field for a dotted key path.
+func lookup(v reflect.Value, key string) (reflect.Value, error) {
+	for _, part := range strings.Split(key, ".") {
+		if v.Kind() != reflect.Struct {
+			return reflect.Value{}, fmt.Errorf("%s: no such configuration key", key)
+		}
+		i := fieldIndex(v.Type(), part)
+		if i < 0 {
+			return reflect.Value{}, fmt.Errorf("%s: no such configuration key", key)
+		}
+		v = v.Field(i)
+	}
+	return v, nil
+}
+
+func fieldIndex(t reflect.Type, name string) int {
+	for i := range t.NumField() {
+		if t.Field(i).Tag.Get("yaml") == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// leafKeys lists every settable key path below t: struct fields are
+// descended into, anything else (including lists) is one key.
+func leafKeys(t reflect.Type, prefix string) []string {
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key := prefix + f.Tag.Get("yaml")
+		if f.Type.Kind() == reflect.Struct {
+			keys = append(keys, leafKeys(f.Type, key+".")...)
+			continue
+		}
+		keys = append(keys, key)
+	}
+	return keys
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+// walker decodes a YAML node into a Go value strictly: unknown and
+// duplicate keys, and values of the wrong kind, are errors naming the key.
+type walker struct {
+	source func(key string, n *yaml.Node) string
+	seen   map[string]string
+}
+
+func (w walker) decode(n *yaml.Node, v reflect.Value, key string) error {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	where := func(format string, args ...any) error {
+		msg := fmt.Sprintf(format, args...)
+		if n.Line > 0 {
+			msg += fmt.Sprintf(" (line %d)", n.Line)
+		}
+		if key == "" {
+			return errors.New(msg)
+		}
+		return fmt.Errorf("%s: %s", key, msg)
+	}
+	isNull := n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+	if v.Kind() != reflect.Struct && v.Kind() != reflect.Slice && n.Kind != yaml.ScalarNode {
+		return where("must be a single value")
+	}
+	if key != "" {
+		w.seen[key] = w.source(key, n)
+	}
+	switch {
+	case v.Kind() == reflect.Struct:
+		if isNull {
+			return nil
+		}
+		if n.Kind != yaml.MappingNode {
+			return where("must be a mapping of keys")
+		}
+		done := make(map[string]bool)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			sub := k.Value
+			if key != "" {
+				sub = key + "." + k.Value
+			}
+			if done[k.Value] {
+				return fmt.Errorf("%s: key given twice (line %d)", sub, k.Line)
+			}
+			done[k.Value] = true
+			idx := fieldIndex(v.Type(), k.Value)
+			if idx < 0 {
+				return fmt.Errorf("%s: unknown key (line %d)", sub, k.Line)
+			}
+			if err := w.decode(val, v.Field(idx), sub); err != nil {
+				return err
+			}
+		}
+		return nil
+	case v.Kind() == reflect.Slice:
+		if isNull {
+			v.Set(reflect.MakeSlice(v.Type(), 0, 0))
+			return nil
+		}
+		if n.Kind != yaml.SequenceNode {
+			return where("must be a list")
+		}
+		out := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			if err := w.decode(item, out.Index(i), fmt.Sprintf("%s[%d]", key, i)); err != nil {
+				return err
+			}
+		}
+		v.Set(out)
+		return nil
+	case v.Type() == durationType:
+		d, err := time.ParseDuration(n.Value)
+		if err != nil || n.Tag != "!!str" {
+			return where("must be a duration such as 300ms or 1m, got %q", n.Value)
+		}
+		v.SetInt(int64(d))
+	case v.Kind() == reflect.String:
+		if isNull {
+			v.SetString("")
+			return nil
+		}
+		v.SetString(n.Value)
+	case v.Kind() == reflect.Int:
+		i, err := strconv.Atoi(n.Value)
+		if err != nil {
+			return where("must be an integer, got %q", n.Value)
+		}
+		v.SetInt(int64(i))
+	case v.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(n.Value)
+		if err != nil || n.Tag != "!!bool" {
+			return where("must be true or false, got %q", n.Value)
+		}
+		v.SetBool(b)
+	default:
+		return where("unsupported type %s", v.Type()) // a bug in Config, not in the file
+	}
+	return nil
+}
+
+// Flag is a command-line flag for one configuration key.
+type Flag struct {
+	Name  string
+	Key   string
+	Usage string
+}
+
+// Flags are the common keys settable on the command line.
+var Flags = []Flag{
+	{"listen", "listen", "callback listen address"},
+	{"admin-listen", "admin_listen", "admin listen address (/metrics, /healthz, /readyz, /debug/pprof); empty disables"},
+	{"nats", "nats.url", "NATS server URL(s); empty under `all` runs an embedded server"},
+	{"redis", "redis.url", "Redis URL (redis://, rediss://, unix://); empty under `all` keeps limits in memory"},
+	{"decision-timeout", "gateway.decision_timeout", "how long the gateway waits for a worker's decision"},
+	{"log-level", "log.level", "debug, info, warn or error"},
+}
+
+// FlagValues registers Flags on fs and returns a function that, after
+// parsing, reports the ones given (key path to value) for Load.
+func FlagValues(fs *flag.FlagSet) func() map[string]string {
+	vals := make(map[string]*string, len(Flags))
+	for _, f := range Flags {
+		vals[f.Name] = fs.String(f.Name, "", f.Usage+" (config key "+f.Key+")")
+	}
+	return func() map[string]string {
+		set := make(map[string]string)
+		fs.Visit(func(fl *flag.Flag) {
+			for _, f := range Flags {
+				if f.Name == fl.Name {
+					set[f.Key] = *vals[f.Name]
+				}
+			}
+		})
+		return set
+	}
+}

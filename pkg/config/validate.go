@@ -1,0 +1,181 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// MaxDecisionTimeout caps gateway.decision_timeout. IMServer gives up after
+// its own timeout (at least 1s) and then refuses the join, so the gateway
+// must have answered well before.
+const MaxDecisionTimeout = 900 * time.Millisecond
+
+var (
+	ruleName    = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	subjectPart = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+)
+
+// validate checks the merged configuration and fills defaults that depend
+// on other keys. Each error names the key and where its value came from.
+func (l *loader) validate() error {
+	c := &l.cfg
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		if src, ok := l.source[key]; ok {
+			errs = append(errs, fmt.Errorf("%s: %s: %s", src, key, msg))
+		} else {
+			errs = append(errs, fmt.Errorf("%s: %s", key, msg))
+		}
+	}
+	addr := func(key, v string, optional bool) {
+		if v == "" && optional {
+			return
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			bad(key, "must be host:port such as :10006, got %q", v)
+		}
+	}
+	oneOf := func(key, v string, allowed ...string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		bad(key, "must be one of %s, got %q", strings.Join(allowed, ", "), v)
+	}
+	refusal := func(key string, r *Refusal) {
+		if r.ErrCode < 5000 || r.ErrCode > 9999 {
+			bad(key+".err_code", "must be in 5000-9999 (IMServer passes it to the client; 0 reads as success, under 100 as a server error), got %d", r.ErrCode)
+		}
+		if r.ErrMsg == "" {
+			bad(key+".err_msg", "must not be empty")
+		}
+	}
+
+	addr("listen", c.Listen, false)
+	addr("admin_listen", c.AdminListen, true)
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown_timeout", "must be positive, got %s", c.ShutdownTimeout)
+	}
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "text", "json")
+
+	for _, u := range strings.Split(c.NATS.URL, ",") {
+		if c.NATS.URL == "" {
+			break
+		}
+		if p, err := url.Parse(strings.TrimSpace(u)); err != nil || p.Host == "" {
+			bad("nats.url", "must be a URL such as nats://127.0.0.1:4222, got %q", u)
+		}
+	}
+	addr("nats.embedded_listen", c.NATS.EmbeddedListen, true)
+	for _, part := range strings.Split(c.NATS.Subject, ".") {
+		if !subjectPart.MatchString(part) {
+			bad("nats.subject", "must be dot-separated tokens of letters, digits, '_' and '-', got %q", c.NATS.Subject)
+			break
+		}
+	}
+	if !subjectPart.MatchString(c.NATS.Queue) {
+		bad("nats.queue", "must be letters, digits, '_' and '-', got %q", c.NATS.Queue)
+	}
+
+	if c.Redis.URL != "" {
+		if _, err := redis.ParseURL(c.Redis.URL); err != nil {
+			bad("redis.url", "%v", redactURLError(err, c.Redis.URL))
+		}
+	}
+	if c.Redis.Timeout <= 0 {
+		bad("redis.timeout", "must be positive, got %s", c.Redis.Timeout)
+	}
+
+	g := &c.Gateway
+	if g.DecisionTimeout < time.Millisecond || g.DecisionTimeout > MaxDecisionTimeout {
+		bad("gateway.decision_timeout", "must be between 1ms and %s (IMServer refuses the join when it times out), got %s", MaxDecisionTimeout, g.DecisionTimeout)
+	}
+	oneOf("gateway.fallback", g.Fallback, Allow, Deny)
+	refusal("gateway.fallback_refusal", &g.FallbackRefusal)
+	if g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 16<<20 {
+		bad("gateway.max_body_bytes", "must be between 1024 and 16777216, got %d", g.MaxBodyBytes)
+	}
+	if g.ReadTimeout <= 0 {
+		bad("gateway.read_timeout", "must be positive, got %s", g.ReadTimeout)
+	}
+	if g.IdleTimeout <= 0 {
+		bad("gateway.idle_timeout", "must be positive, got %s", g.IdleTimeout)
+	}
+	if g.MaxConns < 1 {
+		bad("gateway.max_conns", "must be at least 1, got %d", g.MaxConns)
+	}
+
+	w := &c.Worker
+	if w.Concurrency < 1 || w.Concurrency > 65536 {
+		bad("worker.concurrency", "must be between 1 and 65536, got %d", w.Concurrency)
+	}
+	oneOf("worker.on_store_error", w.OnStoreError, Allow, Deny)
+	refusal("worker.store_error_refusal", &w.StoreErrorRefusal)
+
+	j := &c.JoinGroup
+	refusal("join_group.deny_refusal", &j.DenyRefusal)
+	refusal("join_group.message_refusal", &j.MessageRefusal)
+	if j.MaxMessageBytes < 0 {
+		bad("join_group.max_message_bytes", "must be 0 (no limit) or positive, got %d", j.MaxMessageBytes)
+	}
+	for i, word := range j.BlockedWords {
+		if strings.TrimSpace(word) == "" {
+			bad(fmt.Sprintf("join_group.blocked_words[%d]", i), "must not be empty")
+		}
+	}
+	names := make(map[string]bool)
+	for i := range j.Limits {
+		lim := &j.Limits[i]
+		key := fmt.Sprintf("join_group.limits[%d]", i)
+		if !ruleName.MatchString(lim.Name) {
+			bad(key+".name", "must be 1-64 letters, digits, '_', '.' or '-', got %q", lim.Name)
+		} else if names[lim.Name] {
+			bad(key+".name", "%q is used by another limit", lim.Name)
+		}
+		names[lim.Name] = true
+		oneOf(key+".key", lim.Key, KeyApplicant, KeyGroup, KeyApplicantGroup, KeyGlobal)
+		if lim.Limit < 1 {
+			bad(key+".limit", "must be at least 1, got %d", lim.Limit)
+		}
+		if lim.Period < time.Millisecond {
+			bad(key+".period", "must be at least 1ms, got %s", lim.Period)
+		} else if lim.Limit > 0 && lim.Period/time.Duration(lim.Limit) < time.Microsecond {
+			bad(key+".limit", "%d per %s is finer than one request per microsecond", lim.Limit, lim.Period)
+		}
+		if lim.Burst == 0 {
+			lim.Burst = lim.Limit
+		} else if lim.Burst < 0 {
+			bad(key+".burst", "must be positive (or 0 for the limit), got %d", lim.Burst)
+		}
+		if lim.ErrCode == 0 {
+			lim.ErrCode = 5001
+		}
+		if lim.ErrMsg == "" {
+			lim.ErrMsg = "too many join requests"
+		}
+		refusal(key, &Refusal{ErrCode: lim.ErrCode, ErrMsg: lim.ErrMsg})
+	}
+	return errors.Join(errs...)
+}
+
+var urlPassword = regexp.MustCompile(`://[^:/@]*:([^@]+)@`)
+
+// redactURLError keeps a password in a URL out of an error message, even
+// when the URL does not parse.
+func redactURLError(err error, raw string) error {
+	msg := err.Error()
+	if m := urlPassword.FindStringSubmatch(raw); m != nil {
+		msg = strings.ReplaceAll(msg, m[1], "xxxxx")
+	}
+	return errors.New(msg)
+}
