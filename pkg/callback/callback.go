@@ -59,6 +59,18 @@ func AppendRefusal(dst []byte, code int, msg, dlt string) []byte {
 	return append(dst, `,"nextCode":1}`...)
 }
 
+// AppendRetryRefusal appends a refusal whose errDlt tells the client when it
+// may try again: "retry in <seconds>s".
+func AppendRetryRefusal(dst []byte, code int, msg string, seconds int64) []byte {
+	dst = append(dst, `{"actionCode":0,"errCode":`...)
+	dst = strconv.AppendInt(dst, int64(code), 10)
+	dst = append(dst, `,"errMsg":`...)
+	dst = AppendString(dst, msg)
+	dst = append(dst, `,"errDlt":"retry in `...)
+	dst = strconv.AppendInt(dst, seconds, 10)
+	return append(dst, `s","nextCode":1}`...)
+}
+
 // AppendFailure appends the body for a callback joingate could not process
 // (actionCode 1): IMServer logs errMsg and lets the join through.
 func AppendFailure(dst []byte, msg string) []byte {

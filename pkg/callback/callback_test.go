@@ -69,6 +69,10 @@ func TestBodies(t *testing.T) {
 		t.Fatalf("refusal body\n got %s\nwant %s", body, want)
 	}
 
+	if got := AppendRetryRefusal(nil, 5001, "too many join requests", 12); string(got) != string(body) {
+		t.Fatalf("retry refusal body\n got %s\nwant %s", got, body)
+	}
+
 	body = AppendFailure(nil, `groupID must be a string`)
 	r = decodeResponse(t, body)
 	if *r.ActionCode != 1 || *r.NextCode != 0 || *r.ErrMsg != "groupID must be a string" {
