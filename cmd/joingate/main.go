@@ -1,0 +1,152 @@
+// Command joingate is OpenIM's callbackBeforeJoinGroupCommand webhook: a
+// fasthttp gateway, NATS queue-group workers and Redis-backed limits.
+//
+//	joingate all            embedded NATS, gateway and worker in one process
+//	joingate gateway        the callback edge only
+//	joingate worker         a decider only
+//	joingate check-config   validate configuration and exit
+//	joingate version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/joingate/joingate/pkg/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr)) }
+
+const usage = `usage: joingate <command> [flags]
+
+commands:
+  all           run an embedded NATS server, the gateway and a worker in one process
+  gateway       run the callback edge (needs --nats)
+  worker        run a decider (needs --nats and --redis)
+  check-config  validate the configuration and exit
+  version       print the version
+
+Run 'joingate <command> -h' for the flags of a command.
+`
+
+// exitUsage is the exit code for bad command lines and configuration.
+const exitUsage = 2
+
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "joingate %s %s\n", version, revision())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "all", "gateway", "worker", "check-config":
+	default:
+		fmt.Fprintf(stderr, "joingate: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+
+	fs := flag.NewFlagSet("joingate "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration file (see deploy/joingate.example.yaml)")
+	flagValues := config.FlagValues(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "joingate %s: unexpected arguments %q\n", cmd, fs.Args())
+		return exitUsage
+	}
+	cfg, err := config.Load(*configPath, environ, flagValues())
+	if err != nil {
+		fmt.Fprintf(stderr, "joingate: invalid configuration:\n%v\n", err)
+		return exitUsage
+	}
+	if err := checkRole(cmd, &cfg); err != nil {
+		fmt.Fprintf(stderr, "joingate %s: %v\n", cmd, err)
+		return exitUsage
+	}
+	if cmd == "check-config" {
+		fmt.Fprintf(stdout, "configuration OK: %d rate limit rule(s), decision timeout %s, fallback %s\n",
+			len(cfg.JoinGroup.Limits), cfg.Gateway.DecisionTimeout, cfg.Gateway.Fallback)
+		return 0
+	}
+
+	log := newLogger(cfg.Log, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cmd, cfg, log); err != nil {
+		log.Error("joingate stopped with an error", "command", cmd, "err", err)
+		return 1
+	}
+	return 0
+}
+
+// checkRole rejects configurations a command cannot run with.
+func checkRole(cmd string, cfg *config.Config) error {
+	switch cmd {
+	case "gateway":
+		if cfg.NATS.URL == "" {
+			return errors.New("nats.url (--nats) is required: the gateway reaches workers through NATS")
+		}
+	case "worker":
+		if cfg.NATS.URL == "" {
+			return errors.New("nats.url (--nats) is required: the worker takes requests from NATS")
+		}
+		if cfg.Redis.URL == "" {
+			return errors.New("redis.url (--redis) is required: workers share their limits in Redis")
+		}
+	}
+	if cmd != "all" && cfg.NATS.EmbeddedListen != "" {
+		return errors.New("nats.embedded_listen applies to `joingate all` only")
+	}
+	return nil
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Level)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func revision() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	rev, dirty := "", ""
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	return fmt.Sprintf("(%s%s, %s)", rev, dirty, info.GoVersion)
+}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/joingate/joingate/gateway"
+	"github.com/joingate/joingate/pkg/admin"
+	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
+	"github.com/joingate/joingate/pkg/natsconn"
+	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/worker"
+)
+
+// serve wires and runs the components of cmd ("all", "gateway" or
+// "worker") until ctx is done, then stops them in order: the gateway
+// answers its in-flight requests while the worker still decides, then the
+// worker drains, then NATS connections drain.
+func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger) error {
+	runGateway, runWorker := cmd != "worker", cmd != "gateway"
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(),
+	)
+	log.Info("joingate starting", "command", cmd, "version", version)
+
+	var embedded *server.Server
+	if cfg.NATS.URL == "" {
+		var err error
+		if embedded, err = natsconn.Embedded(cfg.NATS.EmbeddedListen, log); err != nil {
+			return err
+		}
+		defer embedded.Shutdown()
+	}
+	var conns []*nats.Conn
+	defer func() {
+		for _, nc := range conns {
+			if err := natsconn.Drain(nc, cfg.ShutdownTimeout); err != nil {
+				log.Warn("nats drain", "err", err)
+			}
+		}
+	}()
+	connect := func(role string) (*nats.Conn, error) {
+		nc, err := natsconn.Connect(cfg.NATS.URL, embedded, "joingate-"+role, log.With("component", role))
+		if err == nil {
+			conns = append(conns, nc)
+		}
+		return nc, err
+	}
+
+	var checks []admin.Check
+	var gw *gateway.Gateway
+	var wk *worker.Worker
+	if runWorker {
+		store, closeStore, err := newStore(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer closeStore()
+		pol, err := policy.New(cfg.JoinGroup, cfg.Worker, cfg.Redis.KeyPrefix)
+		if err != nil {
+			return fmt.Errorf("join_group policy: %w", err)
+		}
+		nc, err := connect("worker")
+		if err != nil {
+			return err
+		}
+		opts := worker.DefaultOptions()
+		opts.Conn, opts.Store, opts.Policy = nc, store, pol
+		opts.Subject, opts.Queue = cfg.NATS.Subject, cfg.NATS.Queue
+		opts.Concurrency = cfg.Worker.Concurrency
+		opts.DecisionTimeout = cfg.Gateway.DecisionTimeout
+		opts.DrainTimeout = cfg.ShutdownTimeout
+		opts.Logger, opts.Registerer = log, reg
+		if wk, err = worker.New(opts); err != nil {
+			return err
+		}
+		checks = append(checks, admin.Check{Name: "worker", Check: wk.Ready})
+	}
+	if runGateway {
+		nc, err := connect("gateway")
+		if err != nil {
+			return err
+		}
+		opts := gateway.DefaultOptions()
+		opts.Conn, opts.Listen = nc, cfg.Listen
+		opts.Subject = cfg.NATS.Subject
+		opts.DecisionTimeout = cfg.Gateway.DecisionTimeout
+		if cfg.Gateway.Fallback == config.Deny {
+			opts.FallbackBody = callback.AppendRefusal(nil, cfg.Gateway.FallbackRefusal.ErrCode, cfg.Gateway.FallbackRefusal.ErrMsg, "")
+		}
+		opts.MaxBodyBytes = cfg.Gateway.MaxBodyBytes
+		opts.ReadTimeout, opts.IdleTimeout = cfg.Gateway.ReadTimeout, cfg.Gateway.IdleTimeout
+		opts.MaxConns = cfg.Gateway.MaxConns
+		opts.ShutdownTimeout = cfg.ShutdownTimeout
+		opts.Logger, opts.Registerer = log, reg
+		if gw, err = gateway.New(opts); err != nil {
+			return err
+		}
+		checks = append(checks, admin.Check{Name: "gateway", Check: gw.Ready})
+	}
+
+	var adm *admin.Server
+	if cfg.AdminListen != "" {
+		var err error
+		if adm, err = admin.New(cfg.AdminListen, reg, checks, log.With("component", "admin")); err != nil {
+			return err
+		}
+		log.Info("admin listening", "addr", adm.Addr())
+	}
+
+	// Each component gets its own context so that they stop in order.
+	var (
+		mu     sync.Mutex
+		errs   []error
+		failed = make(chan struct{}, 3)
+	)
+	launch := func(name string, ctx context.Context, run func(context.Context) error) <-chan struct{} {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := run(ctx); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				mu.Unlock()
+				failed <- struct{}{}
+			}
+		}()
+		return done
+	}
+	idle := func(context.Context) error { return nil }
+	adminRun, workerRun, gatewayRun := idle, idle, idle
+	if adm != nil {
+		adminRun = adm.Run
+	}
+	if wk != nil {
+		workerRun = wk.Run
+	}
+	if gw != nil {
+		gatewayRun = gw.Run
+	}
+	adminCtx, stopAdmin := context.WithCancel(context.Background())
+	workerCtx, stopWorker := context.WithCancel(context.Background())
+	gatewayCtx, stopGateway := context.WithCancel(context.Background())
+	defer stopAdmin()
+	defer stopWorker()
+	defer stopGateway()
+	adminDone := launch("admin", adminCtx, adminRun)
+	workerDone := launch("worker", workerCtx, workerRun)
+	gatewayDone := launch("gateway", gatewayCtx, gatewayRun)
+
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, shutting down")
+	case <-failed:
+		log.Error("a component failed, shutting down")
+	}
+	if adm != nil {
+		adm.SetNotReady()
+	}
+	stopGateway()
+	<-gatewayDone
+	stopWorker()
+	<-workerDone
+	stopAdmin()
+	<-adminDone
+	mu.Lock()
+	defer mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// newStore returns the limiter store: Redis when configured, else memory
+// (only `all` may run without Redis; checkRole enforces it).
+func newStore(cfg config.Config, log *slog.Logger) (worker.Store, func(), error) {
+	if cfg.Redis.URL == "" {
+		log.Info("limits kept in process memory (no redis.url)")
+		return ratelimit.NewMemory(), func() {}, nil
+	}
+	opts, err := redis.ParseURL(cfg.Redis.URL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("redis.url: %w", err)
+	}
+	opts.DialTimeout = cfg.Redis.Timeout
+	opts.ReadTimeout = cfg.Redis.Timeout
+	opts.WriteTimeout = cfg.Redis.Timeout
+	opts.ContextTimeoutEnabled = true
+	opts.PoolSize = min(cfg.Worker.Concurrency, 512)
+	opts.ClientName = "joingate-worker"
+	client := redis.NewClient(opts)
+	log.Info("limits kept in redis", "addr", opts.Addr, "db", opts.DB)
+	return ratelimit.NewRedis(client), func() { client.Close() }, nil
+}

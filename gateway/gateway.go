@@ -1,0 +1,347 @@
+// Package gateway is joingate's callback edge: a fasthttp server that takes
+// IMServer's webhook POSTs, asks a worker for the decision over NATS within
+// a short budget, and answers IMServer with JSON every time: the worker's
+// decision, or the configured fallback when none arrives in time.
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/natsconn"
+	"github.com/joingate/joingate/pkg/throttle"
+)
+
+// Options configure a Gateway. Conn is required.
+type Options struct {
+	// Listen is the callback address; ignored when Listener is set.
+	Listen   string
+	Listener net.Listener
+	Conn     *nats.Conn
+	// Subject prefix: join-group requests go to <Subject>.<command>.
+	Subject         string
+	DecisionTimeout time.Duration
+	// FallbackBody is the answer when no decision arrives in time:
+	// callback.AllowBody unless gateway.fallback is deny.
+	FallbackBody []byte
+	MaxBodyBytes int
+	ReadTimeout  time.Duration
+	IdleTimeout  time.Duration
+	MaxConns     int
+	// ShutdownTimeout bounds how long Run waits, once stopped, for in-flight
+	// requests to be answered.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+	Registerer      prometheus.Registerer
+}
+
+// DefaultOptions returns the options a gateway runs with unless told
+// otherwise; the caller sets Conn.
+func DefaultOptions() Options {
+	return Options{
+		Listen:          ":10006",
+		Subject:         "joingate",
+		DecisionTimeout: 300 * time.Millisecond,
+		FallbackBody:    callback.AllowBody,
+		MaxBodyBytes:    64 << 10,
+		ReadTimeout:     5 * time.Second,
+		IdleTimeout:     90 * time.Second,
+		MaxConns:        100_000,
+		ShutdownTimeout: 15 * time.Second,
+	}
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	if o.Conn == nil {
+		errs = append(errs, errors.New("no NATS connection"))
+	}
+	if o.Subject == "" {
+		errs = append(errs, errors.New("no subject"))
+	}
+	if o.DecisionTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("decision timeout must be positive, got %s", o.DecisionTimeout))
+	}
+	if len(o.FallbackBody) == 0 {
+		errs = append(errs, errors.New("no fallback body"))
+	}
+	if o.MaxBodyBytes <= 0 || o.ReadTimeout <= 0 || o.IdleTimeout <= 0 || o.MaxConns <= 0 || o.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("body limit, timeouts and connection limit must be positive"))
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	return errors.Join(errs...)
+}
+
+// Gateway is the callback edge.
+type Gateway struct {
+	opts     Options
+	log      *slog.Logger
+	metrics  *metrics
+	ln       net.Listener
+	srv      *fasthttp.Server
+	subject  string // <Subject>.callbackBeforeJoinGroupCommand
+	stopping atomic.Bool
+
+	fallbackRefuses bool
+	badInputLog     *throttle.Throttle
+	fallbackLog     *throttle.Throttle
+}
+
+// New checks opts, binds the listener and builds the gateway; Run serves.
+func New(opts Options) (*Gateway, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("gateway options: %w", err)
+	}
+	g := &Gateway{
+		opts:            opts,
+		log:             opts.Logger.With("component", "gateway"),
+		metrics:         newMetrics(opts.Registerer, opts.DecisionTimeout),
+		subject:         opts.Subject + "." + callback.JoinGroupCommand,
+		fallbackRefuses: isRefusal(opts.FallbackBody),
+		badInputLog:     throttle.New(time.Second),
+		fallbackLog:     throttle.New(time.Second),
+	}
+	g.ln = opts.Listener
+	if g.ln == nil {
+		ln, err := net.Listen("tcp", opts.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("callback listener %s: %w", opts.Listen, err)
+		}
+		g.ln = ln
+	}
+	g.srv = &fasthttp.Server{
+		Handler:                      g.handle,
+		ErrorHandler:                 g.handleError,
+		Name:                         "joingate",
+		Concurrency:                  opts.MaxConns,
+		ReadBufferSize:               8 << 10,
+		MaxRequestBodySize:           opts.MaxBodyBytes,
+		ReadTimeout:                  opts.ReadTimeout,
+		WriteTimeout:                 opts.ReadTimeout,
+		IdleTimeout:                  opts.IdleTimeout,
+		TCPKeepalive:                 true,
+		DisablePreParseMultipartForm: true,
+		NoDefaultContentType:         true,
+		Logger:                       fasthttpLogger{g.log},
+	}
+	return g, nil
+}
+
+// Addr is the bound callback address.
+func (g *Gateway) Addr() string { return g.ln.Addr().String() }
+
+// Ready reports whether the gateway can get decisions: serving and
+// connected to NATS.
+func (g *Gateway) Ready(context.Context) error {
+	if g.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	if !g.opts.Conn.IsConnected() {
+		return errors.New("nats not connected")
+	}
+	return nil
+}
+
+// Run serves callbacks until ctx is done, then shuts down gracefully: not
+// ready, no new connections, in-flight requests answered (within
+// ShutdownTimeout).
+func (g *Gateway) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- g.srv.Serve(g.ln) }()
+	g.log.Info("gateway listening", "addr", g.Addr(), "subject", g.subject, "decision_timeout", g.opts.DecisionTimeout)
+	select {
+	case err := <-errc:
+		return fmt.Errorf("callback server: %w", err)
+	case <-ctx.Done():
+	}
+	g.stopping.Store(true)
+	g.log.Info("gateway shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), g.opts.ShutdownTimeout)
+	defer cancel()
+	if err := g.srv.ShutdownWithContext(sctx); err != nil {
+		return fmt.Errorf("callback server shutdown: %w", err)
+	}
+	g.log.Info("gateway stopped")
+	return nil
+}
+
+func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		if p := recover(); p != nil {
+			g.log.Error("BUG: panic while handling a callback", "panic", p, "path", string(ctx.Path()))
+			g.fail(ctx, fasthttp.StatusInternalServerError, "internal error")
+		}
+	}()
+	if !ctx.IsPost() {
+		g.reject(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed: IMServer callbacks are POST")
+		return
+	}
+	cmd := callback.Command(ctx.Path())
+	if string(cmd) != callback.JoinGroupCommand {
+		if callback.IsCommand(cmd) {
+			// A callback we hold no policy for: allowed here, no NATS hop.
+			g.metrics.requests.WithLabelValues(commandOther, outcomeNoPolicy).Inc()
+			writeJSON(ctx, fasthttp.StatusOK, callback.AllowBody)
+			return
+		}
+		g.reject(ctx, fasthttp.StatusNotFound, "unknown path: want <webhook base>/<callbackCommand>")
+		return
+	}
+	g.joinGroup(ctx)
+}
+
+func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	g.metrics.inFlight.Inc()
+	defer g.metrics.inFlight.Dec()
+	body := ctx.PostBody()
+	opID := ctx.Request.Header.Peek(natsconn.HeaderOperationID)
+
+	var req callback.JoinGroup
+	if err := callback.DecodeJoinGroup(body, &req); err != nil {
+		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeInvalid).Inc()
+		if ok, n := g.badInputLog.Allow(); ok {
+			g.log.Warn("malformed callback; answered actionCode 1", "operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err, "suppressed", n)
+		}
+		writeJSON(ctx, fasthttp.StatusBadRequest, callback.AppendFailure(nil, err.Error()))
+		return
+	}
+
+	// The body and header slices belong to fasthttp; they stay valid until
+	// this handler returns, and the request is answered before that.
+	deadline := start.Add(g.opts.DecisionTimeout)
+	msg := &nats.Msg{Subject: g.subject, Data: body, Header: nats.Header{}}
+	if len(opID) > 0 {
+		msg.Header[natsconn.HeaderOperationID] = []string{string(opID)}
+	}
+	natsconn.SetDeadline(msg, deadline)
+
+	var cause string
+	var reply *nats.Msg
+	if !g.opts.Conn.IsConnected() {
+		cause = causeNATSUnavailable
+	} else {
+		var err error
+		reply, err = g.opts.Conn.RequestMsg(msg, time.Until(deadline))
+		switch {
+		case err == nil && !isJSONObject(reply.Data):
+			cause = causeError
+			err = fmt.Errorf("worker replied %d bytes that are not a JSON object", len(reply.Data))
+		case err == nil:
+			g.metrics.natsTime.Observe(time.Since(start).Seconds())
+		case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+			cause = causeTimeout
+		case errors.Is(err, nats.ErrNoResponders):
+			cause = causeNoResponders
+		case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining),
+			errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrReconnectBufExceeded),
+			errors.Is(err, nats.ErrInvalidConnection), errors.Is(err, nats.ErrDisconnected):
+			cause = causeNATSUnavailable
+		default:
+			cause = causeError
+		}
+		if cause != "" {
+			if ok, n := g.fallbackLog.Allow(); ok {
+				g.log.Warn("no decision; answered gateway.fallback", "operationID", string(opID), "cause", cause, "err", err, "suppressed", n)
+			}
+		}
+	}
+
+	answer := "allow"
+	if cause != "" {
+		g.metrics.fallbacks.WithLabelValues(cause).Inc()
+		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeFallback).Inc()
+		writeJSON(ctx, fasthttp.StatusOK, g.opts.FallbackBody)
+		if g.fallbackRefuses {
+			answer = "refuse"
+		}
+	} else {
+		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeDecided).Inc()
+		writeJSON(ctx, fasthttp.StatusOK, reply.Data)
+		if isRefusal(reply.Data) {
+			answer = "refuse"
+		}
+		if g.log.Enabled(context.Background(), slog.LevelDebug) {
+			g.log.Debug("decided", "operationID", string(opID), "answer", answer, "elapsed", time.Since(start))
+		}
+	}
+	g.metrics.answers.WithLabelValues(answer).Inc()
+	g.metrics.duration.Observe(time.Since(start).Seconds())
+}
+
+// reject answers a request that is not a callback at all.
+func (g *Gateway) reject(ctx *fasthttp.RequestCtx, status int, msg string) {
+	g.metrics.requests.WithLabelValues(commandNone, outcomeRejected).Inc()
+	if ok, n := g.badInputLog.Allow(); ok {
+		g.log.Warn("rejected request", "reason", msg, "method", string(ctx.Method()), "path", string(ctx.Path()),
+			"remote", ctx.RemoteAddr().String(), "operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)), "suppressed", n)
+	}
+	g.fail(ctx, status, msg)
+}
+
+func (g *Gateway) fail(ctx *fasthttp.RequestCtx, status int, msg string) {
+	writeJSON(ctx, status, callback.AppendFailure(nil, msg))
+}
+
+// handleError answers what fasthttp could not parse, in JSON like every
+// other answer, since IMServer treats a body that is not JSON as a refusal.
+func (g *Gateway) handleError(ctx *fasthttp.RequestCtx, err error) {
+	status, msg := fasthttp.StatusBadRequest, "cannot parse HTTP request"
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		status, msg = fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than gateway.max_body_bytes (%d)", g.opts.MaxBodyBytes)
+	case errors.As(err, &small):
+		status, msg = fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large"
+	case errors.As(err, &netErr) && netErr.Timeout():
+		status, msg = fasthttp.StatusRequestTimeout, "request not received within gateway.read_timeout"
+	}
+	g.metrics.requests.WithLabelValues(commandNone, outcomeRejected).Inc()
+	if ok, n := g.badInputLog.Allow(); ok {
+		g.log.Warn("rejected request", "reason", msg, "remote", ctx.RemoteAddr().String(), "err", err, "suppressed", n)
+	}
+	g.fail(ctx, status, msg)
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, body []byte) {
+	ctx.SetStatusCode(status)
+	ctx.Response.Header.SetContentType("application/json; charset=utf-8")
+	ctx.SetBody(body)
+}
+
+// isJSONObject is a cheap sanity check of a worker's reply before it is
+// handed to IMServer as it is.
+func isJSONObject(b []byte) bool {
+	return len(b) >= 2 && b[0] == '{' && b[len(b)-1] == '}'
+}
+
+// isRefusal reports whether a response body refuses the join; joingate's
+// bodies end with the nextCode field.
+func isRefusal(body []byte) bool {
+	return bytes.HasSuffix(body, []byte(`"nextCode":1}`)) && bytes.HasPrefix(body, []byte(`{"actionCode":0,`))
+}
+
+// fasthttpLogger sends fasthttp's own messages to slog at debug level:
+// everything it reports is also answered and counted by the gateway.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...), "source", "fasthttp")
+}

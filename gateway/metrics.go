@@ -1,0 +1,88 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/joingate/joingate/pkg/admin"
+	"github.com/joingate/joingate/pkg/callback"
+)
+
+// Label values. Commands other than the join-group one are "other" (a
+// closed set no matter what IMServer is configured to send), and requests
+// that name no command at all are "none".
+const (
+	commandJoinGroup = callback.JoinGroupCommand
+	commandOther     = "other"
+	commandNone      = "none"
+
+	// decided: a worker's reply was written. fallback: no decision in time,
+	// gateway.fallback was answered. no_policy: allowed at the edge.
+	// invalid: malformed callback body (actionCode 1). rejected: not a
+	// callback at all (method, path, HTTP-level errors).
+	outcomeDecided  = "decided"
+	outcomeFallback = "fallback"
+	outcomeNoPolicy = "no_policy"
+	outcomeInvalid  = "invalid"
+	outcomeRejected = "rejected"
+
+	causeTimeout         = "timeout"
+	causeNoResponders    = "no_responders"
+	causeNATSUnavailable = "nats_unavailable"
+	causeError           = "error"
+)
+
+type metrics struct {
+	requests  *prometheus.CounterVec
+	answers   *prometheus.CounterVec
+	fallbacks *prometheus.CounterVec
+	duration  prometheus.Histogram
+	natsTime  prometheus.Histogram
+	inFlight  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, timeout time.Duration) *metrics {
+	f := promauto.With(reg)
+	buckets := admin.LatencyBuckets(timeout)
+	m := &metrics{
+		requests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "joingate_gateway_requests_total",
+			Help: "Callback requests by command (callbackBeforeJoinGroupCommand, other, none) and outcome (decided, fallback, no_policy, invalid, rejected).",
+		}, []string{"command", "outcome"}),
+		answers: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "joingate_gateway_join_answers_total",
+			Help: "Answers to join-group callbacks as IMServer reads them: allow or refuse, decided and fallback alike.",
+		}, []string{"answer"}),
+		fallbacks: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "joingate_gateway_fallbacks_total",
+			Help: "Join-group callbacks answered with gateway.fallback, by cause: timeout, no_responders (no worker subscribed), nats_unavailable, error.",
+		}, []string{"cause"}),
+		duration: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "joingate_gateway_request_duration_seconds",
+			Help:    "Time to answer a join-group callback, from the request being read to the answer being ready.",
+			Buckets: buckets,
+		}),
+		natsTime: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "joingate_gateway_nats_request_duration_seconds",
+			Help:    "Round trip of a decision request through NATS to a worker and back, for requests that got a reply.",
+			Buckets: buckets,
+		}),
+		inFlight: f.NewGauge(prometheus.GaugeOpts{
+			Name: "joingate_gateway_in_flight",
+			Help: "Join-group callbacks waiting for a decision now.",
+		}),
+	}
+	for _, o := range []string{outcomeDecided, outcomeFallback, outcomeInvalid} {
+		m.requests.WithLabelValues(commandJoinGroup, o)
+	}
+	m.requests.WithLabelValues(commandOther, outcomeNoPolicy)
+	m.requests.WithLabelValues(commandNone, outcomeRejected)
+	m.answers.WithLabelValues("allow")
+	m.answers.WithLabelValues("refuse")
+	for _, c := range []string{causeTimeout, causeNoResponders, causeNATSUnavailable, causeError} {
+		m.fallbacks.WithLabelValues(c)
+	}
+	return m
+}

@@ -1,0 +1,123 @@
+// Package admin serves the operator endpoints of a joingate process:
+// /metrics, /healthz, /readyz and /debug/pprof/, on their own listener so
+// that the callback edge never serves them.
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Check is one readiness condition; nil means ready.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Server is the admin HTTP server.
+type Server struct {
+	srv      *http.Server
+	ln       net.Listener
+	log      *slog.Logger
+	checks   []Check
+	stopping atomic.Bool
+}
+
+// New binds addr and prepares the endpoints. Metrics come from gatherer;
+// /readyz is 200 only while every check passes and the process is not
+// shutting down.
+func New(addr string, gatherer prometheus.Gatherer, checks []Check, log *slog.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener %s: %w", addr, err)
+	}
+	s := &Server{ln: ln, log: log, checks: checks}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", s.ready)
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		// pprof's profile and trace run for up to 30s by default.
+		WriteTimeout: 60 * time.Second,
+		IdleTimeout:  90 * time.Second,
+	}
+	return s, nil
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// SetNotReady turns /readyz off for good: the process is stopping, and load
+// balancers should send no new work.
+func (s *Server) SetNotReady() { s.stopping.Store(true) }
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	if s.stopping.Load() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var failed []string
+	for _, c := range s.checks {
+		if err := c.Check(ctx); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", c.Name, err))
+		}
+	}
+	if len(failed) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		for _, f := range failed {
+			fmt.Fprintln(w, f)
+		}
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// Run serves until ctx is done, then stops.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin server: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("admin server shutdown: %w", err)
+	}
+	return nil
+}
+
+// LatencyBuckets are histogram buckets from 25µs to 1s with timeout as one
+// of the edges, so that "answered within the decision timeout" is exact.
+func LatencyBuckets(timeout time.Duration) []float64 {
+	b := []float64{.000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
+	if t := timeout.Seconds(); t > 0 && !slices.Contains(b, t) {
+		b = append(b, t)
+		slices.Sort(b)
+	}
+	return b
+}

@@ -1,0 +1,137 @@
+// Package natsconn connects joingate to NATS the way both sides need it
+// (reconnect forever, never buffer while disconnected, log state changes)
+// and runs the embedded in-process server of `joingate all`.
+package natsconn
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Connect dials urls (or, with inProc set, the in-process server) and keeps
+// reconnecting forever. Publishing while disconnected fails at once instead
+// of buffering: a callback that cannot reach a worker must fall back now,
+// not be delivered after the gateway has answered.
+func Connect(urls string, inProc *server.Server, name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.ReconnectBufSize(-1),
+		nats.RetryOnFailedConnect(false),
+		nats.Timeout(2 * time.Second),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: closed on purpose
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			log.Error("nats async error", "subject", subj, "err", err)
+		}),
+	}
+	if inProc != nil {
+		opts = append(opts, nats.InProcessServer(inProc))
+		urls = ""
+	}
+	nc, err := nats.Connect(urls, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact(urls), err)
+	}
+	return nc, nil
+}
+
+// Drain drains nc (subscriptions finish their pending messages, then
+// publishes are flushed) and waits until it is closed or timeout passes.
+func Drain(nc *nats.Conn, timeout time.Duration) error {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if nc.IsClosed() {
+		return nil
+	}
+	if err := nc.Drain(); err != nil {
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			return nil
+		}
+		return fmt.Errorf("nats drain: %w", err)
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-time.After(timeout):
+		nc.Close()
+		return fmt.Errorf("nats drain: not done within %s, closed", timeout)
+	}
+}
+
+// redact hides the user-info (user, password or token) of NATS URLs.
+func redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = url.User("xxxxx")
+			parts[i] = u.String()
+		} else if err != nil {
+			parts[i] = "(unparsable url)"
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// Embedded starts an in-process NATS server. With listen empty it takes no
+// network connections at all; otherwise it also serves listen
+// ("host:port") so that workers in other processes can join.
+func Embedded(listen string, log *slog.Logger) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: "joingate-embedded",
+		NoSigs:     true,
+		NoLog:      true,
+		DontListen: listen == "",
+		MaxPayload: 1 << 20,
+	}
+	if listen != "" {
+		host, port, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats listen %q: %w", listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats listen %q: bad port", listen)
+		}
+		opts.Host, opts.Port = host, p
+		if host == "" {
+			opts.Host = "0.0.0.0"
+		}
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats server not ready within 10s (listen %q)", listen)
+	}
+	if listen != "" {
+		log.Info("embedded nats server listening", "addr", ns.Addr().String())
+	}
+	return ns, nil
+}

@@ -1,0 +1,300 @@
+// Package worker decides callbacks that gateways publish on NATS. Workers
+// share the requests through a NATS queue group, so ops add or remove them
+// with no other change.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/natsconn"
+	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/throttle"
+)
+
+// Store is the limiter store the worker checks limits in.
+type Store interface {
+	Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error
+	Ping(ctx context.Context) error
+}
+
+// Options configure a Worker. Conn, Policy and Store are required.
+type Options struct {
+	Conn *nats.Conn
+	// Subject prefix: the worker takes <Subject>.> in queue group Queue.
+	Subject string
+	Queue   string
+	// Concurrency bounds the decisions made at once.
+	Concurrency int
+	Policy      *policy.JoinGroup
+	Store       Store
+	// MissingDeadline is the budget of a request that carries no deadline
+	// header (a gateway of another version, a hand-made request).
+	MissingDeadline time.Duration
+	// DecisionTimeout only places a histogram bucket edge.
+	DecisionTimeout time.Duration
+	// DrainTimeout bounds how long Run waits, once stopped, for requests
+	// already received to be answered.
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
+}
+
+// DefaultOptions returns the options a worker runs with unless told
+// otherwise; the caller sets Conn, Policy and Store.
+func DefaultOptions() Options {
+	return Options{
+		Subject:         "joingate",
+		Queue:           "joingate-workers",
+		Concurrency:     256,
+		MissingDeadline: time.Second,
+		DecisionTimeout: 300 * time.Millisecond,
+		DrainTimeout:    10 * time.Second,
+	}
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	if o.Conn == nil {
+		errs = append(errs, errors.New("no NATS connection"))
+	}
+	if o.Policy == nil {
+		errs = append(errs, errors.New("no policy"))
+	}
+	if o.Store == nil {
+		errs = append(errs, errors.New("no limiter store"))
+	}
+	if o.Subject == "" || o.Queue == "" {
+		errs = append(errs, errors.New("subject and queue must be set"))
+	}
+	if o.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("concurrency must be at least 1, got %d", o.Concurrency))
+	}
+	if o.MissingDeadline <= 0 || o.DrainTimeout <= 0 {
+		errs = append(errs, errors.New("MissingDeadline and DrainTimeout must be positive"))
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	return errors.Join(errs...)
+}
+
+// Worker decides join-group callbacks.
+type Worker struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+	policy  atomic.Pointer[policy.JoinGroup]
+	store   Store
+	prefix  string // "<subject>."
+
+	errLog *throttle.Throttle
+
+	mu  sync.Mutex
+	sub *nats.Subscription
+}
+
+// New checks opts and builds a worker; Run starts it.
+func New(opts Options) (*Worker, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("worker options: %w", err)
+	}
+	w := &Worker{
+		opts:    opts,
+		log:     opts.Logger.With("component", "worker"),
+		metrics: newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Policy.Rules()),
+		prefix:  opts.Subject + ".",
+		errLog:  throttle.New(time.Second),
+	}
+	w.store = timedStore{Store: opts.Store, hist: w.metrics.storeTime}
+	w.policy.Store(opts.Policy)
+	w.metrics.concurrency.Set(float64(opts.Concurrency))
+	return w, nil
+}
+
+// SetPolicy replaces the policy for the requests that follow.
+func (w *Worker) SetPolicy(p *policy.JoinGroup) { w.policy.Store(p) }
+
+// Run subscribes and decides requests until ctx is done, then drains: it
+// stops taking new requests, answers the ones already received (within
+// DrainTimeout) and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	work := make(chan *nats.Msg, w.opts.Concurrency)
+	stop := make(chan struct{})
+	sub, err := w.opts.Conn.QueueSubscribe(w.prefix+">", w.opts.Queue, func(m *nats.Msg) {
+		select {
+		case work <- m:
+		case <-stop: // stopped after a drain timeout: the gateway falls back
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s>: %w", w.prefix, err)
+	}
+	// Beyond these, NATS drops requests (slow consumer) and their gateways
+	// fall back; the backlog is useless long before it is reached.
+	if err := sub.SetPendingLimits(100_000, 64<<20); err != nil {
+		return fmt.Errorf("subscription limits: %w", err)
+	}
+	closed := sub.StatusChanged(nats.SubscriptionClosed)
+	w.mu.Lock()
+	w.sub = sub
+	w.mu.Unlock()
+	// The subscription must reach the server before readiness says so.
+	if err := w.opts.Conn.Flush(); err != nil {
+		w.log.Warn("flush after subscribe", "err", err)
+	}
+	w.log.Info("worker started", "subject", w.prefix+">", "queue", w.opts.Queue, "concurrency", w.opts.Concurrency)
+
+	var wg sync.WaitGroup
+	for range w.opts.Concurrency {
+		wg.Go(func() {
+			var (
+				s   policy.Scratch
+				req callback.JoinGroup
+			)
+			for {
+				select {
+				case m := <-work:
+					w.handle(m, &s, &req)
+				case <-stop:
+					for {
+						select {
+						case m := <-work:
+							w.handle(m, &s, &req)
+						default:
+							return
+						}
+					}
+				}
+			}
+		})
+	}
+
+	<-ctx.Done()
+	w.log.Info("worker draining")
+	if err := sub.Drain(); err != nil {
+		w.log.Warn("drain subscription", "err", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(w.opts.DrainTimeout):
+		w.log.Warn("drain timed out; unanswered requests fall back at their gateways", "timeout", w.opts.DrainTimeout)
+		sub.Unsubscribe()
+	}
+	close(stop)
+	wg.Wait()
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// Ready reports whether the worker takes requests: subscribed, connected to
+// NATS, and its store answers.
+func (w *Worker) Ready(ctx context.Context) error {
+	w.mu.Lock()
+	sub := w.sub
+	w.mu.Unlock()
+	if sub == nil || !sub.IsValid() || sub.IsDraining() {
+		return errors.New("not subscribed")
+	}
+	if !w.opts.Conn.IsConnected() {
+		return errors.New("nats not connected")
+	}
+	return w.opts.Store.Ping(ctx)
+}
+
+func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup) {
+	start := time.Now()
+	w.metrics.inFlight.Inc()
+	defer w.metrics.inFlight.Dec()
+	opID := m.Header.Get(natsconn.HeaderOperationID)
+
+	deadline, ok := natsconn.Deadline(m)
+	if !ok {
+		deadline = start.Add(w.opts.MissingDeadline)
+	} else if !start.Before(deadline) {
+		// The gateway has answered already; judging now would spend quota
+		// on an application IMServer was told to let through.
+		w.metrics.requests.WithLabelValues(outcomeExpired).Inc()
+		w.log.Debug("request expired before it was judged", "operationID", opID, "late", start.Sub(deadline))
+		return
+	}
+
+	command := strings.TrimPrefix(m.Subject, w.prefix)
+	if command != callback.JoinGroupCommand {
+		w.metrics.requests.WithLabelValues(outcomeNoPolicy).Inc()
+		w.respond(m, callback.AllowBody, opID)
+		return
+	}
+	if err := callback.DecodeJoinGroup(m.Data, req); err != nil {
+		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
+		w.log.Warn("invalid callback body", "operationID", opID, "err", err)
+		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
+		w.respond(m, s.Body, opID)
+		return
+	}
+
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	d, err := w.policy.Load().Decide(ctx, req, w.store, s)
+	cancel()
+	if err != nil {
+		w.metrics.storeErrors.Inc()
+		if ok, n := w.errLog.Allow(); ok {
+			w.log.Warn("limiter store failed; answering worker.on_store_error", "operationID", opID, "err", err, "suppressed", n)
+		}
+	}
+	w.respond(m, s.Body, opID)
+
+	w.metrics.requests.WithLabelValues(outcomeDecided).Inc()
+	decision := "refuse"
+	if d.Allowed {
+		decision = "allow"
+	}
+	w.metrics.decisions.WithLabelValues(decision, string(d.Reason)).Inc()
+	if d.Rule != "" {
+		w.metrics.ruleRefusals.WithLabelValues(d.Rule, "enforce").Inc()
+	}
+	for _, r := range s.Shadowed {
+		w.metrics.ruleRefusals.WithLabelValues(r, "shadow").Inc()
+		w.log.Info("shadow rule would refuse", "operationID", opID, "rule", r)
+	}
+	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
+	if w.log.Enabled(context.Background(), slog.LevelDebug) {
+		w.log.Debug("decided", "operationID", opID, "decision", decision, "reason", d.Reason, "rule", d.Rule,
+			"applyID", req.ApplyID, "groupID", req.GroupID)
+	}
+}
+
+func (w *Worker) respond(m *nats.Msg, body []byte, opID string) {
+	if err := m.Respond(body); err != nil {
+		if ok, n := w.errLog.Allow(); ok {
+			w.log.Warn("cannot reply", "operationID", opID, "err", err, "suppressed", n)
+		}
+	}
+}
+
+// timedStore measures each store call.
+type timedStore struct {
+	Store
+	hist prometheus.Histogram
+}
+
+func (t timedStore) Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error {
+	start := time.Now()
+	err := t.Store.Allow(ctx, checks, results)
+	t.hist.Observe(time.Since(start).Seconds())
+	return err
+}
