@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/admin"
@@ -20,6 +19,7 @@ import (
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/redisconn"
 	"github.com/joingate/joingate/worker"
 )
 
@@ -189,17 +189,10 @@ func newStore(cfg config.Config, log *slog.Logger) (worker.Store, func(), error)
 		log.Info("limits kept in process memory (no redis.url)")
 		return ratelimit.NewMemory(), func() {}, nil
 	}
-	opts, err := redis.ParseURL(cfg.Redis.URL)
+	client, err := redisconn.New(cfg.Redis.URL, cfg.Redis.Timeout, min(cfg.Worker.Concurrency, 512))
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis.url: %w", err)
+		return nil, nil, err
 	}
-	opts.DialTimeout = cfg.Redis.Timeout
-	opts.ReadTimeout = cfg.Redis.Timeout
-	opts.WriteTimeout = cfg.Redis.Timeout
-	opts.ContextTimeoutEnabled = true
-	opts.PoolSize = min(cfg.Worker.Concurrency, 512)
-	opts.ClientName = "joingate-worker"
-	client := redis.NewClient(opts)
-	log.Info("limits kept in redis", "addr", opts.Addr, "db", opts.DB)
+	log.Info("limits kept in redis", "addr", client.Options().Addr, "db", client.Options().DB)
 	return ratelimit.NewRedis(client), func() { client.Close() }, nil
 }

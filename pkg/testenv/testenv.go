@@ -16,7 +16,10 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/joingate/joingate/pkg/redisconn"
 )
 
 // NATS starts an in-process NATS server on a random loopback port.
@@ -93,7 +96,10 @@ func StartRedis(t testing.TB) *Redis {
 		r.cmd.Wait()
 	})
 	r.URL = "unix://" + r.Socket
-	r.Client = redis.NewClient(&redis.Options{Network: "unix", Addr: r.Socket})
+	// The client joingate builds, so tests see production's timeouts.
+	if r.Client, err = redisconn.New(r.URL, 250*time.Millisecond, 16); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { r.Client.Close() })
 	var lastErr error
 	if !Eventually(10*time.Second, func() bool {
@@ -136,4 +142,34 @@ func FreePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Value reads one series of reg; labels are the label values in the order
+// the metric declares them.
+func Value(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got := make([]string, 0, len(m.GetLabel()))
+			for _, l := range m.GetLabel() {
+				got = append(got, l.GetValue())
+			}
+			if fmt.Sprint(got) != fmt.Sprint(labels) {
+				continue
+			}
+			if m.Counter != nil {
+				return m.Counter.GetValue()
+			}
+			return m.Gauge.GetValue()
+		}
+	}
+	t.Fatalf("no series %s%q", name, labels)
+	return 0
 }

@@ -1,0 +1,257 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
+	"github.com/joingate/joingate/pkg/natsconn"
+	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+type answer struct {
+	ActionCode, ErrCode, NextCode int
+	ErrMsg, ErrDlt                string
+}
+
+func testPolicy(t *testing.T, limits ...config.Limit) *policy.JoinGroup {
+	t.Helper()
+	cfg := config.Default()
+	cfg.JoinGroup.Limits = limits
+	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "test:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func perApplicant(n int) config.Limit {
+	return config.Limit{Name: "per-applicant", Key: config.KeyApplicant, Limit: n, Period: time.Hour, Burst: n, ErrCode: 5001, ErrMsg: "too many join requests"}
+}
+
+// startWorker runs a worker on ns until the test ends and returns its
+// registry.
+func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGroup, mutate func(*Options)) (*Worker, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	opts := DefaultOptions()
+	opts.Conn = testenv.Conn(t, ns)
+	opts.Store, opts.Policy, opts.Registerer = store, p, reg
+	if mutate != nil {
+		mutate(&opts)
+	}
+	w, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker Run: %v", err)
+		}
+	})
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
+		t.Fatalf("worker not ready: %v", w.Ready(context.Background()))
+	}
+	return w, reg
+}
+
+// request sends a join-group request as the gateway does.
+func request(t *testing.T, nc *nats.Conn, body string, deadline time.Time) (*nats.Msg, error) {
+	t.Helper()
+	msg := nats.NewMsg("joingate." + callback.JoinGroupCommand)
+	msg.Data = []byte(body)
+	msg.Header.Set(natsconn.HeaderOperationID, "op-1")
+	natsconn.SetDeadline(msg, deadline)
+	return nc.RequestMsg(msg, time.Until(deadline))
+}
+
+func joinBody(applicant, group string) string {
+	return fmt.Sprintf(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":%q,"groupType":2,"applyID":%q,"reqMessage":"hi","ex":""}`, group, applicant)
+}
+
+func decode(t *testing.T, m *nats.Msg) answer {
+	t.Helper()
+	var a answer
+	if err := json.Unmarshal(m.Data, &a); err != nil {
+		t.Fatalf("reply %q is not JSON: %v", m.Data, err)
+	}
+	return a
+}
+
+func TestDecides(t *testing.T) {
+	ns := testenv.NATS(t)
+	_, reg := startWorker(t, ns, ratelimit.NewMemory(), testPolicy(t, perApplicant(2)), nil)
+	nc := testenv.Conn(t, ns)
+	for i := range 3 {
+		m, err := request(t, nc, joinBody("u1", "g1"), time.Now().Add(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := decode(t, m)
+		if refused := a.NextCode == 1; refused != (i == 2) {
+			t.Fatalf("request %d: %+v", i+1, a)
+		}
+	}
+	if got := testenv.Value(t, reg, "joingate_worker_decisions_total", "refuse", "rate_limit"); got != 1 {
+		t.Fatalf("rate-limit refusals counted: %v, want 1", got)
+	}
+
+	// A body that is not a callback gets actionCode 1, not silence.
+	m, err := request(t, nc, `{"groupID":5}`, time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := decode(t, m); a.ActionCode != 1 || a.ErrMsg == "" {
+		t.Fatalf("invalid body answered %+v", a)
+	}
+	// Another command on the subject is allowed.
+	m, err = nc.Request("joingate.callbackAfterJoinGroupCommand", []byte(`{}`), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := decode(t, m); a.ActionCode != 0 || a.NextCode != 0 {
+		t.Fatalf("other command answered %+v", a)
+	}
+}
+
+// gate is a Store that holds every call until released: a worker stuck on
+// a slow store.
+type gate struct {
+	Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gate) Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error {
+	g.entered <- struct{}{}
+	<-g.release
+	return g.Store.Allow(context.Background(), checks, results)
+}
+
+// A request whose deadline passed while it waited behind a slow one is
+// dropped without touching the store: its quota stays intact.
+func TestExpiredRequestConsumesNothing(t *testing.T) {
+	ns := testenv.NATS(t)
+	mem := ratelimit.NewMemory()
+	g := &gate{Store: mem, entered: make(chan struct{}, 10), release: make(chan struct{})}
+	_, reg := startWorker(t, ns, g, testPolicy(t, perApplicant(1)), func(o *Options) { o.Concurrency = 1 })
+	nc := testenv.Conn(t, ns)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { request(t, nc, joinBody("blocker", "g"), time.Now().Add(5*time.Second)) })
+	<-g.entered // the only decision slot is taken
+	_, err := request(t, nc, joinBody("late", "g"), time.Now().Add(50*time.Millisecond))
+	if !errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("late request: %v, want a timeout", err)
+	}
+	close(g.release)
+	wg.Wait()
+	expired := func() float64 { return testenv.Value(t, reg, "joingate_worker_requests_total", outcomeExpired) }
+	if !testenv.Eventually(5*time.Second, func() bool { return expired() == 1 }) {
+		t.Fatalf("expired requests: %v, want 1", expired())
+	}
+	// "late" still has its one request.
+	m, err := request(t, nc, joinBody("late", "g"), time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := decode(t, m); a.NextCode != 0 {
+		t.Fatalf("late's first real request refused: %+v: the expired one consumed quota", a)
+	}
+	if mem.Len() != 2 {
+		t.Fatalf("store holds %d keys, want 2 (blocker and late once)", mem.Len())
+	}
+}
+
+func TestStoreErrorAnswersConfigured(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	_, reg := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(5)), nil)
+	nc := testenv.Conn(t, ns)
+	srv.Stop()
+	m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := decode(t, m); a.ActionCode != 0 || a.NextCode != 0 {
+		t.Fatalf("store down answered %+v, want allow (on_store_error: allow)", a)
+	}
+	if got := testenv.Value(t, reg, "joingate_worker_store_errors_total"); got != 1 {
+		t.Fatalf("store errors counted: %v", got)
+	}
+	if got := testenv.Value(t, reg, "joingate_worker_decisions_total", "allow", "store_error"); got != 1 {
+		t.Fatalf("store_error decisions counted: %v", got)
+	}
+}
+
+func TestReadyFollowsStore(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	w, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t), nil)
+	srv.Stop()
+	if err := w.Ready(context.Background()); err == nil {
+		t.Fatal("worker ready with Redis down")
+	}
+}
+
+// Draining answers what was received before the stop.
+func TestDrainAnswersInFlight(t *testing.T) {
+	ns := testenv.NATS(t)
+	g := &gate{Store: ratelimit.NewMemory(), entered: make(chan struct{}, 10), release: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	opts := DefaultOptions()
+	opts.Conn, opts.Store, opts.Policy, opts.Registerer = testenv.Conn(t, ns), g, testPolicy(t, perApplicant(5)), reg
+	w, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
+		t.Fatal("worker not ready")
+	}
+	nc := testenv.Conn(t, ns)
+	replies := make(chan error, 1)
+	go func() {
+		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(5*time.Second))
+		if err == nil && decode(t, m).NextCode != 0 {
+			err = fmt.Errorf("refused: %s", m.Data)
+		}
+		replies <- err
+	}()
+	<-g.entered
+	cancel() // stop while the request is being decided
+	close(g.release)
+	if err := <-replies; err != nil {
+		t.Fatalf("in-flight request during drain: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if w.Ready(context.Background()) == nil {
+		t.Fatal("stopped worker still ready")
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	if _, err := New(Options{}); err == nil {
+		t.Fatal("New with empty options succeeded")
+	}
+}
