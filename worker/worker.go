@@ -189,11 +189,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := sub.Drain(); err != nil {
 		w.log.Warn("drain subscription", "err", err)
 	}
-	select {
-	case <-closed:
-	case <-time.After(w.opts.DrainTimeout):
-		w.log.Warn("drain timed out; unanswered requests fall back at their gateways", "timeout", w.opts.DrainTimeout)
-		sub.Unsubscribe()
+	// A drain cannot finish while NATS is down, and replies could not be
+	// sent anyway: stop waiting then.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(w.opts.DrainTimeout)
+wait:
+	for {
+		select {
+		case <-closed:
+			break wait
+		case <-tick.C:
+			if !w.opts.Conn.IsConnected() {
+				w.log.Warn("nats down while draining; unanswered requests fall back at their gateways")
+				sub.Unsubscribe()
+				break wait
+			}
+		case <-timeout:
+			w.log.Warn("drain timed out; unanswered requests fall back at their gateways", "timeout", w.opts.DrainTimeout)
+			sub.Unsubscribe()
+			break wait
+		}
 	}
 	close(stop)
 	wg.Wait()
