@@ -232,12 +232,14 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	}
 	natsconn.SetDeadline(msg, deadline)
 
-	var cause string
-	var reply *nats.Msg
+	var (
+		cause string
+		reply *nats.Msg
+		err   error
+	)
 	if !g.opts.Conn.IsConnected() {
-		cause = causeNATSUnavailable
+		cause, err = causeNATSUnavailable, errNotConnected
 	} else {
-		var err error
 		reply, err = g.opts.Conn.RequestMsg(msg, time.Until(deadline))
 		switch {
 		case err == nil && !isJSONObject(reply.Data):
@@ -256,10 +258,10 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 		default:
 			cause = causeError
 		}
-		if cause != "" {
-			if ok, n := g.fallbackLog.Allow(); ok {
-				g.log.Warn("no decision; answered gateway.fallback", "operationID", string(opID), "cause", cause, "err", err, "suppressed", n)
-			}
+	}
+	if cause != "" {
+		if ok, n := g.fallbackLog.Allow(); ok {
+			g.log.Warn("no decision; answered gateway.fallback", "operationID", string(opID), "cause", cause, "err", err, "suppressed", n)
 		}
 	}
 
@@ -284,6 +286,8 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	g.metrics.answers.WithLabelValues(answer).Inc()
 	g.metrics.duration.Observe(time.Since(start).Seconds())
 }
+
+var errNotConnected = errors.New("nats not connected")
 
 // reject answers a request that is not a callback at all.
 func (g *Gateway) reject(ctx *fasthttp.RequestCtx, status int, msg string) {

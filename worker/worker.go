@@ -272,8 +272,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 			w.log.Warn("limiter store failed; answering worker.on_store_error", "operationID", opID, "err", err, "suppressed", n)
 		}
 	}
-	w.respond(m, s.Body, opID)
-
+	// Counted before the reply, so that whoever sees the answer sees it counted.
 	w.metrics.requests.WithLabelValues(outcomeDecided).Inc()
 	decision := "refuse"
 	if d.Allowed {
@@ -287,6 +286,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 		w.metrics.ruleRefusals.WithLabelValues(r, "shadow").Inc()
 		w.log.Info("shadow rule would refuse", "operationID", opID, "rule", r)
 	}
+	w.respond(m, s.Body, opID)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
 	if w.log.Enabled(context.Background(), slog.LevelDebug) {
 		w.log.Debug("decided", "operationID", opID, "decision", decision, "reason", d.Reason, "rule", d.Rule,

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/admin"
@@ -20,6 +22,7 @@ import (
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
 	"github.com/joingate/joingate/pkg/redisconn"
+	"github.com/joingate/joingate/pkg/throttle"
 	"github.com/joingate/joingate/worker"
 )
 
@@ -189,10 +192,25 @@ func newStore(cfg config.Config, log *slog.Logger) (worker.Store, func(), error)
 		log.Info("limits kept in process memory (no redis.url)")
 		return ratelimit.NewMemory(), func() {}, nil
 	}
+	// go-redis logs through a package-level logger; main owns it.
+	redis.SetLogger(redisLogger{log: log.With("component", "redis"), throttle: throttle.New(time.Second)})
 	client, err := redisconn.New(cfg.Redis.URL, cfg.Redis.Timeout, min(cfg.Worker.Concurrency, 512))
 	if err != nil {
 		return nil, nil, err
 	}
 	log.Info("limits kept in redis", "addr", client.Options().Addr, "db", client.Options().DB)
 	return ratelimit.NewRedis(client), func() { client.Close() }, nil
+}
+
+// redisLogger sends go-redis's own messages (dial failures, pool trouble)
+// to slog, throttled: during an outage it reports every attempt.
+type redisLogger struct {
+	log      *slog.Logger
+	throttle *throttle.Throttle
+}
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	if ok, n := l.throttle.Allow(); ok {
+		l.log.Warn(fmt.Sprintf(format, v...), "suppressed", n)
+	}
 }

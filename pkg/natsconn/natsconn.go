@@ -71,6 +71,7 @@ func Drain(nc *nats.Conn, timeout time.Duration) error {
 		if errors.Is(err, nats.ErrConnectionClosed) {
 			return nil
 		}
+		nc.Close() // reconnecting: nothing can be drained
 		return fmt.Errorf("nats drain: %w", err)
 	}
 	select {

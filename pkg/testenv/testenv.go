@@ -56,7 +56,7 @@ func Conn(t testing.TB, ns *server.Server, opts ...nats.Option) *nats.Conn {
 
 // Redis is a redis-server process owned by one test.
 type Redis struct {
-	// URL is a redis:// (unix socket) URL for joingate's configuration.
+	// URL is a unix:// URL of the socket, for joingate's configuration.
 	URL    string
 	Socket string
 	// Port is the loopback TCP port, for tools that need one.

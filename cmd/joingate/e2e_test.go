@@ -1,0 +1,560 @@
+package main
+
+// The end-to-end test runs joingate as an operator would in distributed
+// mode: a real nats-server process, a real redis-server, one `joingate
+// gateway` and two `joingate worker` processes, and IMServer-like HTTP
+// requests against the gateway.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// binDir holds the binaries the end-to-end test builds, once per run.
+var (
+	binDir    string
+	buildOnce sync.Once
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "joingate-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// binaries builds the joingate binary from this package and nats-server
+// from the module cache (the version go.mod requires), once per test run,
+// and returns their paths.
+func binaries(t *testing.T) (joingate, natsServer string) {
+	t.Helper()
+	joingate, natsServer = filepath.Join(binDir, "joingate"), filepath.Join(binDir, "nats-server")
+	buildOnce.Do(func() {
+		wd, err := os.Getwd()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, b := range []struct{ out, pkg string }{{joingate, "."}, {natsServer, "github.com/nats-io/nats-server/v2"}} {
+			wg.Go(func() {
+				cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+				cmd.Dir = wd
+				if out, err := cmd.CombinedOutput(); err != nil {
+					errs[i] = fmt.Errorf("go build -o %s %s: %v\n%s", b.out, b.pkg, err, out)
+				}
+			})
+		}
+		wg.Wait()
+		buildErr = errors.Join(errs...)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return joingate, natsServer
+}
+
+// process is a child process whose output goes to a file, shown when the
+// test fails. It is killed when the test ends if it is still running.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func startProcess(t *testing.T, logDir, name, bin string, args ...string) *process {
+	t.Helper()
+	p := &process{name: name, log: filepath.Join(logDir, name+".log"), done: make(chan struct{})}
+	f, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close() // the child has its own descriptor
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	p.cmd.Env = childEnv()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if !p.exited() {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			out, _ := os.ReadFile(p.log)
+			t.Logf("----- %s: %s\n%s----- end of %s (%s)", name, strings.Join(p.cmd.Args, " "), out, name, p.cmd.ProcessState)
+		}
+	})
+	return p
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits up to timeout for the process to exit and reports whether it
+// did; p.cmd.ProcessState is then set.
+func (p *process) wait(timeout time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+func (p *process) output() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+// childEnv is this process's environment without JOINGATE_* variables: the
+// test's configuration is the file and the flags it passes.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "JOINGATE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func loopback(t *testing.T) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
+}
+
+// waitNATS waits until a NATS server accepts connections on addr: it
+// greets every client with an INFO line.
+func waitNATS(t *testing.T, p *process, addr string) {
+	t.Helper()
+	var lastErr error
+	ok := testenv.Eventually(10*time.Second, func() bool {
+		if p.exited() {
+			return true
+		}
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			lastErr = err
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "INFO ") {
+			lastErr = fmt.Errorf("greeting %q: %v", line, err)
+			return false
+		}
+		return true
+	})
+	if p.exited() {
+		t.Fatalf("nats-server exited: %s", p.cmd.ProcessState)
+	}
+	if !ok {
+		t.Fatalf("nats-server not accepting connections on %s within 10s: %v", addr, lastErr)
+	}
+}
+
+var client = &http.Client{Timeout: 5 * time.Second}
+
+// waitReady polls GET http://admin/readyz until it answers 200.
+func waitReady(t *testing.T, p *process, admin string) {
+	t.Helper()
+	var last string
+	ok := testenv.Eventually(15*time.Second, func() bool {
+		if p.exited() {
+			return true
+		}
+		resp, err := client.Get("http://" + admin + "/readyz")
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body))
+		return resp.StatusCode == http.StatusOK
+	})
+	if p.exited() {
+		t.Fatalf("%s exited before it was ready: %s", p.name, p.cmd.ProcessState)
+	}
+	if !ok {
+		t.Fatalf("%s not ready within 15s; last /readyz: %s", p.name, last)
+	}
+}
+
+// answer is the callback response IMServer parses.
+type answer struct {
+	ActionCode *int    `json:"actionCode"`
+	ErrCode    *int    `json:"errCode"`
+	ErrMsg     *string `json:"errMsg"`
+	ErrDlt     *string `json:"errDlt"`
+	NextCode   *int    `json:"nextCode"`
+}
+
+func (a answer) String() string {
+	return fmt.Sprintf("actionCode=%d errCode=%d errMsg=%q errDlt=%q nextCode=%d", *a.ActionCode, *a.ErrCode, *a.ErrMsg, *a.ErrDlt, *a.NextCode)
+}
+
+func (a answer) allowed() bool {
+	return *a.ActionCode == 0 && *a.ErrCode == 0 && *a.NextCode == 0
+}
+
+// decodeAnswer reports whether body is exactly one JSON object with the
+// five response fields, and nothing else.
+func decodeAnswer(body []byte) (answer, error) {
+	var a answer
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		return a, fmt.Errorf("body %q is not a callback response: %v", body, err)
+	}
+	if dec.More() {
+		return a, fmt.Errorf("body %q has data after the JSON object", body)
+	}
+	if a.ActionCode == nil || a.ErrCode == nil || a.ErrMsg == nil || a.ErrDlt == nil || a.NextCode == nil {
+		return a, fmt.Errorf("body %q lacks a response field", body)
+	}
+	return a, nil
+}
+
+// postCallback POSTs body as IMServer does and returns the status and the raw
+// and decoded answer. Any answer that is not JSON fails the test.
+func postCallback(t *testing.T, gateway, command, opID, body string) (int, []byte, answer) {
+	t.Helper()
+	status, raw, a, err := tryCallback(gateway, command, opID, body)
+	if err != nil {
+		t.Fatalf("callback %s (operation %s): %v", command, opID, err)
+	}
+	return status, raw, a
+}
+
+func tryCallback(gateway, command, opID, body string) (int, []byte, answer, error) {
+	req, err := http.NewRequest(http.MethodPost, "http://"+gateway+"/callbackExample/"+command, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, answer{}, err
+	}
+	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	req.Header.Set("Operationid", opID)
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, answer{}, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, nil, answer{}, err
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		return resp.StatusCode, raw, answer{}, fmt.Errorf("Content-Type %q, want application/json", ct)
+	}
+	a, err := decodeAnswer(raw)
+	return resp.StatusCode, raw, a, err
+}
+
+func joinBody(group, applicant string) string {
+	return fmt.Sprintf(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":%q,"groupType":"2","applyID":%q,"reqMessage":"hi","ex":""}`, group, applicant)
+}
+
+// metrics fetches the Prometheus text of an admin listener.
+func metrics(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := client.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET http://%s/metrics: %d %v", admin, resp.StatusCode, err)
+	}
+	return string(body)
+}
+
+// metricValue returns the value of one series, written as in the text
+// format (`name{label="value",...}`, labels in name order), and 0 when
+// absent. With series ending in "{" it sums every series of the metric.
+func metricValue(t *testing.T, text, series string) float64 {
+	t.Helper()
+	sum := false
+	if strings.HasSuffix(series, "{") {
+		sum = true
+	} else {
+		series += " "
+	}
+	var total float64
+	for line := range strings.SplitSeq(text, "\n") {
+		if !strings.HasPrefix(line, series) {
+			continue
+		}
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		if !sum {
+			return v
+		}
+		total += v
+	}
+	return total
+}
+
+const (
+	joinCommand         = "callbackBeforeJoinGroupCommand"
+	workerDecided       = `joingate_worker_requests_total{outcome="decided"}`
+	gatewayDecided      = `joingate_gateway_requests_total{command="callbackBeforeJoinGroupCommand",outcome="decided"}`
+	gatewayFallbacks    = `joingate_gateway_fallbacks_total{`
+	gatewayNoResponders = `joingate_gateway_fallbacks_total{cause="no_responders"}`
+)
+
+func TestEndToEnd(t *testing.T) {
+	joingate, natsServer := binaries(t)
+	config, err := filepath.Abs("testdata/joingate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := t.TempDir()
+
+	rdb := testenv.StartRedis(t)
+	natsAddr := loopback(t)
+	_, natsPort, _ := net.SplitHostPort(natsAddr)
+	ns := startProcess(t, logs, "nats-server", natsServer, "-a", "127.0.0.1", "-p", natsPort)
+	waitNATS(t, ns, natsAddr)
+	natsURL := "nats://" + natsAddr
+
+	gwAddr, gwAdmin := loopback(t), loopback(t)
+	gw := startProcess(t, logs, "gateway", joingate, "gateway", "--config", config,
+		"--nats", natsURL, "--listen", gwAddr, "--admin-listen", gwAdmin)
+	workerAdmins := []string{loopback(t), loopback(t)}
+	var workers []*process
+	for i, admin := range workerAdmins {
+		workers = append(workers, startProcess(t, logs, fmt.Sprintf("worker%d", i+1), joingate, "worker",
+			"--config", config, "--nats", natsURL, "--redis", rdb.URL, "--admin-listen", admin))
+	}
+	waitReady(t, gw, gwAdmin)
+	for i, w := range workers {
+		waitReady(t, w, workerAdmins[i])
+	}
+
+	// reached counts the join-group callbacks that must reach a worker.
+	reached := 0
+	join := func(t *testing.T, opID, group, applicant string) answer {
+		t.Helper()
+		reached++
+		status, _, a := postCallback(t, gwAddr, joinCommand, opID, joinBody(group, applicant))
+		if status != http.StatusOK {
+			t.Fatalf("%s: HTTP %d, want 200 (%s)", opID, status, a)
+		}
+		return a
+	}
+
+	t.Run("rate limit", func(t *testing.T) {
+		for i := 1; i <= 3; i++ {
+			if a := join(t, fmt.Sprintf("e2e-limit-%d", i), "g1", "u1"); !a.allowed() {
+				t.Errorf("request %d of applicant u1: %s, want allowed", i, a)
+			}
+		}
+		a := join(t, "e2e-limit-4", "g1", "u1")
+		if *a.ActionCode != 0 || *a.ErrCode != 5009 || *a.ErrMsg != "slow down" || *a.NextCode != 1 || !strings.HasPrefix(*a.ErrDlt, "retry in ") {
+			t.Errorf("request 4 of applicant u1: %s, want refused by per-applicant (5009 \"slow down\", errDlt \"retry in ...\")", a)
+		}
+	})
+
+	t.Run("deny group", func(t *testing.T) {
+		a := join(t, "e2e-closed", "closed", "u-closed")
+		if *a.ActionCode != 0 || *a.ErrCode != 5002 || *a.NextCode != 1 {
+			t.Errorf("join of group closed: %s, want refused with 5002", a)
+		}
+	})
+
+	t.Run("groupType as a number", func(t *testing.T) {
+		reached++
+		body := `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u-number","reqMessage":"","ex":"","unknownField":[1,{"a":null}]}`
+		status, _, a := postCallback(t, gwAddr, joinCommand, "e2e-number", body)
+		if status != http.StatusOK || !a.allowed() {
+			t.Errorf("numeric groupType and an unknown field: HTTP %d %s, want 200 allowed", status, a)
+		}
+	})
+
+	t.Run("malformed body", func(t *testing.T) {
+		status, raw, a := postCallback(t, gwAddr, joinCommand, "e2e-malformed", `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":`)
+		if status != http.StatusBadRequest || *a.ActionCode != 1 || *a.NextCode != 0 || *a.ErrMsg == "" {
+			t.Errorf("malformed body: HTTP %d %s, want 400 with actionCode 1 and an explanation", status, raw)
+		}
+	})
+
+	t.Run("other command", func(t *testing.T) {
+		// Allowed at the edge: it never reaches a worker.
+		status, raw, a := postCallback(t, gwAddr, "callbackAfterJoinGroupCommand", "e2e-other", `{"callbackCommand":"callbackAfterJoinGroupCommand"}`)
+		if status != http.StatusOK || !a.allowed() {
+			t.Errorf("callbackAfterJoinGroupCommand: HTTP %d %s, want 200 allowed", status, raw)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("queue group shares the load", func(t *testing.T) {
+		const n = 40
+		var (
+			wg     sync.WaitGroup
+			failed atomic.Int32
+			next   atomic.Int32
+		)
+		reached += n
+		for range 8 {
+			wg.Go(func() {
+				for i := int(next.Add(1)); i <= n; i = int(next.Add(1)) {
+					opID := fmt.Sprintf("e2e-load-%02d", i)
+					status, raw, a, err := tryCallback(gwAddr, joinCommand, opID, joinBody("g-load", fmt.Sprintf("load-%02d", i)))
+					switch {
+					case err != nil:
+						t.Errorf("%s: %v", opID, err)
+					case status != http.StatusOK || !a.allowed():
+						t.Errorf("%s: HTTP %d %s, want 200 allowed", opID, status, raw)
+					default:
+						continue
+					}
+					failed.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if failed.Load() > 0 {
+			t.FailNow()
+		}
+
+		// A worker counts a decision just after replying: poll until every
+		// decision the gateway got is counted.
+		var counts []float64
+		var sum float64
+		testenv.Eventually(5*time.Second, func() bool {
+			counts, sum = nil, 0
+			for _, admin := range workerAdmins {
+				v := metricValue(t, metrics(t, admin), workerDecided)
+				counts = append(counts, v)
+				sum += v
+			}
+			return sum >= float64(reached)
+		})
+		t.Logf("decided by worker1, worker2: %v; join requests sent to workers: %d", counts, reached)
+		if sum != float64(reached) {
+			t.Errorf("workers decided %v (sum %v) join requests, want %d in all", counts, sum, reached)
+		}
+		for i, c := range counts {
+			if c < 1 {
+				t.Errorf("worker%d decided %v requests, want at least 1 (workers %v): the queue group does not share the load", i+1, c, counts)
+			}
+		}
+		gm := metrics(t, gwAdmin)
+		if got := metricValue(t, gm, gatewayDecided); got != float64(reached) {
+			t.Errorf("gateway counted %v decided join requests, want %d", got, reached)
+		}
+		if got := metricValue(t, gm, gatewayFallbacks); got != 0 {
+			t.Errorf("gateway answered %v fallbacks while both workers ran, want 0", got)
+		}
+	})
+
+	t.Run("operation ID reaches the worker", func(t *testing.T) {
+		// Workers log each decision at debug level with IMServer's
+		// Operationid, which crosses NATS as a header.
+		if !testenv.Eventually(5*time.Second, func() bool {
+			return strings.Contains(workers[0].output()+workers[1].output(), "operationID=e2e-limit-4")
+		}) {
+			t.Error("no worker logged operationID=e2e-limit-4")
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("fallback without workers", func(t *testing.T) {
+		for _, w := range workers {
+			if err := w.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatalf("kill %s: %v", w.name, err)
+			}
+		}
+		for _, w := range workers {
+			if !w.wait(5 * time.Second) {
+				t.Fatalf("%s still running 5s after SIGKILL", w.name)
+			}
+		}
+		// Until nats-server notices the dead connections a request may wait
+		// out the decision timeout; after, there are no responders. Both
+		// answer the fallback, allow.
+		var lastErr error
+		var noResponders float64
+		attempt := 0
+		ok := testenv.Eventually(10*time.Second, func() bool {
+			attempt++
+			opID := fmt.Sprintf("e2e-fallback-%d", attempt)
+			status, raw, _, err := tryCallback(gwAddr, joinCommand, opID, joinBody("g1", "u1"))
+			if err != nil {
+				lastErr = err
+				return false
+			}
+			if status != http.StatusOK || string(raw) != `{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}` {
+				lastErr = fmt.Errorf("%s: HTTP %d %s, want 200 and the fallback allow body", opID, status, raw)
+				return false
+			}
+			noResponders = metricValue(t, metrics(t, gwAdmin), gatewayNoResponders)
+			return noResponders >= 1
+		})
+		if !ok {
+			t.Fatalf("no no_responders fallback within 10s (%d attempts, %s = %v): %v", attempt, gatewayNoResponders, noResponders, lastErr)
+		}
+		t.Logf("no_responders fallback after %d request(s)", attempt)
+		if lastErr != nil {
+			t.Errorf("a request without workers was not answered the fallback: %v", lastErr)
+		}
+	})
+
+	t.Run("gateway stops on SIGTERM", func(t *testing.T) {
+		if err := gw.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if !gw.wait(10 * time.Second) {
+			t.Fatal("gateway still running 10s after SIGTERM")
+		}
+		if code := gw.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Fatalf("gateway exited with %s, want status 0", gw.cmd.ProcessState)
+		}
+	})
+}
