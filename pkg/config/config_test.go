@@ -61,10 +61,29 @@ func TestLoadFull(t *testing.T) {
 	}
 }
 
-// TestExampleConfig keeps the documented example loadable.
+// TestExampleConfig keeps the documented example loadable, complete and
+// true to the defaults it claims to show.
 func TestExampleConfig(t *testing.T) {
-	if _, err := Load("../../deploy/joingate.example.yaml", nil, nil); err != nil {
-		t.Fatalf("deploy/joingate.example.yaml: %v", err)
+	const path = "../../deploy/joingate.example.yaml"
+	cfg, err := Load(path, nil, nil)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if !reflect.DeepEqual(cfg, mustDefault(t)) {
+		t.Fatalf("%s does not show the defaults:\n got %+v\nwant %+v", path, cfg, mustDefault(t))
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every key, and every limit field, appears as "name:" in the file.
+	keys := leafKeys(reflect.TypeOf(Config{}), "")
+	keys = append(keys, leafKeys(reflect.TypeOf(Limit{}), "join_group.limits[].")...)
+	for _, key := range keys {
+		parts := strings.Split(key, ".")
+		if !strings.Contains(string(data), parts[len(parts)-1]+":") {
+			t.Errorf("%s does not document %s", path, key)
+		}
 	}
 }
 

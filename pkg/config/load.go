@@ -261,8 +261,8 @@ func (w walker) decode(n *yaml.Node, v reflect.Value, key string) error {
 		}
 		return nil
 	case v.Kind() == reflect.Slice:
-		if isNull {
-			v.Set(reflect.MakeSlice(v.Type(), 0, 0))
+		if isNull || (n.Kind == yaml.SequenceNode && len(n.Content) == 0) {
+			v.Set(reflect.Zero(v.Type())) // an empty list
 			return nil
 		}
 		if n.Kind != yaml.SequenceNode {

@@ -1,0 +1,93 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestEndpoints(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	promauto.With(reg).NewCounter(prometheus.CounterOpts{Name: "joingate_test_total", Help: "t"}).Add(3)
+	var storeDown atomic.Bool
+	checks := []Check{{Name: "store", Check: func(context.Context) error {
+		if storeDown.Load() {
+			return errors.New("redis: connection refused")
+		}
+		return nil
+	}}}
+	s, err := New("127.0.0.1:0", reg, checks, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	base := "http://" + s.Addr()
+
+	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "joingate_test_total 3") {
+		t.Fatalf("/metrics: %d %q", code, body)
+	}
+	if code, _ := get(t, base+"/healthz"); code != 200 {
+		t.Fatalf("/healthz: %d", code)
+	}
+	if code, _ := get(t, base+"/readyz"); code != 200 {
+		t.Fatalf("/readyz: %d", code)
+	}
+	storeDown.Store(true)
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "store: redis: connection refused") {
+		t.Fatalf("/readyz with a failing check: %d %q", code, body)
+	}
+	storeDown.Store(false)
+	s.SetNotReady()
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "shutting down") {
+		t.Fatalf("/readyz while stopping: %d %q", code, body)
+	}
+	if code, body := get(t, base+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Fatalf("/debug/pprof/: %d", code)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Fatal("admin server still serving after Run returned")
+	}
+}
+
+func TestLatencyBuckets(t *testing.T) {
+	b := LatencyBuckets(300 * time.Millisecond)
+	found := false
+	for i, v := range b {
+		if i > 0 && v <= b[i-1] {
+			t.Fatalf("buckets not increasing: %v", b)
+		}
+		found = found || v == 0.3
+	}
+	if !found || b[0] > 0.0001 || b[len(b)-1] < 1 {
+		t.Fatalf("buckets %v: want 0.3 as an edge, sub-100µs first, 1s last", b)
+	}
+	if n := len(LatencyBuckets(250 * time.Millisecond)); n != len(b)-1 {
+		t.Fatalf("a timeout already an edge was added twice: %d buckets", n)
+	}
+}
