@@ -90,6 +90,12 @@ type process struct {
 
 func startProcess(t *testing.T, logDir, name, bin string, args ...string) *process {
 	t.Helper()
+	return startProcessEnv(t, logDir, name, nil, bin, args...)
+}
+
+// startProcessEnv is startProcess with extra environment variables.
+func startProcessEnv(t *testing.T, logDir, name string, env []string, bin string, args ...string) *process {
+	t.Helper()
 	p := &process{name: name, log: filepath.Join(logDir, name+".log"), done: make(chan struct{})}
 	f, err := os.Create(p.log)
 	if err != nil {
@@ -98,7 +104,7 @@ func startProcess(t *testing.T, logDir, name, bin string, args ...string) *proce
 	defer f.Close() // the child has its own descriptor
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.Env = childEnv()
+	p.cmd.Env = append(childEnv(), env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -557,4 +563,60 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("gateway exited with %s, want status 0", gw.cmd.ProcessState)
 		}
 	})
+}
+
+// `joingate all --redis` keeps limits in Redis, and nats.embedded_listen lets
+// a worker in another process join its embedded NATS server and share the
+// load and the limits.
+func TestAllWithRedisAndOutsideWorker(t *testing.T) {
+	joingate, _ := binaries(t)
+	config, err := filepath.Abs("testdata/joingate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := t.TempDir()
+	rdb := testenv.StartRedis(t)
+	natsAddr, gwAddr, allAdmin, workerAdmin := loopback(t), loopback(t), loopback(t), loopback(t)
+
+	all := startProcessEnv(t, logs, "all", []string{"JOINGATE_NATS_EMBEDDED_LISTEN=" + natsAddr}, joingate, "all",
+		"--config", config, "--redis", rdb.URL, "--listen", gwAddr, "--admin-listen", allAdmin)
+	waitReady(t, all, allAdmin)
+	outside := startProcess(t, logs, "worker", joingate, "worker",
+		"--config", config, "--nats", "nats://"+natsAddr, "--redis", rdb.URL, "--admin-listen", workerAdmin)
+	waitReady(t, outside, workerAdmin)
+
+	// Applicant u1 gets 3 (the configured limit) whichever worker decides.
+	for i := 1; i <= 4; i++ {
+		_, _, a := postCallback(t, gwAddr, joinCommand, fmt.Sprint("all-", i), joinBody("g1", "u1"))
+		if a.allowed() != (i <= 3) {
+			t.Fatalf("request %d of u1: %s", i, a)
+		}
+	}
+	for i := range 30 {
+		if _, _, a := postCallback(t, gwAddr, joinCommand, fmt.Sprint("all-load-", i), joinBody("g2", fmt.Sprint("load-", i))); !a.allowed() {
+			t.Fatalf("load request %d: %s", i, a)
+		}
+	}
+	var inProcess, outsideCount float64
+	testenv.Eventually(5*time.Second, func() bool {
+		inProcess = metricValue(t, metrics(t, allAdmin), workerDecided)
+		outsideCount = metricValue(t, metrics(t, workerAdmin), workerDecided)
+		return inProcess+outsideCount == 34
+	})
+	if inProcess < 1 || outsideCount < 1 || inProcess+outsideCount != 34 {
+		t.Fatalf("decided in process %v, by the outside worker %v; want both, 34 in all", inProcess, outsideCount)
+	}
+	keys, err := rdb.Client.Keys(t.Context(), "joingate:*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("no joingate keys in Redis (%v): `all --redis` did not use Redis", err)
+	}
+
+	for _, p := range []*process{outside, all} {
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if !p.wait(10*time.Second) || p.cmd.ProcessState.ExitCode() != 0 {
+			t.Fatalf("%s did not exit 0 within 10s of SIGTERM: %v", p.name, p.cmd.ProcessState)
+		}
+	}
 }
