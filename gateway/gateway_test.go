@@ -24,6 +24,7 @@ import (
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/ratelimit/ratelimittest"
 	"github.com/joingate/joingate/pkg/testenv"
 	"github.com/joingate/joingate/worker"
 )
@@ -67,8 +68,9 @@ func startGateway(t *testing.T, ns *server.Server, mutate func(*gateway.Options)
 	return &edge{url: "http://" + gw.Addr(), reg: reg, gw: gw, stop: stop}
 }
 
-// startWorker runs a worker with cfg's join-group policy on store.
-func startWorker(t *testing.T, ns *server.Server, store worker.Store, cfg config.Config) *prometheus.Registry {
+// startWorker runs a worker with cfg's join-group policy on store until the
+// test ends; mutate, if not nil, adjusts its options.
+func startWorker(t *testing.T, ns *server.Server, store worker.Store, cfg config.Config, mutate ...func(*worker.Options)) *prometheus.Registry {
 	t.Helper()
 	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "test:")
 	if err != nil {
@@ -77,6 +79,9 @@ func startWorker(t *testing.T, ns *server.Server, store worker.Store, cfg config
 	reg := prometheus.NewRegistry()
 	opts := worker.DefaultOptions()
 	opts.Conn, opts.Store, opts.Policy, opts.Registerer = testenv.Conn(t, ns), store, p, reg
+	for _, m := range mutate {
+		m(&opts)
+	}
 	w, err := worker.New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -197,12 +202,8 @@ func TestJoinGroupDecisions(t *testing.T) {
 	f("u2", "g1", "toolong", 5003)
 	f("admin", "closed", "toolong", 0)
 
-	if got := testenv.Value(t, e.reg, "joingate_gateway_join_answers_total", "refuse"); got != 4 {
-		t.Fatalf("refusals counted at the gateway: %v, want 4", got)
-	}
-	if got := testenv.Value(t, e.reg, "joingate_gateway_requests_total", callback.JoinGroupCommand, "decided"); got != 7 {
-		t.Fatalf("decided requests: %v, want 7", got)
-	}
+	testenv.WantValue(t, e.reg, 4, "joingate_gateway_join_answers_total", "refuse")
+	testenv.WantValue(t, e.reg, 7, "joingate_gateway_requests_total", callback.JoinGroupCommand, "decided")
 }
 
 // A request refused by one rule consumes nothing of the others.
@@ -348,9 +349,7 @@ func TestOtherCommandsAllowedAtTheEdge(t *testing.T) {
 			t.Fatalf("%s: %d %+v", path, code, a)
 		}
 	}
-	if got := testenv.Value(t, e.reg, "joingate_gateway_requests_total", "other", "no_policy"); got != 2 {
-		t.Fatalf("no_policy requests counted: %v, want 2", got)
-	}
+	testenv.WantValue(t, e.reg, 2, "joingate_gateway_requests_total", "other", "no_policy")
 	// A join request goes through NATS; once it arrived, nothing else had.
 	post(t, e.url+joinPath, joinBody("u", "g"))
 	m := <-published
@@ -402,12 +401,8 @@ func TestFallbacks(t *testing.T) {
 		if code, a := post(t, e.url+joinPath, joinBody("u", "g")); code != 200 || a != allow {
 			t.Fatalf("%d %+v, want the fallback allow", code, a)
 		}
-		if got := testenv.Value(t, e.reg, "joingate_gateway_fallbacks_total", "no_responders"); got != 1 {
-			t.Fatalf("no_responders fallbacks: %v", got)
-		}
-		if got := testenv.Value(t, e.reg, "joingate_gateway_fallbacks_total", "timeout"); got != 0 {
-			t.Fatalf("timeouts: %v, want 0", got)
-		}
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "no_responders")
+		testenv.WantValue(t, e.reg, 0, "joingate_gateway_fallbacks_total", "timeout")
 	})
 
 	t.Run("timeout, deny fallback", func(t *testing.T) {
@@ -425,12 +420,8 @@ func TestFallbacks(t *testing.T) {
 		if _, a := post(t, e.url+joinPath, joinBody("u", "g")); a.ErrCode != 5000 || !a.refused() {
 			t.Fatalf("%+v, want the deny fallback", a)
 		}
-		if got := testenv.Value(t, e.reg, "joingate_gateway_fallbacks_total", "timeout"); got != 1 {
-			t.Fatalf("timeouts: %v", got)
-		}
-		if got := testenv.Value(t, e.reg, "joingate_gateway_join_answers_total", "refuse"); got != 1 {
-			t.Fatalf("refusals counted: %v", got)
-		}
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "timeout")
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_join_answers_total", "refuse")
 	})
 
 	t.Run("nats down", func(t *testing.T) {
@@ -447,9 +438,7 @@ func TestFallbacks(t *testing.T) {
 		if code, a := post(t, e.url+joinPath, joinBody("u", "g")); code != 200 || a != allow {
 			t.Fatalf("%d %+v, want the fallback allow", code, a)
 		}
-		if got := testenv.Value(t, e.reg, "joingate_gateway_fallbacks_total", "nats_unavailable"); got != 1 {
-			t.Fatalf("nats_unavailable fallbacks: %v", got)
-		}
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "nats_unavailable")
 	})
 
 	t.Run("reply that is not JSON", func(t *testing.T) {
@@ -461,23 +450,8 @@ func TestFallbacks(t *testing.T) {
 		if _, a := post(t, e.url+joinPath, joinBody("u", "g")); a != allow {
 			t.Fatalf("%+v, want the fallback allow", a)
 		}
-		if got := testenv.Value(t, e.reg, "joingate_gateway_fallbacks_total", "error"); got != 1 {
-			t.Fatalf("error fallbacks: %v", got)
-		}
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "error")
 	})
-}
-
-// slowStore holds each call until released.
-type slowStore struct {
-	worker.Store
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (s *slowStore) Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error {
-	s.entered <- struct{}{}
-	<-s.release
-	return s.Store.Allow(context.Background(), checks, results)
 }
 
 // A worker slower than the decision timeout: the edge answers the fallback
@@ -485,38 +459,22 @@ func (s *slowStore) Allow(ctx context.Context, checks []ratelimit.Check, results
 func TestSlowWorker(t *testing.T) {
 	ns := testenv.NATS(t)
 	srv := testenv.StartRedis(t)
-	slow := &slowStore{Store: ratelimit.NewRedis(srv.Client), entered: make(chan struct{}, 10), release: make(chan struct{})}
-	p, err := policy.New(policyConfig(limit("once", config.KeyApplicant, 1, 5001, "once")).JoinGroup, config.Default().Worker, "test:")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wreg := prometheus.NewRegistry()
-	opts := worker.DefaultOptions()
-	opts.Conn, opts.Store, opts.Policy, opts.Registerer, opts.Concurrency = testenv.Conn(t, ns), slow, p, wreg, 1
-	w, err := worker.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil })
+	slow := ratelimittest.NewGate(ratelimit.NewRedis(srv.Client))
+	wreg := startWorker(t, ns, slow, policyConfig(limit("once", config.KeyApplicant, 1, 5001, "once")),
+		func(o *worker.Options) { o.Concurrency = 1 })
 	e := startGateway(t, ns, func(o *gateway.Options) { o.DecisionTimeout = 100 * time.Millisecond })
 
 	first := make(chan answer, 1)
 	go func() { _, a := post(t, e.url+joinPath, joinBody("blocker", "g")); first <- a }()
-	<-slow.entered // the worker's only slot is stuck in the store
+	<-slow.Entered // the worker's only slot is stuck in the store
 	if _, a := post(t, e.url+joinPath, joinBody("late", "g")); a != allow {
 		t.Fatalf("late request: %+v, want the fallback allow", a)
 	}
 	if a := <-first; a != allow {
 		t.Fatalf("blocked request: %+v, want the fallback allow", a)
 	}
-	if got := testenv.Value(t, e.reg, "joingate_gateway_fallbacks_total", "timeout"); got != 2 {
-		t.Fatalf("timeouts: %v, want 2", got)
-	}
-	close(slow.release)
+	testenv.WantValue(t, e.reg, 2, "joingate_gateway_fallbacks_total", "timeout")
+	slow.Open()
 	if !testenv.Eventually(5*time.Second, func() bool {
 		return testenv.Value(t, wreg, "joingate_worker_requests_total", "expired") == 1
 	}) {
@@ -562,25 +520,23 @@ func TestWorkersShareLoad(t *testing.T) {
 // Stopping the gateway answers the requests already in flight.
 func TestGracefulShutdown(t *testing.T) {
 	ns := testenv.NATS(t)
-	slow := &slowStore{Store: ratelimit.NewMemory(), entered: make(chan struct{}, 10), release: make(chan struct{})}
+	slow := ratelimittest.NewGate(ratelimit.NewMemory())
 	startWorker(t, ns, slow, policyConfig(limit("once", config.KeyApplicant, 5, 5001, "x")))
 	e := startGateway(t, ns, func(o *gateway.Options) { o.DecisionTimeout = 5 * time.Second / 6 })
 	got := make(chan answer, 1)
 	go func() { _, a := post(t, e.url+joinPath, joinBody("u", "g")); got <- a }()
-	<-slow.entered
+	<-slow.Entered
 	stopped := make(chan struct{})
 	go func() { e.stop(); close(stopped) }()
 	if !testenv.Eventually(5*time.Second, func() bool { return e.gw.Ready(context.Background()) != nil }) {
 		t.Fatal("stopping gateway still ready")
 	}
-	close(slow.release)
+	slow.Open()
 	if a := <-got; a != allow {
 		t.Fatalf("in-flight request during shutdown: %+v", a)
 	}
 	<-stopped
-	if got := testenv.Value(t, e.reg, "joingate_gateway_requests_total", callback.JoinGroupCommand, "decided"); got != 1 {
-		t.Fatalf("in-flight request was not decided by the worker (decided=%v)", got)
-	}
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_requests_total", callback.JoinGroupCommand, "decided")
 	if _, err := http.Post(e.url+joinPath, "application/json", strings.NewReader(joinBody("u", "g"))); err == nil {
 		t.Fatal("stopped gateway still accepts requests")
 	}

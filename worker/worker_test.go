@@ -18,6 +18,7 @@ import (
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/ratelimit/ratelimittest"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -41,9 +42,9 @@ func perApplicant(n int) config.Limit {
 	return config.Limit{Name: "per-applicant", Key: config.KeyApplicant, Limit: n, Period: time.Hour, Burst: n, ErrCode: 5001, ErrMsg: "too many join requests"}
 }
 
-// startWorker runs a worker on ns until the test ends and returns its
-// registry.
-func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGroup, mutate func(*Options)) (*Worker, *prometheus.Registry) {
+// startWorker runs a worker on ns and returns it, its registry and a stop
+// function that ends Run and waits for it (also called when the test ends).
+func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGroup, mutate func(*Options)) (*Worker, *prometheus.Registry, func()) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts := DefaultOptions()
@@ -59,16 +60,20 @@ func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGro
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker Run: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("worker Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
 	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
 		t.Fatalf("worker not ready: %v", w.Ready(context.Background()))
 	}
-	return w, reg
+	return w, reg, stop
 }
 
 // request sends a join-group request as the gateway does.
@@ -96,7 +101,7 @@ func decode(t *testing.T, m *nats.Msg) answer {
 
 func TestDecides(t *testing.T) {
 	ns := testenv.NATS(t)
-	_, reg := startWorker(t, ns, ratelimit.NewMemory(), testPolicy(t, perApplicant(2)), nil)
+	_, reg, _ := startWorker(t, ns, ratelimit.NewMemory(), testPolicy(t, perApplicant(2)), nil)
 	nc := testenv.Conn(t, ns)
 	for i := range 3 {
 		m, err := request(t, nc, joinBody("u1", "g1"), time.Now().Add(time.Second))
@@ -108,9 +113,7 @@ func TestDecides(t *testing.T) {
 			t.Fatalf("request %d: %+v", i+1, a)
 		}
 	}
-	if got := testenv.Value(t, reg, "joingate_worker_decisions_total", "refuse", "rate_limit"); got != 1 {
-		t.Fatalf("rate-limit refusals counted: %v, want 1", got)
-	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", "refuse", "rate_limit")
 
 	// A body that is not a callback gets actionCode 1, not silence.
 	m, err := request(t, nc, `{"groupID":5}`, time.Now().Add(time.Second))
@@ -130,37 +133,23 @@ func TestDecides(t *testing.T) {
 	}
 }
 
-// gate is a Store that holds every call until released: a worker stuck on
-// a slow store.
-type gate struct {
-	Store
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (g *gate) Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error {
-	g.entered <- struct{}{}
-	<-g.release
-	return g.Store.Allow(context.Background(), checks, results)
-}
-
 // A request whose deadline passed while it waited behind a slow one is
 // dropped without touching the store: its quota stays intact.
 func TestExpiredRequestConsumesNothing(t *testing.T) {
 	ns := testenv.NATS(t)
 	mem := ratelimit.NewMemory()
-	g := &gate{Store: mem, entered: make(chan struct{}, 10), release: make(chan struct{})}
-	_, reg := startWorker(t, ns, g, testPolicy(t, perApplicant(1)), func(o *Options) { o.Concurrency = 1 })
+	g := ratelimittest.NewGate(mem)
+	_, reg, _ := startWorker(t, ns, g, testPolicy(t, perApplicant(1)), func(o *Options) { o.Concurrency = 1 })
 	nc := testenv.Conn(t, ns)
 
 	var wg sync.WaitGroup
 	wg.Go(func() { request(t, nc, joinBody("blocker", "g"), time.Now().Add(5*time.Second)) })
-	<-g.entered // the only decision slot is taken
+	<-g.Entered // the only decision slot is taken
 	_, err := request(t, nc, joinBody("late", "g"), time.Now().Add(50*time.Millisecond))
 	if !errors.Is(err, nats.ErrTimeout) {
 		t.Fatalf("late request: %v, want a timeout", err)
 	}
-	close(g.release)
+	g.Open()
 	wg.Wait()
 	expired := func() float64 { return testenv.Value(t, reg, "joingate_worker_requests_total", outcomeExpired) }
 	if !testenv.Eventually(5*time.Second, func() bool { return expired() == 1 }) {
@@ -182,7 +171,7 @@ func TestExpiredRequestConsumesNothing(t *testing.T) {
 func TestStoreErrorAnswersConfigured(t *testing.T) {
 	ns := testenv.NATS(t)
 	srv := testenv.StartRedis(t)
-	_, reg := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(5)), nil)
+	_, reg, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(5)), nil)
 	nc := testenv.Conn(t, ns)
 	srv.Stop()
 	m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
@@ -192,18 +181,14 @@ func TestStoreErrorAnswersConfigured(t *testing.T) {
 	if a := decode(t, m); a.ActionCode != 0 || a.NextCode != 0 {
 		t.Fatalf("store down answered %+v, want allow (on_store_error: allow)", a)
 	}
-	if got := testenv.Value(t, reg, "joingate_worker_store_errors_total"); got != 1 {
-		t.Fatalf("store errors counted: %v", got)
-	}
-	if got := testenv.Value(t, reg, "joingate_worker_decisions_total", "allow", "store_error"); got != 1 {
-		t.Fatalf("store_error decisions counted: %v", got)
-	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_store_errors_total")
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", "allow", "store_error")
 }
 
 func TestReadyFollowsStore(t *testing.T) {
 	ns := testenv.NATS(t)
 	srv := testenv.StartRedis(t)
-	w, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t), nil)
+	w, _, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t), nil)
 	srv.Stop()
 	if err := w.Ready(context.Background()); err == nil {
 		t.Fatal("worker ready with Redis down")
@@ -213,20 +198,8 @@ func TestReadyFollowsStore(t *testing.T) {
 // Draining answers what was received before the stop.
 func TestDrainAnswersInFlight(t *testing.T) {
 	ns := testenv.NATS(t)
-	g := &gate{Store: ratelimit.NewMemory(), entered: make(chan struct{}, 10), release: make(chan struct{})}
-	reg := prometheus.NewRegistry()
-	opts := DefaultOptions()
-	opts.Conn, opts.Store, opts.Policy, opts.Registerer = testenv.Conn(t, ns), g, testPolicy(t, perApplicant(5)), reg
-	w, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
-		t.Fatal("worker not ready")
-	}
+	g := ratelimittest.NewGate(ratelimit.NewMemory())
+	w, _, stop := startWorker(t, ns, g, testPolicy(t, perApplicant(5)), nil)
 	nc := testenv.Conn(t, ns)
 	replies := make(chan error, 1)
 	go func() {
@@ -236,18 +209,17 @@ func TestDrainAnswersInFlight(t *testing.T) {
 		}
 		replies <- err
 	}()
-	<-g.entered
-	cancel() // stop while the request is being decided
-	close(g.release)
+	<-g.Entered
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }() // stop while the request is being decided
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) != nil }) {
+		t.Fatal("draining worker still ready")
+	}
+	g.Open()
 	if err := <-replies; err != nil {
 		t.Fatalf("in-flight request during drain: %v", err)
 	}
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if w.Ready(context.Background()) == nil {
-		t.Fatal("stopped worker still ready")
-	}
+	<-stopped
 }
 
 func TestOptionsValidate(t *testing.T) {

@@ -173,3 +173,12 @@ func Value(t testing.TB, reg prometheus.Gatherer, name string, labels ...string)
 	t.Fatalf("no series %s%q", name, labels)
 	return 0
 }
+
+// WantValue fails the test unless the series of reg named by name and
+// labels has the value want.
+func WantValue(t testing.TB, reg prometheus.Gatherer, want float64, name string, labels ...string) {
+	t.Helper()
+	if got := Value(t, reg, name, labels...); got != want {
+		t.Fatalf("%s%q = %v, want %v", name, labels, got, want)
+	}
+}
