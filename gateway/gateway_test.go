@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -52,20 +51,7 @@ func startGateway(t *testing.T, ns *server.Server, mutate func(*gateway.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("gateway Run: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return &edge{url: "http://" + gw.Addr(), reg: reg, gw: gw, stop: stop}
+	return &edge{url: "http://" + gw.Addr(), reg: reg, gw: gw, stop: testenv.Run(t, gw.Run)}
 }
 
 // startWorker runs a worker with cfg's join-group policy on store until the
@@ -86,10 +72,7 @@ func startWorker(t *testing.T, ns *server.Server, store worker.Store, cfg config
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testenv.Run(t, w.Run)
 	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
 		t.Fatal("worker not ready")
 	}

@@ -57,19 +57,7 @@ func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGro
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("worker Run: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
+	stop := testenv.Run(t, w.Run)
 	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
 		t.Fatalf("worker not ready: %v", w.Ready(context.Background()))
 	}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,4 +182,24 @@ func WantValue(t testing.TB, reg prometheus.Gatherer, want float64, name string,
 	if got := Value(t, reg, name, labels...); got != want {
 		t.Fatalf("%s%q = %v, want %v", name, labels, got, want)
 	}
+}
+
+// Run calls run in a goroutine with a context that stop cancels; stop then
+// waits for run to return and fails the test on an error. stop runs when the
+// test ends, if not before.
+func Run(t testing.TB, run func(context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
