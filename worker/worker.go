@@ -23,9 +23,9 @@ import (
 	"github.com/joingate/joingate/pkg/throttle"
 )
 
-// Store is the limiter store the worker checks limits in.
+// Store keeps the dynamic lists and the limits the worker checks.
 type Store interface {
-	Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error
+	Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error
 	Ping(ctx context.Context) error
 }
 
@@ -308,9 +308,9 @@ type timedStore struct {
 	hist prometheus.Histogram
 }
 
-func (t timedStore) Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error {
+func (t timedStore) Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error {
 	start := time.Now()
-	err := t.Store.Allow(ctx, checks, results)
+	err := t.Store.Decide(ctx, q, a)
 	t.hist.Observe(time.Since(start).Seconds())
 	return err
 }

@@ -78,6 +78,9 @@ type JoinGroup struct {
 	BlockedWords    []string `yaml:"blocked_words"`
 	MessageRefusal  Refusal  `yaml:"message_refusal"`
 	Limits          []Limit  `yaml:"limits"`
+	// DryRun makes every limit a shadow limit: counted and logged, never
+	// refusing.
+	DryRun bool `yaml:"dry_run"`
 }
 
 // Limit is one named rate-limit rule.

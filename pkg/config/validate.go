@@ -92,6 +92,9 @@ func (l *loader) validate() error {
 			bad("redis.url", "%v", redactURLError(err, c.Redis.URL))
 		}
 	}
+	if strings.ContainsAny(c.Redis.KeyPrefix, "{}") {
+		bad("redis.key_prefix", "must not contain { or } (joingate uses Redis Cluster hash tags), got %q", c.Redis.KeyPrefix)
+	}
 	if c.Redis.Timeout <= 0 {
 		bad("redis.timeout", "must be positive, got %s", c.Redis.Timeout)
 	}

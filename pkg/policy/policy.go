@@ -5,7 +5,6 @@ package policy
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -33,9 +32,10 @@ const (
 // Reasons lists every Reason, for pre-creating metric series.
 var Reasons = []Reason{ReasonAllowList, ReasonDenyApplicant, ReasonDenyGroup, ReasonMessageLength, ReasonBlockedWord, ReasonRateLimit, ReasonStoreError, ReasonPassed}
 
-// Limiter admits a request against several limits at once, all or nothing.
-type Limiter interface {
-	Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error
+// Store answers a decision's store work (dynamic lists and rate limits) in
+// one round trip.
+type Store interface {
+	Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error
 }
 
 // Decision is the outcome for one application.
@@ -49,8 +49,9 @@ type Decision struct {
 // Scratch holds per-decision buffers; one per goroutine, reused, so that a
 // decision allocates little beyond the store's keys.
 type Scratch struct {
-	checks  []ratelimit.Check
-	results []ratelimit.Result
+	query  ratelimit.Query
+	answer ratelimit.Answer
+	guards [3]string
 	// Body is the response JSON for the last decision.
 	Body []byte
 	// Shadowed names the shadow rules that would have refused the last
@@ -74,7 +75,7 @@ type JoinGroup struct {
 	maxMessage                        int
 	blocked                           []string // lower case
 	rules                             []rule
-	prefix                            string
+	keys                              Keys
 
 	denyBody, messageBody []byte
 	storeErrorAllows      bool
@@ -96,7 +97,7 @@ func New(cfg config.JoinGroup, storeErr config.Worker, keyPrefix string) (*JoinG
 		denyApplicants:   set(cfg.DenyApplicants),
 		denyGroups:       set(cfg.DenyGroups),
 		maxMessage:       cfg.MaxMessageBytes,
-		prefix:           keyPrefix + "rl:",
+		keys:             NewKeys(keyPrefix),
 		denyBody:         callback.AppendRefusal(nil, cfg.DenyRefusal.ErrCode, cfg.DenyRefusal.ErrMsg, ""),
 		messageBody:      callback.AppendRefusal(nil, cfg.MessageRefusal.ErrCode, cfg.MessageRefusal.ErrMsg, ""),
 		storeErrorAllows: storeErr.OnStoreError != config.Deny,
@@ -115,7 +116,7 @@ func New(cfg config.JoinGroup, storeErr config.Worker, keyPrefix string) (*JoinG
 			limit:  ratelimit.Limit{Rate: l.Limit, Period: l.Period, Burst: l.Burst},
 			code:   l.ErrCode,
 			msg:    l.ErrMsg,
-			shadow: l.Shadow,
+			shadow: l.Shadow || cfg.DryRun,
 		}
 		if r.limit.Burst == 0 {
 			r.limit.Burst = r.limit.Rate
@@ -140,55 +141,77 @@ func (p *JoinGroup) Rules() []string {
 	return names
 }
 
-// Decide judges one application and leaves the response JSON in s.Body.
-// A store failure is answered as configured and also returned as an error,
-// for the caller to count and log.
-func (p *JoinGroup) Decide(ctx context.Context, req *callback.JoinGroup, lim Limiter, s *Scratch) (Decision, error) {
+// Decide judges one application, consuming quota when it is admitted, and
+// leaves the response JSON in s.Body. A store failure is answered as
+// configured and also returned as an error, for the caller to count and log.
+func (p *JoinGroup) Decide(ctx context.Context, req *callback.JoinGroup, st Store, s *Scratch) (Decision, error) {
+	return p.decide(ctx, req, st, s, ratelimit.Consume)
+}
+
+// Explain judges an application as Decide would, without consuming quota:
+// what `joingate ctl explain` shows. s.Results tells each rule's verdict.
+func (p *JoinGroup) Explain(ctx context.Context, req *callback.JoinGroup, st Store, s *Scratch) (Decision, error) {
+	return p.decide(ctx, req, st, s, ratelimit.Peek)
+}
+
+// The policy's steps, in order: allow-list (static, then dynamic), deny
+// lists, message rules, rate limits. Static lists need no store; dynamic
+// lists and limits are one store query, which evaluates no limit (and so
+// consumes nothing) when a list or a message rule has decided.
+func (p *JoinGroup) decide(ctx context.Context, req *callback.JoinGroup, st Store, s *Scratch, mode ratelimit.Mode) (Decision, error) {
 	s.Body = s.Body[:0]
 	s.Shadowed = s.Shadowed[:0]
 	if _, ok := p.allow[req.ApplyID]; ok {
 		return p.allowed(s, ReasonAllowList), nil
 	}
-	if _, ok := p.denyApplicants[req.ApplyID]; ok {
-		return p.refused(s, ReasonDenyApplicant, p.denyBody), nil
-	}
-	if _, ok := p.denyGroups[req.GroupID]; ok {
-		return p.refused(s, ReasonDenyGroup, p.denyBody), nil
-	}
-	if p.maxMessage > 0 && len(req.ReqMessage) > p.maxMessage {
-		return p.refused(s, ReasonMessageLength, p.messageBody), nil
-	}
-	if len(p.blocked) > 0 {
-		msg := strings.ToLower(req.ReqMessage)
-		for _, w := range p.blocked {
-			if strings.Contains(msg, w) {
-				return p.refused(s, ReasonBlockedWord, p.messageBody), nil
-			}
-		}
-	}
-	if len(p.rules) == 0 {
-		return p.allowed(s, ReasonPassed), nil
-	}
+	local := p.local(req)
 
-	s.checks = s.checks[:0]
+	q := &s.query
+	q.Mode = mode
+	if local != "" {
+		q.Mode = ratelimit.GuardsOnly
+	}
+	s.guards = [3]string{
+		p.keys.Flag(ListAllowApplicants, req.ApplyID),
+		p.keys.Flag(ListDenyApplicants, req.ApplyID),
+		p.keys.Flag(ListDenyGroups, req.GroupID),
+	}
+	q.Guards = s.guards[:]
+	q.Checks = q.Checks[:0]
 	for i := range p.rules {
 		r := &p.rules[i]
-		s.checks = append(s.checks, ratelimit.Check{Key: p.key(r, req), Limit: r.limit, Shadow: r.shadow})
+		q.Checks = append(q.Checks, ratelimit.Check{Key: p.keys.Rule(r.name, r.key, req.ApplyID, req.GroupID), Limit: r.limit, Shadow: r.shadow})
 	}
-	if cap(s.results) < len(s.checks) {
-		s.results = make([]ratelimit.Result, len(s.checks))
-	}
-	s.results = s.results[:len(s.checks)]
-	if err := lim.Allow(ctx, s.checks, s.results); err != nil {
+	a := &s.answer
+	if err := st.Decide(ctx, q, a); err != nil {
+		if local != "" {
+			// The dynamic allow-list could not be read; the static rule stands.
+			return p.refused(s, local, p.localBody(local)), nil
+		}
 		d := Decision{Allowed: p.storeErrorAllows, Reason: ReasonStoreError}
 		s.Body = append(s.Body, p.storeErrorBody...)
 		return d, err
+	}
+	switch a.Guard {
+	case 0:
+		return p.allowed(s, ReasonAllowList), nil
+	case 1:
+		return p.refused(s, ReasonDenyApplicant, p.denyBody), nil
+	}
+	if local == ReasonDenyApplicant {
+		return p.refused(s, local, p.denyBody), nil
+	}
+	if a.Guard == 2 {
+		return p.refused(s, ReasonDenyGroup, p.denyBody), nil
+	}
+	if local != "" {
+		return p.refused(s, local, p.localBody(local)), nil
 	}
 
 	refusing := -1
 	var retry time.Duration
 	for i := range p.rules {
-		res := &s.results[i]
+		res := &a.Results[i]
 		if res.Allowed {
 			continue
 		}
@@ -211,6 +234,59 @@ func (p *JoinGroup) Decide(ctx context.Context, req *callback.JoinGroup, lim Lim
 	return Decision{Reason: ReasonRateLimit, Rule: r.name}, nil
 }
 
+// local returns the refusal of the rules that need no store (static deny
+// lists, message rules), or "".
+func (p *JoinGroup) local(req *callback.JoinGroup) Reason {
+	if _, ok := p.denyApplicants[req.ApplyID]; ok {
+		return ReasonDenyApplicant
+	}
+	if _, ok := p.denyGroups[req.GroupID]; ok {
+		return ReasonDenyGroup
+	}
+	if p.maxMessage > 0 && len(req.ReqMessage) > p.maxMessage {
+		return ReasonMessageLength
+	}
+	if len(p.blocked) > 0 {
+		msg := strings.ToLower(req.ReqMessage)
+		for _, w := range p.blocked {
+			if strings.Contains(msg, w) {
+				return ReasonBlockedWord
+			}
+		}
+	}
+	return ""
+}
+
+func (p *JoinGroup) localBody(r Reason) []byte {
+	if r == ReasonDenyApplicant || r == ReasonDenyGroup {
+		return p.denyBody
+	}
+	return p.messageBody
+}
+
+// Results returns the rule names and their verdicts from the last decision
+// made with s (empty when a list or message rule decided first).
+func (p *JoinGroup) Results(s *Scratch) ([]string, []ratelimit.Result) {
+	if s.answer.Guard >= 0 || s.query.Mode == ratelimit.GuardsOnly {
+		return nil, nil
+	}
+	return p.Rules(), s.answer.Results
+}
+
+// Keys returns the policy's key names.
+func (p *JoinGroup) Keys() Keys { return p.keys }
+
+// Rule returns the store key and limit of the named rule for a request, for
+// `joingate ctl quota`.
+func (p *JoinGroup) Rule(name, applicant, group string) (ratelimit.Check, error) {
+	for _, r := range p.rules {
+		if r.name == name {
+			return ratelimit.Check{Key: p.keys.Rule(r.name, r.key, applicant, group), Limit: r.limit, Shadow: r.shadow}, nil
+		}
+	}
+	return ratelimit.Check{}, fmt.Errorf("no limit rule %q (rules: %s)", name, strings.Join(p.Rules(), ", "))
+}
+
 func (p *JoinGroup) allowed(s *Scratch, reason Reason) Decision {
 	s.Body = append(s.Body, callback.AllowBody...)
 	return Decision{Allowed: true, Reason: reason}
@@ -219,19 +295,4 @@ func (p *JoinGroup) allowed(s *Scratch, reason Reason) Decision {
 func (p *JoinGroup) refused(s *Scratch, reason Reason, body []byte) Decision {
 	s.Body = append(s.Body, body...)
 	return Decision{Reason: reason}
-}
-
-// key names a rule's counter for one request. The applicant-group key
-// carries the applicant's length so that no two pairs of IDs collide.
-func (p *JoinGroup) key(r *rule, req *callback.JoinGroup) string {
-	switch r.key {
-	case config.KeyApplicant:
-		return p.prefix + r.name + ":a:" + req.ApplyID
-	case config.KeyGroup:
-		return p.prefix + r.name + ":g:" + req.GroupID
-	case config.KeyApplicantGroup:
-		return p.prefix + r.name + ":ag:" + strconv.Itoa(len(req.ApplyID)) + ":" + req.ApplyID + ":" + req.GroupID
-	default:
-		return p.prefix + r.name + ":global"
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,7 +30,7 @@ func compile(t *testing.T, mutate func(*config.Config)) *JoinGroup {
 	return p
 }
 
-func decide(t *testing.T, p *JoinGroup, lim Limiter, applicant, group, msg string) (Decision, answer) {
+func decide(t *testing.T, p *JoinGroup, lim Store, applicant, group, msg string) (Decision, answer) {
 	t.Helper()
 	var s Scratch
 	d, err := p.Decide(context.Background(), &callback.JoinGroup{ApplyID: applicant, GroupID: group, ReqMessage: msg}, lim, &s)
@@ -103,7 +104,7 @@ func TestRateLimitRefusal(t *testing.T) {
 
 type failing struct{}
 
-func (failing) Allow(context.Context, []ratelimit.Check, []ratelimit.Result) error {
+func (failing) Decide(context.Context, *ratelimit.Query, *ratelimit.Answer) error {
 	return ratelimit.ErrStore
 }
 
@@ -129,15 +130,107 @@ func TestStoreError(t *testing.T) {
 	}
 }
 
-func TestKeysDoNotCollide(t *testing.T) {
-	p := compile(t, func(c *config.Config) {
-		c.JoinGroup.Limits = []config.Limit{{Name: "ag", Key: config.KeyApplicantGroup, Limit: 1, Period: time.Hour, Burst: 1, ErrCode: 5001, ErrMsg: "m"}}
-	})
-	r := &p.rules[0]
-	a := p.key(r, &callback.JoinGroup{ApplyID: "a:b", GroupID: "c"})
-	b := p.key(r, &callback.JoinGroup{ApplyID: "a", GroupID: "b:c"})
+func TestKeys(t *testing.T) {
+	k := NewKeys("jg:")
+	// No two (applicant, group) pairs share a key, whatever the IDs hold.
+	a := k.Rule("ag", config.KeyApplicantGroup, "a:b", "c")
+	b := k.Rule("ag", config.KeyApplicantGroup, "a", "b:c")
 	if a == b {
 		t.Fatalf("applicant_group keys collide: %q", a)
+	}
+	// An applicant's keys share one hash tag; a "}" in an ID cannot end it early.
+	for _, key := range []string{
+		k.Rule("r", config.KeyApplicant, "u}1", "g"),
+		k.Rule("r", config.KeyApplicantGroup, "u}1", "g"),
+		k.Flag(ListAllowApplicants, "u}1"),
+		k.Flag(ListDenyApplicants, "u}1"),
+	} {
+		if !strings.HasPrefix(key, "jg:{a:u%7D1}:") {
+			t.Errorf("key %q does not carry the applicant's hash tag", key)
+		}
+	}
+	if got := k.Rule("r", config.KeyGroup, "u", "g1"); got != "jg:{g:g1}:rl:r" {
+		t.Errorf("group rule key %q", got)
+	}
+	if got := k.Flag(ListDenyGroups, "g1"); got != "jg:{g:g1}:deny" {
+		t.Errorf("deny group flag %q", got)
+	}
+	if got := k.Rule("r", config.KeyGlobal, "u", "g"); got != "jg:{global}:rl:r" {
+		t.Errorf("global rule key %q", got)
+	}
+}
+
+// Dynamic lists live in the store and are checked in the same query as the
+// limits: the allow-list beats every refusal, deny lists refuse, and neither
+// consumes quota.
+func TestDynamicLists(t *testing.T) {
+	p := compile(t, func(c *config.Config) {
+		c.JoinGroup.DenyApplicants = []string{"static-denied"}
+		c.JoinGroup.MaxMessageBytes = 3
+		c.JoinGroup.Limits = []config.Limit{{Name: "one", Key: config.KeyApplicant, Limit: 1, Period: time.Hour, Burst: 1, ErrCode: 5001, ErrMsg: "x"}}
+	})
+	st := ratelimit.NewMemory()
+	k := p.Keys()
+	add := func(list, id string) {
+		t.Helper()
+		if err := st.ListAdd(context.Background(), k.Index(list), id, k.Flag(list, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(ListAllowApplicants, "vip")
+	add(ListAllowApplicants, "static-denied")
+	add(ListDenyApplicants, "troll")
+	add(ListDenyGroups, "locked")
+	f := func(applicant, group, msg string, allowed bool, reason Reason) {
+		t.Helper()
+		d, _ := decide(t, p, st, applicant, group, msg)
+		if d.Allowed != allowed || d.Reason != reason {
+			t.Fatalf("(%s, %s, %q): %+v, want allowed=%v reason=%s", applicant, group, msg, d, allowed, reason)
+		}
+	}
+	f("vip", "locked", "far too long", true, ReasonAllowList)
+	f("vip", "g", "", true, ReasonAllowList) // again: the allow-list consumes nothing
+	f("static-denied", "g", "", true, ReasonAllowList)
+	f("troll", "g", "", false, ReasonDenyApplicant)
+	f("u", "locked", "", false, ReasonDenyGroup)
+	f("u", "g", "far too long", false, ReasonMessageLength)
+	f("u", "g", "", true, ReasonPassed) // u's one request was not spent above
+	f("u", "g", "", false, ReasonRateLimit)
+	f("vip", "g", "", true, ReasonAllowList)
+}
+
+func TestDryRunMakesEveryRuleShadow(t *testing.T) {
+	p := compile(t, func(c *config.Config) {
+		c.JoinGroup.DryRun = true
+		c.JoinGroup.Limits = []config.Limit{{Name: "one", Key: config.KeyApplicant, Limit: 1, Period: time.Hour, Burst: 1, ErrCode: 5001, ErrMsg: "x"}}
+	})
+	st := ratelimit.NewMemory()
+	decide(t, p, st, "u", "g", "")
+	var s Scratch
+	d, err := p.Decide(context.Background(), &callback.JoinGroup{ApplyID: "u", GroupID: "g"}, st, &s)
+	if err != nil || !d.Allowed || len(s.Shadowed) != 1 || s.Shadowed[0] != "one" {
+		t.Fatalf("dry run: %+v %v shadowed %q, want allowed with rule one reported", d, err, s.Shadowed)
+	}
+}
+
+func TestExplainConsumesNothing(t *testing.T) {
+	p := compile(t, func(c *config.Config) {
+		c.JoinGroup.Limits = []config.Limit{{Name: "two", Key: config.KeyApplicant, Limit: 2, Period: time.Hour, Burst: 2, ErrCode: 5001, ErrMsg: "x"}}
+	})
+	st := ratelimit.NewMemory()
+	req := &callback.JoinGroup{ApplyID: "u", GroupID: "g"}
+	var s Scratch
+	for range 5 {
+		d, err := p.Explain(context.Background(), req, st, &s)
+		names, results := p.Results(&s)
+		if err != nil || !d.Allowed || len(names) != 1 || results[0].Remaining != 1 {
+			t.Fatalf("explain: %+v %v %q %+v", d, err, names, results)
+		}
+	}
+	decide(t, p, st, "u", "g", "")
+	decide(t, p, st, "u", "g", "")
+	if d, _ := p.Explain(context.Background(), req, st, &s); d.Allowed || d.Rule != "two" {
+		t.Fatalf("explain after the quota is spent: %+v", d)
 	}
 }
 

@@ -59,14 +59,60 @@ type Result struct {
 	RetryAfter time.Duration
 }
 
+// Mode says what a Decide call may do.
+type Mode int
+
+const (
+	// Consume evaluates the checks and, when every enforcing check admits,
+	// records the request against every check that admitted it.
+	Consume Mode = iota
+	// Peek evaluates the checks and records nothing: what would happen.
+	Peek
+	// GuardsOnly looks at the guards and evaluates no check.
+	GuardsOnly
+)
+
+// Query is one decision's worth of store work, done in one round trip.
+//
+// Guards are keys of list entries (allow-list, deny lists) in priority
+// order: the first that exists decides the request, and then no check is
+// evaluated and nothing is consumed.
+type Query struct {
+	Guards []string
+	Checks []Check
+	Mode   Mode
+}
+
+// Answer is the store's reply to a Query. Guard is the index of the first
+// guard that exists, or -1; Results (one per check) are set only when Guard
+// is -1 and the mode evaluates checks.
+type Answer struct {
+	Guard   int
+	Results []Result
+}
+
+// reset prepares a for q, reusing its memory.
+func (a *Answer) reset(q *Query) {
+	a.Guard = -1
+	if cap(a.Results) < len(q.Checks) {
+		a.Results = make([]Result, len(q.Checks))
+	}
+	a.Results = a.Results[:len(q.Checks)]
+	clear(a.Results)
+}
+
 // ErrStore is wrapped by errors from the backing store (Redis down, timeout,
 // script error): the decision could not be made.
 var ErrStore = errors.New("rate limit store")
 
-// Admitted reports whether every enforcing (non-shadow) check allowed.
-func Admitted(checks []Check, results []Result) bool {
-	for i := range checks {
-		if !checks[i].Shadow && !results[i].Allowed {
+// Admitted reports whether no guard decided and every enforcing
+// (non-shadow) check allowed.
+func (a *Answer) Admitted(q *Query) bool {
+	if a.Guard >= 0 {
+		return false
+	}
+	for i := range q.Checks {
+		if !q.Checks[i].Shadow && !a.Results[i].Allowed {
 			return false
 		}
 	}

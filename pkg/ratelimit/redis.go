@@ -2,33 +2,49 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// allowScript is gcra() for every key in one call, with Redis's own clock so
-// that workers on several machines agree. KEYS are the checks' keys; ARGV
-// holds three numbers per key: emission interval (µs), burst, shadow (0/1).
-// It returns {admitted, then allowed, remaining, retry_after_us per key} and
-// writes only when every enforcing check allows. Numbers are integers of
-// microseconds, exact in Lua's doubles up to 2^53 µs (year 2255).
-var allowScript = redis.NewScript(`
+// decideScript is Memory.Decide in Redis, with Redis's own clock so that
+// workers on several machines agree. KEYS are the guards, then the checks'
+// keys. ARGV[1] is the number of guards, ARGV[2] the mode ("c" consume, "p"
+// peek, "g" guards only), then three numbers per check: emission interval
+// (µs), burst, shadow (0/1). It returns {guard, admitted, then allowed,
+// remaining, retry_after_us per check}, guard being the 1-based index of the
+// first existing guard or 0. Numbers are integers of microseconds, exact in
+// Lua's doubles up to 2^53 µs (year 2255).
+var decideScript = redis.NewScript(`
+local nguards = tonumber(ARGV[1])
+local mode = ARGV[2]
+for i = 1, nguards do
+  if redis.call("EXISTS", KEYS[i]) == 1 then
+    return {i, 0}
+  end
+end
+if mode == "g" then
+  return {0, 0}
+end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {1}
+local out = {0, 1}
 local tats = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[i*3-2])
-  local burst = tonumber(ARGV[i*3-1])
-  local shadow = ARGV[i*3] == "1"
-  local tat = tonumber(redis.call("GET", key)) or 0
+for i = nguards + 1, #KEYS do
+  local a = (i - nguards - 1) * 3 + 3
+  local interval = tonumber(ARGV[a])
+  local burst = tonumber(ARGV[a + 1])
+  local shadow = ARGV[a + 2] == "1"
+  local tat = tonumber(redis.call("GET", KEYS[i])) or 0
   if tat < now then tat = now end
   local new_tat = tat + interval
   local diff = now - (new_tat - interval * burst)
   if diff < 0 then
-    if not shadow then out[1] = 0 end
+    if not shadow then out[2] = 0 end
     table.insert(out, 0)
     table.insert(out, 0)
     table.insert(out, -diff)
@@ -39,71 +55,330 @@ for i, key in ipairs(KEYS) do
     table.insert(out, 0)
   end
 end
-if out[1] == 1 then
-  for i, key in ipairs(KEYS) do
-    local new_tat = tats[i]
-    if new_tat then
-      redis.call("SET", key, string.format("%.0f", new_tat), "PX", math.ceil((new_tat - now) / 1000))
-    end
+if mode == "c" and out[2] == 1 then
+  for i, new_tat in pairs(tats) do
+    redis.call("SET", KEYS[i], string.format("%.0f", new_tat), "PX", math.ceil((new_tat - now) / 1000))
   end
 end
 return out
 `)
 
-// rediser is what Redis needs of a go-redis client (any of Client,
-// ClusterClient, Ring or UniversalClient).
+// refundScript takes one emission interval (ARGV[i], µs) back from each key:
+// the undo of a consumed request, for Redis Cluster where one request's keys
+// live on several shards and cannot be decided in one script.
+var refundScript = redis.NewScript(`
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call("GET", key))
+  if tat then
+    local back = tat - tonumber(ARGV[i])
+    if back <= now then
+      redis.call("DEL", key)
+    else
+      redis.call("SET", key, string.format("%.0f", back), "PX", math.ceil((back - now) / 1000))
+    end
+  end
+end
+return 0
+`)
+
+// rediser is what Redis needs of a go-redis client (Client, ClusterClient,
+// a failover client or UniversalClient).
 type rediser interface {
 	redis.Scripter
+	Pipeline() redis.Pipeliner
 	Ping(ctx context.Context) *redis.StatusCmd
+	Del(ctx context.Context, keys ...string) *redis.IntCmd
+	SMembers(ctx context.Context, key string) *redis.StringSliceCmd
 }
 
-// Redis is a Store in Redis: every request's checks are evaluated and
-// recorded in one script call, so they are all-or-nothing and atomic.
+// Redis is a Store in Redis. On a standalone or Sentinel-managed Redis
+// every query is one script call: atomic and all-or-nothing. On Redis
+// Cluster a query whose keys live in several hash slots runs one script per
+// slot in one pipelined round trip; when the request is not admitted, what
+// the other slots consumed is refunded in a second round trip (see README).
 type Redis struct {
-	client rediser
+	client  rediser
+	cluster bool
 }
 
 // NewRedis returns a store on client.
 func NewRedis(client rediser) *Redis {
-	return &Redis{client: client}
+	_, cluster := client.(*redis.ClusterClient)
+	return &Redis{client: client, cluster: cluster}
 }
 
-// Allow evaluates every check in one round trip and, if all enforcing checks
-// allow, records the request on every check that allowed it.
-func (r *Redis) Allow(ctx context.Context, checks []Check, results []Result) error {
-	if len(checks) == 0 {
+// Decide answers q.
+func (r *Redis) Decide(ctx context.Context, q *Query, a *Answer) error {
+	a.reset(q)
+	if len(q.Guards) == 0 && (len(q.Checks) == 0 || q.Mode == GuardsOnly) {
 		return nil
 	}
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
-	keys := make([]string, len(checks))
-	args := make([]any, 0, 3*len(checks))
-	for i := range checks {
-		c := &checks[i]
-		keys[i] = c.Key
+	if r.cluster {
+		if parts := slotParts(q); len(parts) > 1 {
+			return r.decideSplit(ctx, q, a, parts)
+		}
+	}
+	keys, args := scriptArgs(q, nil)
+	vals, err := decideScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStore, err)
+	}
+	return readAnswer(vals, q, nil, a)
+}
+
+// part is the subset of a query whose keys share one hash slot (tag):
+// guards and checks by their index in the query.
+type part struct {
+	tag    string
+	guards []int
+	checks []int
+	// Set while reading the part's reply.
+	guardHit, failed bool
+}
+
+// scriptArgs returns the script's keys and arguments for q, or for the part
+// of q that p names when p is not nil.
+func scriptArgs(q *Query, p *part) ([]string, []any) {
+	guards, checks := allIndexes(len(q.Guards), p, true), allIndexes(len(q.Checks), p, false)
+	keys := make([]string, 0, len(guards)+len(checks))
+	args := make([]any, 0, 2+3*len(checks))
+	mode := "c"
+	switch q.Mode {
+	case Peek:
+		mode = "p"
+	case GuardsOnly:
+		mode = "g"
+	}
+	args = append(args, len(guards), mode)
+	for _, g := range guards {
+		keys = append(keys, q.Guards[g])
+	}
+	for _, i := range checks {
+		c := &q.Checks[i]
+		keys = append(keys, c.Key)
 		shadow := "0"
 		if c.Shadow {
 			shadow = "1"
 		}
 		args = append(args, c.Limit.interval(), c.Limit.Burst, shadow)
 	}
-	vals, err := allowScript.Run(ctx, r.client, keys, args...).Int64Slice()
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrStore, err)
+	return keys, args
+}
+
+func allIndexes(n int, p *part, guards bool) []int {
+	if p != nil {
+		if guards {
+			return p.guards
+		}
+		return p.checks
 	}
-	if len(vals) != 1+3*len(checks) {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+// readAnswer folds one script reply for q (or its part p) into a.
+func readAnswer(vals []int64, q *Query, p *part, a *Answer) error {
+	guards, checks := allIndexes(len(q.Guards), p, true), allIndexes(len(q.Checks), p, false)
+	if len(vals) < 2 {
+		return fmt.Errorf("%w: script returned %d values", ErrStore, len(vals))
+	}
+	if g := vals[0]; g > 0 {
+		if int(g) > len(guards) {
+			return fmt.Errorf("%w: script named guard %d of %d", ErrStore, g, len(guards))
+		}
+		if idx := guards[g-1]; a.Guard < 0 || idx < a.Guard {
+			a.Guard = idx
+		}
+		if p != nil {
+			p.guardHit = true
+		}
+		return nil
+	}
+	if len(vals) == 2 {
+		return nil // guards only
+	}
+	if len(vals) != 2+3*len(checks) {
 		return fmt.Errorf("%w: script returned %d values for %d checks", ErrStore, len(vals), len(checks))
 	}
-	for i := range checks {
-		v := vals[1+3*i:]
-		results[i] = Result{
-			Allowed:    v[0] == 1,
-			Remaining:  int(v[1]),
-			RetryAfter: time.Duration(v[2]) * time.Microsecond,
-		}
+	for j, i := range checks {
+		v := vals[2+3*j:]
+		a.Results[i] = Result{Allowed: v[0] == 1, Remaining: int(v[1]), RetryAfter: time.Duration(v[2]) * time.Microsecond}
 	}
 	return nil
+}
+
+// hashTag returns what Redis Cluster hashes of key: the text between the
+// first "{" and the next "}", when not empty, else the whole key.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
+
+// slotParts splits q by hash tag, in the order tags first appear (guards
+// first, so the allow-list's part is first).
+func slotParts(q *Query) []*part {
+	var parts []*part
+	find := func(key string) *part {
+		tag := hashTag(key)
+		for _, p := range parts {
+			if p.tag == tag {
+				return p
+			}
+		}
+		p := &part{tag: tag}
+		parts = append(parts, p)
+		return p
+	}
+	for i, g := range q.Guards {
+		p := find(g)
+		p.guards = append(p.guards, i)
+	}
+	if q.Mode != GuardsOnly {
+		for i := range q.Checks {
+			p := find(q.Checks[i].Key)
+			p.checks = append(p.checks, i)
+		}
+	}
+	return parts
+}
+
+// decideSplit runs one script per slot in one pipeline, then refunds what
+// was consumed if the request as a whole is not admitted: a guard fired
+// somewhere, or a check refused somewhere. Between the two round trips
+// other requests may see the refunded quota as used: a brief, conservative
+// over-count, never an over-admission.
+func (r *Redis) decideSplit(ctx context.Context, q *Query, a *Answer, parts []*part) error {
+	pipe := r.client.Pipeline()
+	cmds := make([]*redis.Cmd, len(parts))
+	keys := make([][]string, len(parts))
+	args := make([][]any, len(parts))
+	for i, p := range parts {
+		keys[i], args[i] = scriptArgs(q, p)
+		cmds[i] = decideScript.EvalSha(ctx, pipe, keys[i], args[i]...)
+	}
+	pipe.Exec(ctx) // errors are read per command
+	var errs []error
+	for i, p := range parts {
+		vals, err := cmds[i].Int64Slice()
+		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			vals, err = decideScript.Run(ctx, r.client, keys[i], args[i]...).Int64Slice()
+		}
+		if err == nil {
+			err = readAnswer(vals, q, p, a)
+		}
+		if err != nil {
+			p.failed = true
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 || (q.Mode == Consume && !a.Admitted(q)) {
+		if err := r.refund(ctx, q, a, parts); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrStore, errors.Join(errs...))
+	}
+	return nil
+}
+
+// refund gives back one request on every check that its part's script
+// recorded: in a part that ran, whose guards did not fire and whose
+// enforcing checks all admitted (each part's script is all-or-nothing).
+func (r *Redis) refund(ctx context.Context, q *Query, a *Answer, parts []*part) error {
+	if q.Mode != Consume {
+		return nil
+	}
+	pipe := r.client.Pipeline()
+	n := 0
+	for _, p := range parts {
+		if p.failed || p.guardHit {
+			continue
+		}
+		admitted := true
+		for _, i := range p.checks {
+			admitted = admitted && (q.Checks[i].Shadow || a.Results[i].Allowed)
+		}
+		if !admitted {
+			continue
+		}
+		var keys []string
+		var args []any
+		for _, i := range p.checks {
+			if a.Results[i].Allowed {
+				keys = append(keys, q.Checks[i].Key)
+				args = append(args, q.Checks[i].Limit.interval())
+			}
+		}
+		if len(keys) > 0 {
+			refundScript.Eval(ctx, pipe, keys, args...)
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("refund: %w", err)
+	}
+	return nil
+}
+
+// Reset forgets the keys' counters: their limits start afresh.
+func (r *Redis) Reset(ctx context.Context, keys ...string) error {
+	pipe := r.client.Pipeline()
+	for _, k := range keys {
+		pipe.Del(ctx, k) // one key per command: keys may be on several shards
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("%w: reset: %w", ErrStore, err)
+	}
+	return nil
+}
+
+// ListAdd puts member on the list named index (a set, for listing) and sets
+// its guard key, which the decision script checks.
+func (r *Redis) ListAdd(ctx context.Context, index, member, flag string) error {
+	pipe := r.client.Pipeline()
+	pipe.Set(ctx, flag, "1", 0)
+	pipe.SAdd(ctx, index, member)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("%w: list add: %w", ErrStore, err)
+	}
+	return nil
+}
+
+// ListRemove takes member off the list and deletes its guard key.
+func (r *Redis) ListRemove(ctx context.Context, index, member, flag string) error {
+	pipe := r.client.Pipeline()
+	pipe.Del(ctx, flag)
+	pipe.SRem(ctx, index, member)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("%w: list remove: %w", ErrStore, err)
+	}
+	return nil
+}
+
+// ListMembers returns the list's members, sorted.
+func (r *Redis) ListMembers(ctx context.Context, index string) ([]string, error) {
+	members, err := r.client.SMembers(ctx, index).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("%w: list members: %w", ErrStore, err)
+	}
+	slices.Sort(members)
+	return members, nil
 }
 
 // Ping checks that Redis answers.

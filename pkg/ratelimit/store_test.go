@@ -14,8 +14,22 @@ import (
 
 // store is what the conformance suite needs of either store.
 type store interface {
-	Allow(ctx context.Context, checks []Check, results []Result) error
+	Decide(ctx context.Context, q *Query, a *Answer) error
+	Reset(ctx context.Context, keys ...string) error
+	ListAdd(ctx context.Context, index, member, flag string) error
+	ListRemove(ctx context.Context, index, member, flag string) error
+	ListMembers(ctx context.Context, index string) ([]string, error)
 	Ping(ctx context.Context) error
+}
+
+// decide runs q and returns the answer.
+func decide(t *testing.T, s store, q Query) Answer {
+	t.Helper()
+	var a Answer
+	if err := s.Decide(context.Background(), &q, &a); err != nil {
+		t.Fatalf("Decide: %v", err)
+	}
+	return a
 }
 
 // TestStores runs one conformance suite against both stores, so the
@@ -40,11 +54,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 	ctx := context.Background()
 	allow := func(t *testing.T, s store, checks ...Check) []Result {
 		t.Helper()
-		res := make([]Result, len(checks))
-		if err := s.Allow(ctx, checks, res); err != nil {
-			t.Fatalf("Allow: %v", err)
-		}
-		return res
+		return decide(t, s, Query{Checks: checks}).Results
 	}
 	hourly := func(key string, rate, burst int) Check {
 		return Check{Key: key, Limit: Limit{Rate: rate, Period: time.Hour, Burst: burst}}
@@ -122,7 +132,8 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 		if res[0].Allowed || !res[1].Allowed {
 			t.Fatalf("got %+v, want shadow reporting a refusal and real allowing", res)
 		}
-		if !Admitted([]Check{shadow, real}, res) {
+		q := Query{Checks: []Check{shadow, real}}
+		if a := (Answer{Guard: -1, Results: res}); !a.Admitted(&q) {
 			t.Fatal("a shadow refusal refused the request")
 		}
 		// The request counted on the real limit: 10 - 2 = 8 left.
@@ -153,13 +164,14 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 		var wg sync.WaitGroup
 		for range 8 {
 			wg.Go(func() {
-				res := make([]Result, 1)
+				var a Answer
+				q := Query{Checks: []Check{c}}
 				for range 25 {
-					if err := s.Allow(ctx, []Check{c}, res); err != nil {
+					if err := s.Decide(ctx, &q, &a); err != nil {
 						t.Error(err)
 						return
 					}
-					if res[0].Allowed {
+					if a.Results[0].Allowed {
 						allowed.Add(1)
 					}
 				}
@@ -171,10 +183,95 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 		}
 	})
 
+	t.Run("guards decide first and consume nothing", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("k", 1, 1)
+		if err := s.ListAdd(ctx, "deny-index", "u1", "deny:u1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ListAdd(ctx, "allow-index", "u1", "allow:u1"); err != nil {
+			t.Fatal(err)
+		}
+		// The first guard that exists wins, in the caller's order.
+		q := Query{Guards: []string{"allow:u1", "deny:u1", "deny:g"}, Checks: []Check{c}}
+		for range 3 {
+			if a := decide(t, s, q); a.Guard != 0 || a.Admitted(&q) {
+				t.Fatalf("allow-listed: %+v, want guard 0", a)
+			}
+		}
+		q.Guards = []string{"allow:u2", "deny:u1"}
+		if a := decide(t, s, q); a.Guard != 1 {
+			t.Fatalf("deny-listed: %+v, want guard 1", a)
+		}
+		// None of the guarded requests consumed the limit of 1.
+		if r := allow(t, s, c)[0]; !r.Allowed {
+			t.Fatalf("limit consumed by guarded requests: %+v", r)
+		}
+		members, err := s.ListMembers(ctx, "deny-index")
+		if err != nil || len(members) != 1 || members[0] != "u1" {
+			t.Fatalf("ListMembers = %q, %v", members, err)
+		}
+		if err := s.ListRemove(ctx, "deny-index", "u1", "deny:u1"); err != nil {
+			t.Fatal(err)
+		}
+		if a := decide(t, s, Query{Guards: []string{"deny:u1"}, Mode: GuardsOnly}); a.Guard != -1 {
+			t.Fatalf("removed entry still guards: %+v", a)
+		}
+		if members, _ := s.ListMembers(ctx, "deny-index"); len(members) != 0 {
+			t.Fatalf("members after remove: %q", members)
+		}
+	})
+
+	t.Run("guards only evaluates no check", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("k", 1, 1)
+		q := Query{Guards: []string{"none"}, Checks: []Check{c}, Mode: GuardsOnly}
+		for range 3 {
+			if a := decide(t, s, q); a.Guard != -1 || a.Results[0].Allowed {
+				t.Fatalf("guards-only answer %+v", a)
+			}
+		}
+		if r := allow(t, s, c)[0]; !r.Allowed {
+			t.Fatal("guards-only queries consumed quota")
+		}
+	})
+
+	t.Run("peek records nothing", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("k", 2, 2)
+		allow(t, s, c)
+		for range 3 {
+			a := decide(t, s, Query{Checks: []Check{c}, Mode: Peek})
+			if r := a.Results[0]; !r.Allowed || r.Remaining != 0 {
+				t.Fatalf("peek: %+v, want allowed with 0 left after it", r)
+			}
+		}
+		allow(t, s, c)
+		a := decide(t, s, Query{Checks: []Check{c}, Mode: Peek})
+		if r := a.Results[0]; r.Allowed || r.RetryAfter <= 29*time.Minute {
+			t.Fatalf("peek when exhausted: %+v", r)
+		}
+	})
+
+	t.Run("reset", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("k", 1, 1)
+		allow(t, s, c)
+		if allow(t, s, c)[0].Allowed {
+			t.Fatal("limit of 1 admitted twice")
+		}
+		if err := s.Reset(ctx, "k", "absent"); err != nil {
+			t.Fatal(err)
+		}
+		if !allow(t, s, c)[0].Allowed {
+			t.Fatal("reset key still refused")
+		}
+	})
+
 	t.Run("no checks", func(t *testing.T) {
 		s := newStore(t)
-		if err := s.Allow(ctx, nil, nil); err != nil {
-			t.Fatalf("Allow with no checks: %v", err)
+		if a := decide(t, s, Query{}); a.Guard != -1 || len(a.Results) != 0 {
+			t.Fatalf("empty query answered %+v", a)
 		}
 	})
 
@@ -182,7 +279,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 		s := newStore(t)
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		err := s.Allow(cctx, []Check{hourly("k", 1, 1)}, make([]Result, 1))
+		err := s.Decide(cctx, &Query{Checks: []Check{hourly("k", 1, 1)}}, &Answer{})
 		if !errors.Is(err, ErrStore) || !errors.Is(err, context.Canceled) {
 			t.Fatalf("Allow on a cancelled context: %v, want ErrStore wrapping context.Canceled", err)
 		}
@@ -200,7 +297,7 @@ func TestRedisKeysExpire(t *testing.T) {
 		{Key: "slow", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 3}},
 		{Key: "fast", Limit: Limit{Rate: 100, Period: time.Second, Burst: 1}},
 	}
-	if err := s.Allow(ctx, checks, make([]Result, 2)); err != nil {
+	if err := s.Decide(ctx, &Query{Checks: checks}, &Answer{}); err != nil {
 		t.Fatal(err)
 	}
 	ttl, err := srv.Client.PTTL(ctx, "slow").Result()
@@ -221,7 +318,7 @@ func TestRedisDown(t *testing.T) {
 	srv.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := s.Allow(ctx, []Check{{Key: "k", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 1}}}, make([]Result, 1))
+	err := s.Decide(ctx, &Query{Checks: []Check{{Key: "k", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 1}}}}, &Answer{})
 	if !errors.Is(err, ErrStore) {
 		t.Fatalf("Allow with Redis down: %v, want ErrStore", err)
 	}
@@ -234,10 +331,10 @@ func TestMemorySweepsExpiredKeys(t *testing.T) {
 	m := NewMemory()
 	now := time.Unix(1_700_000_000, 0)
 	m.now = func() time.Time { return now }
-	res := make([]Result, 1)
+	var a Answer
 	for i := range 100 {
 		c := Check{Key: fmt.Sprint("k", i), Limit: Limit{Rate: 1, Period: time.Second, Burst: 1}}
-		if err := m.Allow(context.Background(), []Check{c}, res); err != nil {
+		if err := m.Decide(context.Background(), &Query{Checks: []Check{c}}, &a); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -246,7 +343,7 @@ func TestMemorySweepsExpiredKeys(t *testing.T) {
 	}
 	now = now.Add(2 * time.Second) // every TAT has passed, and a sweep is due
 	c := Check{Key: "fresh", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 1}}
-	if err := m.Allow(context.Background(), []Check{c}, res); err != nil {
+	if err := m.Decide(context.Background(), &Query{Checks: []Check{c}}, &a); err != nil {
 		t.Fatal(err)
 	}
 	if m.Len() != 1 {
@@ -274,10 +371,11 @@ func BenchmarkMemoryAllow(b *testing.B) {
 		{Key: "applicant:u1", Limit: Limit{Rate: 1 << 30, Period: time.Hour, Burst: 1 << 30}},
 		{Key: "group:g1", Limit: Limit{Rate: 1 << 30, Period: time.Hour, Burst: 1 << 30}},
 	}
-	res := make([]Result, 2)
+	q := Query{Checks: checks}
+	var a Answer
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := m.Allow(context.Background(), checks, res); err != nil {
+		if err := m.Decide(context.Background(), &q, &a); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -10,11 +10,11 @@ import (
 
 // Store is what a worker needs of a limiter store.
 type Store interface {
-	Allow(ctx context.Context, checks []ratelimit.Check, results []ratelimit.Result) error
+	Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error
 	Ping(ctx context.Context) error
 }
 
-// Gate holds every Allow call until Open: a worker stuck on a slow store.
+// Gate holds every Decide call until Open: a worker stuck on a slow store.
 // Entered receives one value per call as it starts waiting.
 type Gate struct {
 	Store
@@ -30,10 +30,10 @@ func NewGate(s Store) *Gate {
 // Open lets every waiting and later call through.
 func (g *Gate) Open() { close(g.open) }
 
-// Allow waits for Open, then asks the wrapped store, whatever became of the
-// caller's context meanwhile: the slow part is over by then.
-func (g *Gate) Allow(_ context.Context, checks []ratelimit.Check, results []ratelimit.Result) error {
+// Decide waits for Open, then asks the wrapped store, whatever became of
+// the caller's context meanwhile: the slow part is over by then.
+func (g *Gate) Decide(_ context.Context, q *ratelimit.Query, a *ratelimit.Answer) error {
 	g.Entered <- struct{}{}
 	<-g.open
-	return g.Store.Allow(context.Background(), checks, results)
+	return g.Store.Decide(context.Background(), q, a)
 }
