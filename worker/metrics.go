@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/joingate/joingate/pkg/admin"
+	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/policy"
 )
 
@@ -27,6 +28,9 @@ type metrics struct {
 	storeTime    prometheus.Histogram
 	inFlight     prometheus.Gauge
 	concurrency  prometheus.Gauge
+
+	breakerState       prometheus.Gauge
+	breakerTransitions *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string) *metrics {
@@ -67,6 +71,17 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 			Name: "joingate_worker_concurrency",
 			Help: "Most requests this worker decides at once (worker.concurrency).",
 		}),
+	}
+	m.breakerState = f.NewGauge(prometheus.GaugeOpts{
+		Name: "joingate_worker_store_breaker_state",
+		Help: "State of the store's circuit breaker: 0 closed (calls go to the store), 1 open (decisions answer worker.on_store_error at once), 2 half-open (one probe call).",
+	})
+	m.breakerTransitions = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "joingate_worker_store_breaker_transitions_total",
+		Help: "Changes of the store circuit breaker's state, by the state entered.",
+	}, []string{"to"})
+	for _, s := range []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen} {
+		m.breakerTransitions.WithLabelValues(s.String())
 	}
 	for _, o := range []string{outcomeDecided, outcomeExpired, outcomeInvalid, outcomeNoPolicy} {
 		m.requests.WithLabelValues(o)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
@@ -44,6 +45,10 @@ type Options struct {
 	MissingDeadline time.Duration
 	// DecisionTimeout only places a histogram bucket edge.
 	DecisionTimeout time.Duration
+	// The store's circuit breaker: open after BreakerFailures failed calls
+	// in a row, probe again after BreakerCooldown.
+	BreakerFailures int
+	BreakerCooldown time.Duration
 	// DrainTimeout bounds how long Run waits, once stopped, for requests
 	// already received to be answered.
 	DrainTimeout time.Duration
@@ -61,6 +66,8 @@ func DefaultOptions() Options {
 		MissingDeadline: time.Second,
 		DecisionTimeout: 300 * time.Millisecond,
 		DrainTimeout:    10 * time.Second,
+		BreakerFailures: 5,
+		BreakerCooldown: time.Second,
 	}
 }
 
@@ -81,8 +88,8 @@ func (o *Options) validate() error {
 	if o.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("concurrency must be at least 1, got %d", o.Concurrency))
 	}
-	if o.MissingDeadline <= 0 || o.DrainTimeout <= 0 {
-		errs = append(errs, errors.New("MissingDeadline and DrainTimeout must be positive"))
+	if o.MissingDeadline <= 0 || o.DrainTimeout <= 0 || o.BreakerCooldown <= 0 || o.BreakerFailures < 1 {
+		errs = append(errs, errors.New("MissingDeadline, DrainTimeout, BreakerCooldown and BreakerFailures must be positive"))
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -120,7 +127,12 @@ func New(opts Options) (*Worker, error) {
 		prefix:  opts.Subject + ".",
 		errLog:  throttle.New(time.Second),
 	}
-	w.store = timedStore{Store: opts.Store, hist: w.metrics.storeTime}
+	br := breaker.New(opts.BreakerFailures, opts.BreakerCooldown, func(from, to breaker.State) {
+		w.metrics.breakerState.Set(float64(to))
+		w.metrics.breakerTransitions.WithLabelValues(to.String()).Inc()
+		w.log.Warn("store circuit breaker "+to.String(), "from", from.String())
+	})
+	w.store = guardedStore{Store: opts.Store, breaker: br, hist: w.metrics.storeTime}
 	w.policy.Store(opts.Policy)
 	w.metrics.concurrency.Set(float64(opts.Concurrency))
 	return w, nil
@@ -302,15 +314,22 @@ func (w *Worker) respond(m *nats.Msg, body []byte, opID string) {
 	}
 }
 
-// timedStore measures each store call.
-type timedStore struct {
+// guardedStore puts the circuit breaker in front of the store and measures
+// each call that reaches it.
+type guardedStore struct {
 	Store
-	hist prometheus.Histogram
+	breaker *breaker.Breaker
+	hist    prometheus.Histogram
 }
 
-func (t timedStore) Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error {
+func (g guardedStore) Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error {
+	if err := g.breaker.Allow(); err != nil {
+		return fmt.Errorf("%w: %w", ratelimit.ErrStore, err)
+	}
 	start := time.Now()
-	err := t.Store.Decide(ctx, q, a)
-	t.hist.Observe(time.Since(start).Seconds())
+	err := g.Store.Decide(ctx, q, a)
+	g.hist.Observe(time.Since(start).Seconds())
+	// A timeout is Redis being slow and counts; a cancelled call does not.
+	g.breaker.Done(err != nil && !errors.Is(err, context.Canceled))
 	return err
 }

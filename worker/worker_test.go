@@ -215,3 +215,57 @@ func TestOptionsValidate(t *testing.T) {
 		t.Fatal("New with empty options succeeded")
 	}
 }
+
+// While Redis is down the breaker answers at once without calling it, and
+// closes again by itself once Redis is back.
+func TestStoreBreaker(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	_, reg, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(100)), func(o *Options) {
+		o.BreakerFailures, o.BreakerCooldown = 3, 200*time.Millisecond
+	})
+	nc := testenv.Conn(t, ns)
+	ask := func() answer {
+		t.Helper()
+		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return decode(t, m)
+	}
+	storeCalls := func() uint64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "joingate_worker_store_duration_seconds" {
+				return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+			}
+		}
+		t.Fatal("no store histogram")
+		return 0
+	}
+	ask()
+	srv.Stop()
+	for range 3 {
+		if a := ask(); a.NextCode != 0 {
+			t.Fatalf("store down answered %+v, want allow", a)
+		}
+	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_store_breaker_state")
+	before := storeCalls()
+	for range 5 {
+		ask()
+	}
+	if got := storeCalls(); got != before {
+		t.Fatalf("%d store calls while the breaker was open, want 0", got-before)
+	}
+	testenv.WantValue(t, reg, 8, "joingate_worker_decisions_total", "allow", "store_error")
+
+	srv.Start(t)
+	if !testenv.Eventually(5*time.Second, func() bool {
+		ask()
+		return testenv.Value(t, reg, "joingate_worker_store_breaker_state") == 0
+	}) {
+		t.Fatal("breaker did not close after Redis came back")
+	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_store_breaker_transitions_total", "closed")
+}

@@ -87,6 +87,7 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 		opts.Concurrency = cfg.Worker.Concurrency
 		opts.DecisionTimeout = cfg.Gateway.DecisionTimeout
 		opts.DrainTimeout = cfg.ShutdownTimeout
+		opts.BreakerFailures, opts.BreakerCooldown = cfg.Worker.BreakerFailures, cfg.Worker.BreakerCooldown
 		opts.Logger, opts.Registerer = log, reg
 		if wk, err = worker.New(opts); err != nil {
 			return err

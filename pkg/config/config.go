@@ -60,6 +60,10 @@ type Worker struct {
 	Concurrency       int     `yaml:"concurrency"`
 	OnStoreError      string  `yaml:"on_store_error"`
 	StoreErrorRefusal Refusal `yaml:"store_error_refusal"`
+	// The store's circuit breaker opens after BreakerFailures failed calls
+	// in a row and lets one probe through after BreakerCooldown.
+	BreakerFailures int           `yaml:"breaker_failures"`
+	BreakerCooldown time.Duration `yaml:"breaker_cooldown"`
 }
 
 // Refusal is what IMServer passes on to the client when joingate refuses.
@@ -135,6 +139,8 @@ func Default() Config {
 			Concurrency:       256,
 			OnStoreError:      Allow,
 			StoreErrorRefusal: Refusal{ErrCode: 5000, ErrMsg: "join requests cannot be checked now, try again later"},
+			BreakerFailures:   5,
+			BreakerCooldown:   time.Second,
 		},
 		JoinGroup: JoinGroup{
 			DenyRefusal:    Refusal{ErrCode: 5002, ErrMsg: "join request not allowed"},

@@ -124,6 +124,12 @@ func (l *loader) validate() error {
 	}
 	oneOf("worker.on_store_error", w.OnStoreError, Allow, Deny)
 	refusal("worker.store_error_refusal", &w.StoreErrorRefusal)
+	if w.BreakerFailures < 1 {
+		bad("worker.breaker_failures", "must be at least 1, got %d", w.BreakerFailures)
+	}
+	if w.BreakerCooldown < time.Millisecond {
+		bad("worker.breaker_cooldown", "must be at least 1ms, got %s", w.BreakerCooldown)
+	}
 
 	j := &c.JoinGroup
 	refusal("join_group.deny_refusal", &j.DenyRefusal)

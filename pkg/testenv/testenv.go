@@ -64,6 +64,8 @@ type Redis struct {
 	Port   int
 	Client *redis.Client
 	cmd    *exec.Cmd
+	bin    string
+	dir    string
 }
 
 // StartRedis starts redis-server on a unix socket and a free loopback port,
@@ -75,48 +77,53 @@ func StartRedis(t testing.TB) *Redis {
 	if err != nil {
 		t.Fatal("redis-server not found in PATH: run `make test` (installs it) or `apt-get install redis-server`")
 	}
-	dir := t.TempDir()
 	// A unix socket path must stay under ~100 bytes; TempDir may be long.
 	sockDir, err := os.MkdirTemp("", "jg-redis")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	r := &Redis{Socket: filepath.Join(sockDir, "redis.sock"), Port: FreePort(t)}
-	r.cmd = exec.Command(bin,
-		"--port", fmt.Sprint(r.Port), "--bind", "127.0.0.1",
-		"--unixsocket", r.Socket, "--unixsocketperm", "700",
-		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--daemonize", "no", "--loglevel", "warning",
-		"--logfile", filepath.Join(dir, "redis.log"))
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	t.Cleanup(func() {
-		r.cmd.Process.Kill()
-		r.cmd.Wait()
-	})
+	r := &Redis{Socket: filepath.Join(sockDir, "redis.sock"), Port: FreePort(t), bin: bin, dir: t.TempDir()}
 	r.URL = "unix://" + r.Socket
 	// The client joingate builds, so tests see production's timeouts.
 	if r.Client, err = redisconn.New(r.URL, 250*time.Millisecond, 16); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Client.Close() })
+	r.Start(t)
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Start starts the server (again, after Stop) on the same socket and port
+// and waits until it answers; its data is gone.
+func (r *Redis) Start(t testing.TB) {
+	t.Helper()
+	r.cmd = exec.Command(r.bin,
+		"--port", fmt.Sprint(r.Port), "--bind", "127.0.0.1",
+		"--unixsocket", r.Socket, "--unixsocketperm", "700",
+		"--save", "", "--appendonly", "no", "--dir", r.dir,
+		"--daemonize", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(r.dir, "redis.log"))
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
 	var lastErr error
 	if !Eventually(10*time.Second, func() bool {
 		lastErr = r.Client.Ping(context.Background()).Err()
 		return lastErr == nil
 	}) {
-		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+		log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
 		t.Fatalf("redis-server did not answer within 10s: %v\n%s", lastErr, strings.TrimSpace(string(log)))
 	}
-	return r
 }
 
 // Stop kills the server, for tests of a store outage.
 func (r *Redis) Stop() {
-	r.cmd.Process.Kill()
-	r.cmd.Wait()
+	if r.cmd != nil && r.cmd.ProcessState == nil {
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+	}
 }
 
 // Eventually polls cond every few milliseconds until it holds or timeout
