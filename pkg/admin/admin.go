@@ -5,6 +5,7 @@ package admin
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +29,7 @@ type Check struct {
 
 // Server is the admin HTTP server.
 type Server struct {
+	mux      *http.ServeMux
 	srv      *http.Server
 	ln       net.Listener
 	log      *slog.Logger
@@ -54,6 +57,7 @@ func New(addr string, gatherer prometheus.Gatherer, checks []Check, log *slog.Lo
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.mux = mux
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -62,6 +66,29 @@ func New(addr string, gatherer prometheus.Gatherer, checks []Check, log *slog.Lo
 		IdleTimeout:  90 * time.Second,
 	}
 	return s, nil
+}
+
+// HandleAPI serves h under /api/ to callers that present token as
+// "Authorization: Bearer <token>"; with token empty the API answers 403.
+// The API changes what decisions are made, so it is never open. Call it
+// before Run.
+func (s *Server) HandleAPI(h http.Handler, token string) {
+	s.mux.Handle("/api/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if token == "" {
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintln(w, `{"error":"the admin API is disabled: set admin_token (JOINGATE_ADMIN_TOKEN) to enable it"}`)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			s.log.Warn("admin API call without a valid token", "remote", r.RemoteAddr, "path", r.URL.Path)
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintln(w, `{"error":"missing or wrong token: send Authorization: Bearer <admin_token>"}`)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
 }
 
 // Addr is the bound address.

@@ -273,6 +273,17 @@ func (p *JoinGroup) Results(s *Scratch) ([]string, []ratelimit.Result) {
 	return p.Rules(), s.answer.Results
 }
 
+// RuleKind returns what the named rule is keyed by (config.KeyApplicant,
+// ...), and whether the rule exists.
+func (p *JoinGroup) RuleKind(name string) (string, bool) {
+	for _, r := range p.rules {
+		if r.name == name {
+			return r.key, true
+		}
+	}
+	return "", false
+}
+
 // Keys returns the policy's key names.
 func (p *JoinGroup) Keys() Keys { return p.keys }
 
