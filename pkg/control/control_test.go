@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -132,8 +133,12 @@ func testAPI(t *testing.T, store Store) {
 	decide("u2", "g")
 	decide("u2", "g")
 	e, err := c.Explain(ctx, body)
-	if err != nil || e.Decision != "refuse" || e.Rule != "per-applicant" || !strings.Contains(string(e.Answer), `"errCode":5001`) {
-		t.Fatalf("Explain when spent: %+v %v", e, err)
+	var answer struct{ ErrCode, NextCode int }
+	if err == nil {
+		err = json.Unmarshal(e.Answer, &answer)
+	}
+	if err != nil || e.Decision != "refuse" || e.Rule != "per-applicant" || answer.ErrCode != 5001 || answer.NextCode != 1 {
+		t.Fatalf("Explain when spent: %+v (answer %s) %v", e, e.Answer, err)
 	}
 
 	// Bad input: clear errors.
