@@ -138,6 +138,9 @@ func New(opts Options) (*Worker, error) {
 	return w, nil
 }
 
+// Policy returns the policy in force.
+func (w *Worker) Policy() *policy.JoinGroup { return w.policy.Load() }
+
 // SetPolicy replaces the policy for the requests that follow.
 func (w *Worker) SetPolicy(p *policy.JoinGroup) { w.policy.Store(p) }
 

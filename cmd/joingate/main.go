@@ -4,6 +4,7 @@
 //	joingate all            embedded NATS, gateway and worker in one process
 //	joingate gateway        the callback edge only
 //	joingate worker         a decider only
+//	joingate ctl            operator commands against a worker's admin API
 //	joingate check-config   validate configuration and exit
 //	joingate version
 package main
@@ -34,6 +35,7 @@ commands:
   all           run an embedded NATS server, the gateway and a worker in one process
   gateway       run the callback edge (needs --nats)
   worker        run a decider (needs --nats and --redis)
+  ctl           operator commands: dynamic lists, quotas, explain (see 'joingate ctl -h')
   check-config  validate the configuration and exit
   version       print the version
 
@@ -56,6 +58,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "ctl":
+		return runCtl(args, environ, os.Stdin, stdout, stderr)
 	case "all", "gateway", "worker", "check-config":
 	default:
 		fmt.Fprintf(stderr, "joingate: unknown command %q\n\n%s", cmd, usage)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/joingate/joingate/pkg/admin"
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/config"
+	"github.com/joingate/joingate/pkg/control"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
@@ -67,6 +69,7 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 	var checks []admin.Check
 	var gw *gateway.Gateway
 	var wk *worker.Worker
+	var api http.Handler
 	if runWorker {
 		store, closeStore, err := newStore(cfg, log)
 		if err != nil {
@@ -93,6 +96,7 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 			return err
 		}
 		checks = append(checks, admin.Check{Name: "worker", Check: wk.Ready})
+		api = control.Handler(store, wk.Policy, log.With("component", "control"))
 	}
 	if runGateway {
 		nc, err := connect("gateway")
@@ -123,7 +127,10 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 		if adm, err = admin.New(cfg.AdminListen, reg, checks, log.With("component", "admin")); err != nil {
 			return err
 		}
-		log.Info("admin listening", "addr", adm.Addr())
+		if api != nil {
+			adm.HandleAPI(api, cfg.AdminToken)
+		}
+		log.Info("admin listening", "addr", adm.Addr(), "api", api != nil && cfg.AdminToken != "")
 	}
 
 	// Each component gets its own context so that they stop in order.
@@ -186,20 +193,26 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 	return errors.Join(errs...)
 }
 
+// store is what the worker decides with and the admin API manages.
+type store interface {
+	worker.Store
+	control.Store
+}
+
 // newStore returns the limiter store: Redis when configured, else memory
 // (only `all` may run without Redis; checkRole enforces it).
-func newStore(cfg config.Config, log *slog.Logger) (worker.Store, func(), error) {
+func newStore(cfg config.Config, log *slog.Logger) (store, func(), error) {
 	if cfg.Redis.URL == "" {
 		log.Info("limits kept in process memory (no redis.url)")
 		return ratelimit.NewMemory(), func() {}, nil
 	}
 	// go-redis logs through a package-level logger; main owns it.
 	redis.SetLogger(redisLogger{log: log.With("component", "redis"), throttle: throttle.New(time.Second)})
-	client, err := redisconn.New(cfg.Redis.URL, cfg.Redis.Timeout, min(cfg.Worker.Concurrency, 512))
+	client, err := redisconn.NewUniversal(cfg.Redis.URL, cfg.Redis.Mode, cfg.Redis.Timeout, min(cfg.Worker.Concurrency, 512))
 	if err != nil {
 		return nil, nil, err
 	}
-	log.Info("limits kept in redis", "addr", client.Options().Addr, "db", client.Options().DB)
+	log.Info("limits kept in redis", "mode", cfg.Redis.Mode, "addrs", redisconn.Addrs(cfg.Redis.URL, cfg.Redis.Mode))
 	return ratelimit.NewRedis(client), func() { client.Close() }, nil
 }
 

@@ -12,8 +12,11 @@ import (
 // Config is the whole configuration; deploy/joingate.example.yaml documents
 // every key.
 type Config struct {
-	Listen          string        `yaml:"listen"`
-	AdminListen     string        `yaml:"admin_listen"`
+	Listen      string `yaml:"listen"`
+	AdminListen string `yaml:"admin_listen"`
+	// AdminToken guards the admin API (/api/): `joingate ctl` sends it.
+	// Empty disables the API.
+	AdminToken      string        `yaml:"admin_token"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	Log             Log           `yaml:"log"`
 	NATS            NATS          `yaml:"nats"`
@@ -39,7 +42,9 @@ type NATS struct {
 
 // Redis names the limiter store.
 type Redis struct {
-	URL       string        `yaml:"url"`
+	URL string `yaml:"url"`
+	// Mode is the topology url points at: standalone, sentinel or cluster.
+	Mode      string        `yaml:"mode"`
 	KeyPrefix string        `yaml:"key_prefix"`
 	Timeout   time.Duration `yaml:"timeout"`
 }
@@ -125,7 +130,7 @@ func Default() Config {
 		ShutdownTimeout: 15 * time.Second,
 		Log:             Log{Level: "info", Format: "text"},
 		NATS:            NATS{Subject: "joingate", Queue: "joingate-workers"},
-		Redis:           Redis{KeyPrefix: "joingate:", Timeout: 250 * time.Millisecond},
+		Redis:           Redis{Mode: "standalone", KeyPrefix: "joingate:", Timeout: 250 * time.Millisecond},
 		Gateway: Gateway{
 			DecisionTimeout: 300 * time.Millisecond,
 			Fallback:        Allow,

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/joingate/joingate/pkg/admin"
+	"github.com/joingate/joingate/pkg/config"
+	"github.com/joingate/joingate/pkg/control"
+	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// ctlServer serves the admin API over a memory store with the default
+// policy and returns its URL.
+func ctlServer(t *testing.T) string {
+	t.Helper()
+	cfg := config.Default()
+	p, err := policy.New(cfg.JoinGroup, cfg.Worker, cfg.Redis.KeyPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	s, err := admin.New("127.0.0.1:0", prometheus.NewRegistry(), nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.HandleAPI(control.Handler(ratelimit.NewMemory(), func() *policy.JoinGroup { return p }, log), "tok")
+	testenv.Run(t, s.Run)
+	return "http://" + s.Addr()
+}
+
+func TestCtl(t *testing.T) {
+	url := ctlServer(t)
+	ctl := func(stdin string, args ...string) (int, string, string) {
+		t.Helper()
+		var out, errb bytes.Buffer
+		code := runCtl(append([]string{"--admin", url}, args...), []string{"JOINGATE_ADMIN_TOKEN=tok"}, strings.NewReader(stdin), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	f := func(wantCode int, wantOut string, args ...string) {
+		t.Helper()
+		code, out, errs := ctl("", args...)
+		if code != wantCode || !strings.Contains(out+errs, wantOut) {
+			t.Fatalf("ctl %q: exit %d, stdout %q, stderr %q; want exit %d and %q", args, code, out, errs, wantCode, wantOut)
+		}
+	}
+	f(0, "deny_applicants: 1\ntroll\n", "deny", "add", "applicant", "troll")
+	f(0, "deny_groups: 1\ng1\n", "deny", "add", "group", "g1")
+	f(0, "deny_applicants: 0\n", "deny", "remove", "applicant", "troll")
+	f(0, "allow_applicants: 1\nvip\n", "allow", "add", "applicant", "vip")
+	f(0, "allow_applicants: 1\nvip\n", "allow", "list", "applicant")
+	f(0, "5 request(s) available now", "quota", "show", "applicant-per-minute", "u1")
+
+	body := `{"groupID":"g2","applyID":"u1","reqMessage":"hi"}`
+	code, out, _ := ctl(body, "explain")
+	if code != 0 || !strings.Contains(out, "decision: allow (passed)") || !strings.Contains(out, "applicant-per-minute") {
+		t.Fatalf("explain from stdin: %d %q", code, out)
+	}
+	file := filepath.Join(t.TempDir(), "cb.json")
+	os.WriteFile(file, []byte(`{"groupID":"g1","applyID":"u1"}`), 0o644)
+	code, out, _ = ctl("", "explain", file)
+	if code != 0 || !strings.Contains(out, "decision: refuse (deny_group)") {
+		t.Fatalf("explain from a file: %d %q", code, out)
+	}
+	code, out, _ = ctl("", "--json", "quota", "reset", "applicant-per-minute", "u1")
+	if code != 0 || !strings.Contains(out, `"reset": true`) {
+		t.Fatalf("quota reset --json: %d %q", code, out)
+	}
+
+	// Usage errors exit 2 and say what is wanted.
+	f(2, "no command")
+	f(2, "unknown command", "frobnicate")
+	f(2, "allow add|remove applicant", "allow", "add", "group", "g")
+	f(2, "want: quota show|reset", "quota", "peek", "r")
+	f(2, "deny add|remove applicant|group", "deny", "add", "applicant")
+	// API errors exit 1 with the API's reason.
+	f(1, `no limit rule "nope"`, "quota", "show", "nope", "u")
+	f(1, "give 1 ID(s)", "quota", "show", "applicant-per-minute")
+	if code, _, errs := ctl(`{"groupID":1}`, "explain", "-"); code != 1 || !strings.Contains(errs, "groupID must be a string") {
+		t.Fatalf("explain of a bad body: %d %q", code, errs)
+	}
+
+	var errb bytes.Buffer
+	if code := runCtl([]string{"--admin", url, "--token", "wrong", "deny", "list", "group"}, nil, nil, &bytes.Buffer{}, &errb); code != 1 || !strings.Contains(errb.String(), "401") {
+		t.Fatalf("wrong token: %d %q", code, errb.String())
+	}
+	errb.Reset()
+	dead := "http://" + loopback(t)
+	if code := runCtl([]string{"--admin", dead, "--timeout", time.Second.String(), "deny", "list", "group"}, nil, nil, &bytes.Buffer{}, &errb); code != 1 || !strings.Contains(errb.String(), "cannot reach the admin API") {
+		t.Fatalf("unreachable admin: %d %q", code, errb.String())
+	}
+}
