@@ -138,7 +138,11 @@ func New(opts Options) (*Gateway, error) {
 		TCPKeepalive:                 true,
 		DisablePreParseMultipartForm: true,
 		NoDefaultContentType:         true,
-		Logger:                       fasthttpLogger{g.log},
+		// Keep-alive connections get "Connection: close" while stopping,
+		// so that IMServer does not send its next callback into a closed
+		// connection (a POST it would not retry).
+		CloseOnShutdown: true,
+		Logger:          fasthttpLogger{g.log},
 	}
 	return g, nil
 }

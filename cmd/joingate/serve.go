@@ -51,9 +51,11 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 		defer embedded.Shutdown()
 	}
 	var conns []*nats.Conn
+	// stopBy is the shutdown deadline, set when shutdown starts.
+	stopBy := time.Now().Add(cfg.ShutdownTimeout)
 	defer func() {
 		for _, nc := range conns {
-			if err := natsconn.Drain(nc, cfg.ShutdownTimeout); err != nil {
+			if err := natsconn.Drain(nc, max(time.Until(stopBy), 100*time.Millisecond)); err != nil {
 				log.Warn("nats drain", "err", err)
 			}
 		}
@@ -182,12 +184,29 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 	if adm != nil {
 		adm.SetNotReady()
 	}
-	stopGateway()
-	<-gatewayDone
-	stopWorker()
-	<-workerDone
-	stopAdmin()
-	<-adminDone
+	if cfg.ShutdownDelay > 0 {
+		// Let load balancers see /readyz fail before the listener closes.
+		log.Info("not ready; waiting before closing the listener", "shutdown_delay", cfg.ShutdownDelay)
+		time.Sleep(cfg.ShutdownDelay)
+	}
+	// One deadline for every phase: what is not done by then is abandoned.
+	stopBy = time.Now().Add(cfg.ShutdownTimeout)
+	abandon := time.NewTimer(cfg.ShutdownTimeout)
+	defer abandon.Stop()
+	for _, phase := range []struct {
+		name string
+		stop func()
+		done <-chan struct{}
+	}{{"gateway", stopGateway, gatewayDone}, {"worker", stopWorker, workerDone}, {"admin", stopAdmin, adminDone}} {
+		phase.stop()
+		select {
+		case <-phase.done:
+		case <-abandon.C:
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("%s did not stop within shutdown_timeout (%s)", phase.name, cfg.ShutdownTimeout))
+			mu.Unlock()
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	return errors.Join(errs...)

@@ -18,6 +18,7 @@ type Config struct {
 	// Empty disables the API.
 	AdminToken      string        `yaml:"admin_token"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	ShutdownDelay   time.Duration `yaml:"shutdown_delay"`
 	Log             Log           `yaml:"log"`
 	NATS            NATS          `yaml:"nats"`
 	Redis           Redis         `yaml:"redis"`

@@ -34,7 +34,7 @@ func TestLoadFull(t *testing.T) {
 		ShutdownTimeout: 5 * time.Second,
 		Log:             Log{Level: "debug", Format: "json"},
 		NATS:            NATS{URL: "nats://127.0.0.1:4222", Subject: "jg.prod", Queue: "deciders"},
-		Redis:           Redis{URL: "redis://127.0.0.1:6379/2", KeyPrefix: "jg:", Timeout: 100 * time.Millisecond},
+		Redis:           Redis{URL: "redis://127.0.0.1:6379/2", Mode: "standalone", KeyPrefix: "jg:", Timeout: 100 * time.Millisecond},
 		Gateway: Gateway{
 			DecisionTimeout: 250 * time.Millisecond, Fallback: Deny,
 			FallbackRefusal: Refusal{5100, "paused"}, MaxBodyBytes: 4096,
@@ -181,6 +181,28 @@ func TestPrecedence(t *testing.T) {
 	}
 }
 
+// Kubernetes puts service-link variables of every Service in each pod; for
+// Services named joingate or joingate-gateway they look like ours.
+func TestServiceLinksIgnored(t *testing.T) {
+	env := []string{
+		"JOINGATE_PORT=tcp://10.0.0.1:10006",
+		"JOINGATE_SERVICE_HOST=10.0.0.1",
+		"JOINGATE_SERVICE_PORT=10006",
+		"JOINGATE_SERVICE_PORT_CALLBACK=10006",
+		"JOINGATE_PORT_10006_TCP=tcp://10.0.0.1:10006",
+		"JOINGATE_PORT_10006_TCP_PROTO=tcp",
+		"JOINGATE_PORT_10006_TCP_PORT=10006",
+		"JOINGATE_PORT_10006_TCP_ADDR=10.0.0.1",
+		"JOINGATE_GATEWAY_SERVICE_HOST=10.0.0.2",
+		"JOINGATE_GATEWAY_PORT=tcp://10.0.0.2:10006",
+		"JOINGATE_GATEWAY_PORT_9090_TCP_ADDR=10.0.0.2",
+		"JOINGATE_WORKER_ADMIN_SERVICE_PORT_ADMIN=9090",
+	}
+	if _, err := Load("", env, nil); err != nil {
+		t.Fatalf("service-link variables rejected: %v", err)
+	}
+}
+
 func TestBadEnvAndFlags(t *testing.T) {
 	f := func(env []string, flags map[string]string, want ...string) {
 		t.Helper()
@@ -195,6 +217,7 @@ func TestBadEnvAndFlags(t *testing.T) {
 		}
 	}
 	f([]string{"JOINGATE_GATEWAY_DECISON_TIMEOUT=1s"}, nil, "JOINGATE_GATEWAY_DECISON_TIMEOUT", "no such configuration key")
+	f([]string{"JOINGATE_PORTS=1"}, nil, "JOINGATE_PORTS", "no such configuration key")
 	f([]string{"JOINGATE_GATEWAY_DECISION_TIMEOUT=soon"}, nil, "environment JOINGATE_GATEWAY_DECISION_TIMEOUT", "must be a duration")
 	f([]string{"JOINGATE_GATEWAY_FALLBACK=maybe"}, nil, "environment JOINGATE_GATEWAY_FALLBACK", "gateway.fallback")
 	f([]string{"JOINGATE_WORKER_CONCURRENCY=many"}, nil, "worker.concurrency", "must be an integer")

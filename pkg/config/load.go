@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -101,6 +102,9 @@ func (l *loader) env(environ []string) error {
 		}
 		key, ok := known[name]
 		if !ok {
+			if serviceLink.MatchString(name) {
+				continue // set by Kubernetes for a Service named joingate...
+			}
 			return fmt.Errorf("environment %s: no such configuration key", name)
 		}
 		if err := l.set(key, val, "environment "+name); err != nil {
@@ -109,6 +113,12 @@ func (l *loader) env(environ []string) error {
 	}
 	return nil
 }
+
+// serviceLink matches the variables Kubernetes puts in every pod for each
+// Service ("docker links" style): for a Service joingate-gateway,
+// JOINGATE_GATEWAY_SERVICE_HOST, JOINGATE_GATEWAY_PORT,
+// JOINGATE_GATEWAY_PORT_10006_TCP_ADDR, ... They are not configuration.
+var serviceLink = regexp.MustCompile(`^JOINGATE(_[A-Z0-9_]+?)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$`)
 
 // EnvName is the environment variable that sets key ("gateway.fallback").
 func EnvName(key string) string {

@@ -6,10 +6,11 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/joingate/joingate/pkg/redisconn"
 )
 
 // MaxDecisionTimeout caps gateway.decision_timeout. IMServer gives up after
@@ -65,6 +66,9 @@ func (l *loader) validate() error {
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown_timeout", "must be positive, got %s", c.ShutdownTimeout)
 	}
+	if c.ShutdownDelay < 0 {
+		bad("shutdown_delay", "must not be negative, got %s", c.ShutdownDelay)
+	}
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
 
@@ -87,8 +91,11 @@ func (l *loader) validate() error {
 		bad("nats.queue", "must be letters, digits, '_' and '-', got %q", c.NATS.Queue)
 	}
 
-	if c.Redis.URL != "" {
-		if _, err := redis.ParseURL(c.Redis.URL); err != nil {
+	oneOf("redis.mode", c.Redis.Mode, redisconn.Modes...)
+	if c.Redis.URL != "" && slices.Contains(redisconn.Modes, c.Redis.Mode) {
+		// The URL's form depends on the mode (sentinel and cluster URLs list
+		// more nodes in addr= options).
+		if err := redisconn.Validate(c.Redis.URL, c.Redis.Mode); err != nil {
 			bad("redis.url", "%v", redactURLError(err, c.Redis.URL))
 		}
 	}

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"hash/maphash"
 	"slices"
 	"sync"
 	"time"
@@ -9,33 +10,42 @@ import (
 
 // Memory is a Store in process memory with the same semantics as Redis: for
 // a single process (`joingate all` without Redis) and tests. Keys expire when
-// their TAT has passed; expired keys are swept incrementally.
+// their TAT has passed. Counters are spread over shards, and one shard is
+// swept per sweepEvery/shards, so that every key is looked at once per
+// sweepEvery however many there are, a little at a time.
 type Memory struct {
-	now func() time.Time
+	now  func() time.Time
+	seed maphash.Seed
 
 	mu        sync.Mutex
-	tats      map[string]int64 // key -> TAT in µs since the Unix epoch
+	tats      [shards]map[string]int64 // key -> TAT in µs since the Unix epoch
 	flags     map[string]struct{}
 	lists     map[string]map[string]struct{}
 	nextSweep int64
+	sweepNext int // the shard swept next
 }
 
-// sweepEvery and sweepBudget bound the cost of expiry: at most one sweep a
-// second, visiting at most sweepBudget keys (Go's random map order spreads
-// successive sweeps over the whole map).
 const (
-	sweepEvery  = int64(time.Second / time.Microsecond)
-	sweepBudget = 10000
+	shards     = 64
+	sweepEvery = int64(time.Second / time.Microsecond)
 )
 
 // NewMemory returns an empty in-memory store.
 func NewMemory() *Memory {
-	return &Memory{
+	m := &Memory{
 		now:   time.Now,
-		tats:  make(map[string]int64),
+		seed:  maphash.MakeSeed(),
 		flags: make(map[string]struct{}),
 		lists: make(map[string]map[string]struct{}),
 	}
+	for i := range m.tats {
+		m.tats[i] = make(map[string]int64)
+	}
+	return m
+}
+
+func (m *Memory) shard(key string) map[string]int64 {
+	return m.tats[maphash.String(m.seed, key)%shards]
 }
 
 // Decide answers q as the Redis script does, atomically.
@@ -60,13 +70,13 @@ func (m *Memory) Decide(ctx context.Context, q *Query, a *Answer) error {
 	newTATs := tats[:0]
 	for i := range q.Checks {
 		var next int64
-		a.Results[i], next = gcra(q.Checks[i].Limit, m.tats[q.Checks[i].Key], now)
+		a.Results[i], next = gcra(q.Checks[i].Limit, m.shard(q.Checks[i].Key)[q.Checks[i].Key], now)
 		newTATs = append(newTATs, next)
 	}
 	if q.Mode == Consume && a.Admitted(q) {
 		for i := range q.Checks {
 			if a.Results[i].Allowed {
-				m.tats[q.Checks[i].Key] = newTATs[i]
+				m.shard(q.Checks[i].Key)[q.Checks[i].Key] = newTATs[i]
 			}
 		}
 	}
@@ -76,17 +86,15 @@ func (m *Memory) Decide(ctx context.Context, q *Query, a *Answer) error {
 	return nil
 }
 
+// sweep deletes the expired counters of the next shard.
 func (m *Memory) sweep(now int64) {
-	m.nextSweep = now + sweepEvery
-	n := 0
-	for k, tat := range m.tats {
+	m.nextSweep = now + sweepEvery/shards
+	for k, tat := range m.tats[m.sweepNext] {
 		if tat <= now {
-			delete(m.tats, k)
-		}
-		if n++; n == sweepBudget {
-			return
+			delete(m.tats[m.sweepNext], k)
 		}
 	}
+	m.sweepNext = (m.sweepNext + 1) % shards
 }
 
 // Reset forgets the keys' counters: their limits start afresh.
@@ -94,7 +102,7 @@ func (m *Memory) Reset(ctx context.Context, keys ...string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, k := range keys {
-		delete(m.tats, k)
+		delete(m.shard(k), k)
 	}
 	return nil
 }
@@ -139,5 +147,9 @@ func (m *Memory) Ping(context.Context) error { return nil }
 func (m *Memory) Len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.tats)
+	n := 0
+	for _, shard := range m.tats {
+		n += len(shard)
+	}
+	return n
 }
