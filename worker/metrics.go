@@ -90,9 +90,14 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 		m.decisions.WithLabelValues("allow", string(r))
 		m.decisions.WithLabelValues("refuse", string(r))
 	}
+	m.addRules(rules)
+	return m
+}
+
+// addRules pre-creates the series of rules, so that they start at 0.
+func (m *metrics) addRules(rules []string) {
 	for _, r := range rules {
 		m.ruleRefusals.WithLabelValues(r, "enforce")
 		m.ruleRefusals.WithLabelValues(r, "shadow")
 	}
-	return m
 }

@@ -141,8 +141,12 @@ func New(opts Options) (*Worker, error) {
 // Policy returns the policy in force.
 func (w *Worker) Policy() *policy.JoinGroup { return w.policy.Load() }
 
-// SetPolicy replaces the policy for the requests that follow.
-func (w *Worker) SetPolicy(p *policy.JoinGroup) { w.policy.Store(p) }
+// SetPolicy replaces the policy for the requests that follow. Counters of
+// rules that keep their name carry on (see the README on reloads).
+func (w *Worker) SetPolicy(p *policy.JoinGroup) {
+	w.metrics.addRules(p.Rules())
+	w.policy.Store(p)
+}
 
 // Run subscribes and decides requests until ctx is done, then drains: it
 // stops taking new requests, answers the ones already received (within

@@ -620,3 +620,85 @@ func TestAllWithRedisAndOutsideWorker(t *testing.T) {
 		}
 	}
 }
+
+// The policy follows the config file without a restart: a change of the
+// file applies, a bad file keeps the old policy and is counted, SIGHUP
+// reloads.
+func TestReloadPolicy(t *testing.T) {
+	joingate, _ := binaries(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "joingate.yaml")
+	policy := func(limit int, extra string) {
+		t.Helper()
+		body := fmt.Sprintf("join_group:\n  limits:\n    - {name: per-applicant, key: applicant, limit: %d, period: 1h, err_code: 5009, err_msg: slow down}\n%s", limit, extra)
+		if err := os.WriteFile(cfgPath+".tmp", []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(cfgPath+".tmp", cfgPath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	policy(1, "")
+	gwAddr, admin := loopback(t), loopback(t)
+	all := startProcess(t, t.TempDir(), "all", joingate, "all", "--config", cfgPath, "--listen", gwAddr, "--admin-listen", admin)
+	waitReady(t, all, admin)
+	reloads := func(result string) float64 {
+		return metricValue(t, metrics(t, admin), fmt.Sprintf(`joingate_config_reloads_total{result=%q}`, result))
+	}
+	allowed := func(applicant string) bool {
+		t.Helper()
+		_, _, a := postCallback(t, gwAddr, joinCommand, "reload", joinBody("g", applicant))
+		return a.allowed()
+	}
+	if !allowed("u1") || allowed("u1") {
+		t.Fatal("limit 1: want the first request allowed and the second refused")
+	}
+
+	// Raise the limit to 3 for everyone.
+	policy(3, "")
+	if !testenv.Eventually(10*time.Second, func() bool { return reloads("success") >= 1 }) {
+		t.Fatalf("no successful reload after the file changed:\n%s", all.output())
+	}
+	for i := 1; i <= 4; i++ {
+		if allowed("u5") != (i <= 3) {
+			t.Fatalf("limit 3 after reload: request %d of u5 answered wrong", i)
+		}
+	}
+
+	// A bad file keeps the policy in force.
+	if err := os.WriteFile(cfgPath, []byte("join_group:\n  limits: [{name: x, key: ip, limit: 1, period: 1h}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !testenv.Eventually(10*time.Second, func() bool { return reloads("failure") >= 1 }) {
+		t.Fatal("a bad file was not counted as a failed reload")
+	}
+	if got := metricValue(t, metrics(t, admin), "joingate_config_last_reload_successful"); got != 0 {
+		t.Fatalf("last_reload_successful = %v after a bad file", got)
+	}
+	if !strings.Contains(all.output(), "join_group.limits[0].key") {
+		t.Fatalf("the log does not name the bad key:\n%s", all.output())
+	}
+	if !allowed("u2") {
+		t.Fatal("the policy was lost with the bad file")
+	}
+
+	// SIGHUP reloads the (fixed) file: deny group g now.
+	policy(3, "  deny_groups: [g]\n")
+	before := reloads("success")
+	if !testenv.Eventually(10*time.Second, func() bool { return reloads("success") > before }) {
+		t.Fatal("no reload after the file was fixed")
+	}
+	before = reloads("success")
+	if err := all.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if !testenv.Eventually(10*time.Second, func() bool { return reloads("success") > before }) {
+		t.Fatal("SIGHUP did not reload")
+	}
+	if allowed("u3") {
+		t.Fatal("deny_groups [g] not in force after reload")
+	}
+	if err := all.cmd.Process.Signal(syscall.SIGTERM); err != nil || !all.wait(10*time.Second) || all.cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("all did not stop cleanly: %v %v", err, all.cmd.ProcessState)
+	}
+}

@@ -98,7 +98,13 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	log := newLogger(cfg.Log, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cmd, cfg, log); err != nil {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	// A reload reads the same layers as start-up: the file, then the
+	// environment and flags, which a reload cannot change.
+	load := func() (config.Config, error) { return config.Load(*configPath, environ, flagValues()) }
+	if err := serve(ctx, cmd, cfg, reloader{path: *configPath, load: load, hup: hup}, log); err != nil {
 		log.Error("joingate stopped with an error", "command", cmd, "err", err)
 		return 1
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"reflect"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
 	"github.com/joingate/joingate/pkg/redisconn"
+	"github.com/joingate/joingate/pkg/reload"
 	"github.com/joingate/joingate/pkg/throttle"
 	"github.com/joingate/joingate/worker"
 )
@@ -32,7 +35,7 @@ import (
 // "worker") until ctx is done, then stops them in order: the gateway
 // answers its in-flight requests while the worker still decides, then the
 // worker drains, then NATS connections drain.
-func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger) error {
+func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log *slog.Logger) error {
 	runGateway, runWorker := cmd != "worker", cmd != "gateway"
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -123,6 +126,14 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 		checks = append(checks, admin.Check{Name: "gateway", Check: gw.Ready})
 	}
 
+	var watcher *reload.Watcher
+	if wk != nil {
+		var err error
+		if watcher, err = newWatcher(cfg, rl, wk, reg, log); err != nil {
+			return err
+		}
+	}
+
 	var adm *admin.Server
 	if cfg.AdminListen != "" {
 		var err error
@@ -172,6 +183,24 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 	defer stopWorker()
 	defer stopGateway()
 	adminDone := launch("admin", adminCtx, adminRun)
+	if watcher != nil {
+		launch("reload", adminCtx, watcher.Run)
+	}
+	go func() {
+		for {
+			select {
+			case <-adminCtx.Done():
+				return
+			case <-rl.hup:
+			}
+			if watcher == nil {
+				log.Info("SIGHUP: nothing to reload (no worker, or no --config file)")
+				continue
+			}
+			log.Info("SIGHUP: reloading the policy", "config", rl.path)
+			watcher.Trigger()
+		}
+	}()
 	workerDone := launch("worker", workerCtx, workerRun)
 	gatewayDone := launch("gateway", gatewayCtx, gatewayRun)
 
@@ -210,6 +239,61 @@ func serve(ctx context.Context, cmd string, cfg config.Config, log *slog.Logger)
 	mu.Lock()
 	defer mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// reloader is how a running process reloads its policy: the config file to
+// watch, how to load the configuration again, and main's SIGHUP channel.
+type reloader struct {
+	path string
+	load func() (config.Config, error)
+	hup  <-chan os.Signal
+}
+
+// newWatcher returns a watcher that reloads the policy of wk when the config
+// file changes or on SIGHUP, or nil when there is no file to watch. Only the
+// policy (join_group, worker.on_store_error, worker.store_error_refusal)
+// changes without a restart; other changed keys are reported and ignored.
+func newWatcher(running config.Config, rl reloader, wk *worker.Worker, reg prometheus.Registerer, log *slog.Logger) (*reload.Watcher, error) {
+	if rl.path == "" {
+		return nil, nil
+	}
+	apply := func() error {
+		cfg, err := rl.load()
+		if err != nil {
+			return err
+		}
+		pol, err := policy.New(cfg.JoinGroup, cfg.Worker, running.Redis.KeyPrefix)
+		if err != nil {
+			return fmt.Errorf("join_group policy: %w", err)
+		}
+		if changed := restartKeys(running, cfg); len(changed) > 0 {
+			log.Warn("changed keys take effect only after a restart; the new policy applies now", "keys", changed)
+		}
+		wk.SetPolicy(pol)
+		log.Info("policy in force", "limits", len(cfg.JoinGroup.Limits), "dry_run", cfg.JoinGroup.DryRun)
+		return nil
+	}
+	w, err := reload.New(reload.Options{Path: rl.path, Reload: apply, Logger: log, Registerer: reg})
+	if err != nil {
+		return nil, fmt.Errorf("config reload: %w", err)
+	}
+	return w, nil
+}
+
+// restartKeys names the top-level sections other than the policy that
+// differ between two configurations.
+func restartKeys(old, cur config.Config) []string {
+	var changed []string
+	old.JoinGroup, cur.JoinGroup = config.JoinGroup{}, config.JoinGroup{}
+	old.Worker.OnStoreError, cur.Worker.OnStoreError = "", ""
+	old.Worker.StoreErrorRefusal, cur.Worker.StoreErrorRefusal = config.Refusal{}, config.Refusal{}
+	ov, cv := reflect.ValueOf(old), reflect.ValueOf(cur)
+	for i := range ov.NumField() {
+		if !reflect.DeepEqual(ov.Field(i).Interface(), cv.Field(i).Interface()) {
+			changed = append(changed, ov.Type().Field(i).Tag.Get("yaml"))
+		}
+	}
+	return changed
 }
 
 // store is what the worker decides with and the admin API manages.
