@@ -117,6 +117,10 @@ func New(opts Options) (*Gateway, error) {
 		badInputLog:     throttle.New(time.Second),
 		fallbackLog:     throttle.New(time.Second),
 	}
+	// A callback must fit in one NATS message, or every one would fall back.
+	if limit := opts.Conn.MaxPayload(); limit > 0 && int64(opts.MaxBodyBytes)+4096 > limit {
+		return nil, fmt.Errorf("gateway options: max body %d bytes (+4 KiB of headers) exceeds the NATS server's max_payload %d", opts.MaxBodyBytes, limit)
+	}
 	g.ln = opts.Listener
 	if g.ln == nil {
 		ln, err := net.Listen("tcp", opts.Listen)
@@ -244,13 +248,14 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	if !g.opts.Conn.IsConnected() {
 		cause, err = causeNATSUnavailable, errNotConnected
 	} else {
-		reply, err = g.opts.Conn.RequestMsg(msg, time.Until(deadline))
+		sent := time.Now()
+		reply, err = g.opts.Conn.RequestMsg(msg, deadline.Sub(sent))
 		switch {
 		case err == nil && !isJSONObject(reply.Data):
 			cause = causeError
 			err = fmt.Errorf("worker replied %d bytes that are not a JSON object", len(reply.Data))
 		case err == nil:
-			g.metrics.natsTime.Observe(time.Since(start).Seconds())
+			g.metrics.natsTime.Observe(time.Since(sent).Seconds())
 		case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 			cause = causeTimeout
 		case errors.Is(err, nats.ErrNoResponders):
@@ -291,6 +296,8 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	g.metrics.duration.Observe(time.Since(start).Seconds())
 }
 
+// errNotConnected is the fallback's error when NATS is down: nothing was
+// sent.
 var errNotConnected = errors.New("nats not connected")
 
 // reject answers a request that is not a callback at all.

@@ -424,6 +424,22 @@ func TestFallbacks(t *testing.T) {
 		testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "nats_unavailable")
 	})
 
+	t.Run("reply after the deadline", func(t *testing.T) {
+		ns := testenv.NATS(t)
+		late := testenv.Conn(t, ns)
+		late.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
+			dl, _ := natsconn.Deadline(m)
+			time.Sleep(time.Until(dl) + 20*time.Millisecond) // a worker that decides too late
+			m.Respond(callback.AppendRefusal(nil, 5999, "late", ""))
+		})
+		late.Flush()
+		e := startGateway(t, ns, func(o *gateway.Options) { o.DecisionTimeout = 50 * time.Millisecond })
+		if _, a := post(t, e.url+joinPath, joinBody("u", "g")); a != allow {
+			t.Fatalf("%+v: the gateway waited past its deadline for the worker", a)
+		}
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "timeout")
+	})
+
 	t.Run("reply that is not JSON", func(t *testing.T) {
 		ns := testenv.NATS(t)
 		broken := testenv.Conn(t, ns)

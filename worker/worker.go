@@ -109,7 +109,9 @@ type Worker struct {
 	store   Store
 	prefix  string // "<subject>."
 
-	errLog *throttle.Throttle
+	// Per-request log lines that metrics count too, at most one a second
+	// each: an outage or a hot rule must not flood the log.
+	errLog, inputLog, shadowLog *throttle.Throttle
 
 	mu  sync.Mutex
 	sub *nats.Subscription
@@ -121,11 +123,13 @@ func New(opts Options) (*Worker, error) {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
 	w := &Worker{
-		opts:    opts,
-		log:     opts.Logger.With("component", "worker"),
-		metrics: newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Policy.Rules()),
-		prefix:  opts.Subject + ".",
-		errLog:  throttle.New(time.Second),
+		opts:      opts,
+		log:       opts.Logger.With("component", "worker"),
+		metrics:   newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Policy.Rules()),
+		prefix:    opts.Subject + ".",
+		errLog:    throttle.New(time.Second),
+		inputLog:  throttle.New(time.Second),
+		shadowLog: throttle.New(time.Second),
 	}
 	br := breaker.New(opts.BreakerFailures, opts.BreakerCooldown, func(from, to breaker.State) {
 		w.metrics.breakerState.Set(float64(to))
@@ -276,7 +280,9 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	}
 	if err := callback.DecodeJoinGroup(m.Data, req); err != nil {
 		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
-		w.log.Warn("invalid callback body", "operationID", opID, "err", err)
+		if ok, n := w.inputLog.Allow(); ok {
+			w.log.Warn("invalid callback body", "operationID", opID, "err", err, "suppressed", n)
+		}
 		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
 		w.respond(m, s.Body, opID)
 		return
@@ -285,6 +291,14 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	d, err := w.policy.Load().Decide(ctx, req, w.store, s)
 	cancel()
+	if err != nil && errors.Is(err, context.DeadlineExceeded) {
+		// The store was too slow for this request's budget: the gateway has
+		// answered already, so no reply, and not a store failure (the
+		// breaker still counts the slowness).
+		w.metrics.requests.WithLabelValues(outcomeExpired).Inc()
+		w.log.Debug("deadline passed during the store call", "operationID", opID)
+		return
+	}
 	if err != nil {
 		w.metrics.storeErrors.Inc()
 		if ok, n := w.errLog.Allow(); ok {
@@ -303,7 +317,9 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	}
 	for _, r := range s.Shadowed {
 		w.metrics.ruleRefusals.WithLabelValues(r, "shadow").Inc()
-		w.log.Info("shadow rule would refuse", "operationID", opID, "rule", r)
+		if ok, n := w.shadowLog.Allow(); ok {
+			w.log.Info("shadow rule would refuse", "operationID", opID, "rule", r, "suppressed", n)
+		}
 	}
 	w.respond(m, s.Body, opID)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())

@@ -269,3 +269,52 @@ func TestStoreBreaker(t *testing.T) {
 	}
 	testenv.WantValue(t, reg, 1, "joingate_worker_store_breaker_transitions_total", "closed")
 }
+
+// Requests queued behind a busy worker when it is told to stop are all
+// answered before Run returns.
+func TestDrainAnswersQueued(t *testing.T) {
+	ns := testenv.NATS(t)
+	g := ratelimittest.NewGate(ratelimit.NewMemory())
+	_, _, stop := startWorker(t, ns, g, testPolicy(t, perApplicant(100)), func(o *Options) { o.Concurrency = 1 })
+	nc := testenv.Conn(t, ns)
+	const n = 5
+	replies := make(chan error, n)
+	for i := range n {
+		go func() {
+			m, err := request(t, nc, joinBody(fmt.Sprint("u", i), "g"), time.Now().Add(10*time.Second))
+			if err == nil && decode(t, m).NextCode != 0 {
+				err = fmt.Errorf("refused: %s", m.Data)
+			}
+			replies <- err
+		}()
+	}
+	<-g.Entered // one is being decided, the others wait in the worker
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	g.Open()
+	for range n {
+		if err := <-replies; err != nil {
+			t.Fatalf("a request received before the stop was not answered: %v", err)
+		}
+	}
+	<-stopped
+}
+
+// A request past its deadline gets no reply at all: the gateway has
+// answered it already.
+func TestExpiredGetsNoReply(t *testing.T) {
+	ns := testenv.NATS(t)
+	mem := ratelimit.NewMemory()
+	_, reg, _ := startWorker(t, ns, mem, testPolicy(t, perApplicant(1)), nil)
+	nc := testenv.Conn(t, ns)
+	msg := nats.NewMsg("joingate." + callback.JoinGroupCommand)
+	msg.Data = []byte(joinBody("u", "g"))
+	natsconn.SetDeadline(msg, time.Now().Add(-time.Millisecond))
+	if m, err := nc.RequestMsg(msg, 300*time.Millisecond); !errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("expired request: reply %v, error %v; want no reply", m, err)
+	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_requests_total", outcomeExpired)
+	if mem.Len() != 0 {
+		t.Fatal("an expired request reached the store")
+	}
+}

@@ -126,8 +126,8 @@ func checkRole(cmd string, cfg *config.Config) error {
 			return errors.New("redis.url (--redis) is required: workers share their limits in Redis")
 		}
 	}
-	if cmd != "all" && cfg.NATS.EmbeddedListen != "" {
-		return errors.New("nats.embedded_listen applies to `joingate all` only")
+	if cfg.NATS.EmbeddedListen != "" && (cmd != "all" || cfg.NATS.URL != "") {
+		return errors.New("nats.embedded_listen applies to `joingate all` without nats.url only (it serves the embedded NATS server)")
 	}
 	return nil
 }

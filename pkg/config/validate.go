@@ -76,8 +76,12 @@ func (l *loader) validate() error {
 		if c.NATS.URL == "" {
 			break
 		}
-		if p, err := url.Parse(strings.TrimSpace(u)); err != nil || p.Host == "" {
-			bad("nats.url", "must be a URL such as nats://127.0.0.1:4222, got %q", u)
+		u = strings.TrimSpace(u)
+		if !strings.Contains(u, "://") {
+			u = "nats://" + u // nats.go reads host:port as nats://host:port
+		}
+		if p, err := url.Parse(u); err != nil || p.Host == "" {
+			bad("nats.url", "must be a URL such as nats://127.0.0.1:4222, got %q", redactURL(u))
 		}
 	}
 	addr("nats.embedded_listen", c.NATS.EmbeddedListen, true)
@@ -112,8 +116,9 @@ func (l *loader) validate() error {
 	}
 	oneOf("gateway.fallback", g.Fallback, Allow, Deny)
 	refusal("gateway.fallback_refusal", &g.FallbackRefusal)
-	if g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 16<<20 {
-		bad("gateway.max_body_bytes", "must be between 1024 and 16777216, got %d", g.MaxBodyBytes)
+	// A callback travels as one NATS message (max_payload 1 MiB by default).
+	if g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 1<<20-4096 {
+		bad("gateway.max_body_bytes", "must be between 1024 and 1044480 (NATS's 1 MiB message limit less headers), got %d", g.MaxBodyBytes)
 	}
 	if g.ReadTimeout <= 0 {
 		bad("gateway.read_timeout", "must be positive, got %s", g.ReadTimeout)
@@ -185,6 +190,14 @@ func (l *loader) validate() error {
 }
 
 var urlPassword = regexp.MustCompile(`://[^:/@]*:([^@]+)@`)
+
+// redactURL hides user-info in a URL.
+func redactURL(raw string) string {
+	if m := urlPassword.FindStringSubmatchIndex(raw); m != nil {
+		return raw[:m[2]] + "xxxxx" + raw[m[3]:]
+	}
+	return raw
+}
 
 // redactURLError keeps a password in a URL out of an error message, even
 // when the URL does not parse.

@@ -150,7 +150,12 @@ func testAPI(t *testing.T, store Store) {
 		{func() error { _, err := c.Quota(ctx, "nope", []string{"u"}); return err }, `no limit rule "nope"`},
 		{func() error { _, err := c.Quota(ctx, "pair", []string{"u"}); return err }, "give 2 ID(s)"},
 		{func() error { _, err := c.Explain(ctx, []byte(`{"groupID":1}`)); return err }, "groupID must be a string"},
-		{func() error { bad := *c; bad.Token = "wrong"; _, err := bad.ListMembers(ctx, policy.ListDenyGroups); return err }, "401"},
+		{func() error {
+			bad := *c
+			bad.Token = "wrong"
+			_, err := bad.ListMembers(ctx, policy.ListDenyGroups)
+			return err
+		}, "401"},
 	} {
 		if err := tc.call(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("error %v, want one mentioning %q", err, tc.want)

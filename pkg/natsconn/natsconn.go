@@ -115,7 +115,7 @@ func Embedded(listen string, log *slog.Logger) (*server.Server, error) {
 		}
 		p, err := strconv.Atoi(port)
 		if err != nil {
-			return nil, fmt.Errorf("embedded nats listen %q: bad port", listen)
+			return nil, fmt.Errorf("embedded nats listen %q: port: %w", listen, err)
 		}
 		opts.Host, opts.Port = host, p
 		if host == "" {

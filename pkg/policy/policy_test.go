@@ -252,3 +252,20 @@ func BenchmarkDecide(b *testing.B) {
 		}
 	}
 }
+
+// When several rules refuse, the first names the refusal and errDlt waits
+// for the slowest: retrying earlier would be refused again.
+func TestRetryAfterIsTheLongestWait(t *testing.T) {
+	p := compile(t, func(c *config.Config) {
+		c.JoinGroup.Limits = []config.Limit{
+			{Name: "minute", Key: config.KeyApplicant, Limit: 1, Period: time.Minute, Burst: 1, ErrCode: 5010, ErrMsg: "per minute"},
+			{Name: "hour", Key: config.KeyGroup, Limit: 1, Period: time.Hour, Burst: 1, ErrCode: 5011, ErrMsg: "per hour"},
+		}
+	})
+	st := ratelimit.NewMemory()
+	decide(t, p, st, "u", "g", "")
+	d, a := decide(t, p, st, "u", "g", "")
+	if d.Rule != "minute" || a.ErrCode != 5010 || a.ErrDlt != "retry in 3600s" {
+		t.Fatalf("%+v %+v, want rule minute's code with the hour rule's wait", d, a)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -304,6 +305,17 @@ func TestRedisKeysExpire(t *testing.T) {
 	if err != nil || ttl <= 59*time.Minute || ttl > time.Hour {
 		t.Fatalf("PTTL slow = %v, %v; want about one emission interval (1h)", ttl, err)
 	}
+	// After a whole burst the key must live until the TAT, 3 intervals
+	// ahead: expiring earlier would hand out the burst again.
+	for range 2 {
+		if err := s.Decide(ctx, &Query{Checks: checks[:1]}, &Answer{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ttl, err = srv.Client.PTTL(ctx, "slow").Result()
+	if err != nil || ttl <= 179*time.Minute || ttl > 3*time.Hour {
+		t.Fatalf("PTTL slow after the burst = %v, %v; want about 3h", ttl, err)
+	}
 	// The fast key's TAT is 10ms ahead, so it is gone soon after.
 	if !testenv.Eventually(2*time.Second, func() bool {
 		return srv.Client.Exists(ctx, "fast").Val() == 0
@@ -379,6 +391,51 @@ func BenchmarkMemoryAllow(b *testing.B) {
 	for b.Loop() {
 		if err := m.Decide(context.Background(), &q, &a); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// The two stores decide alike on the same random sequence of queries:
+// limits of minutes and hours make the microseconds between the two calls
+// irrelevant.
+func TestStoresAgree(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	mem, red := NewMemory(), NewRedis(srv.Client)
+	rng := rand.New(rand.NewPCG(1, 2))
+	limits := []Limit{
+		{Rate: 3, Period: time.Hour, Burst: 3},
+		{Rate: 1, Period: time.Hour, Burst: 5},
+		{Rate: 10, Period: time.Minute, Burst: 2},
+		{Rate: 60, Period: time.Hour, Burst: 1},
+	}
+	guards := []string{"g0", "g1"}
+	for _, s := range []store{mem, red} {
+		if err := s.ListAdd(context.Background(), "idx", "x", "g1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for step := range 2000 {
+		var q Query
+		for range 1 + rng.IntN(4) {
+			q.Checks = append(q.Checks, Check{
+				Key:    fmt.Sprint("k", rng.IntN(6)),
+				Limit:  limits[rng.IntN(len(limits))],
+				Shadow: rng.IntN(4) == 0,
+			})
+		}
+		if rng.IntN(10) == 0 {
+			q.Guards = guards[:1+rng.IntN(2)]
+		}
+		q.Mode = []Mode{Consume, Consume, Consume, Peek, GuardsOnly}[rng.IntN(5)]
+		a, b := decide(t, mem, q), decide(t, red, q)
+		if a.Guard != b.Guard || a.Admitted(&q) != b.Admitted(&q) {
+			t.Fatalf("step %d %+v: memory %+v, redis %+v", step, q, a, b)
+		}
+		for i := range a.Results {
+			ra, rb := a.Results[i], b.Results[i]
+			if ra.Allowed != rb.Allowed || ra.Remaining != rb.Remaining || (ra.RetryAfter-rb.RetryAfter).Abs() > time.Second {
+				t.Fatalf("step %d check %d %+v: memory %+v, redis %+v", step, i, q.Checks[i], ra, rb)
+			}
 		}
 	}
 }
