@@ -1,34 +1,209 @@
 // Package redisconn builds the Redis client of the limiter store from
 // configuration, with every timeout set and context deadlines honoured, so
-// that a slow or absent Redis costs a decision its budget and no more.
+// that a slow or absent Redis costs a decision its budget and no more. It
+// speaks to a standalone Redis, to a master found through Sentinel, or to a
+// Redis Cluster (redis.mode).
 package redisconn
 
 import (
+	"errors"
 	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// New returns a client for url (redis://, rediss:// or unix://). timeout
-// bounds each dial, read and write; poolSize bounds connections, and should
-// match the decisions made at once.
+// The topologies of redis.mode.
+const (
+	// Standalone is one Redis server (or a proxy in front of one):
+	// redis://[[user]:password@]host:port[/db], rediss:// or unix:///path.
+	Standalone = "standalone"
+	// Sentinel finds the master through Sentinel:
+	// redis://[[user]:password@]sentinel1:26379[/db]?master_name=mymaster&addr=sentinel2:26379.
+	// The user info authenticates to the sentinels; the master's own
+	// credentials go in the username= and password= query options.
+	Sentinel = "sentinel"
+	// Cluster is a Redis Cluster, reached through any of its nodes:
+	// redis://[[user]:password@]node1:7000?addr=node2:7000&addr=node3:7000.
+	Cluster = "cluster"
+)
+
+// Modes lists the topologies, for validation and messages.
+var Modes = []string{Standalone, Sentinel, Cluster}
+
+// ErrMode is returned for a mode that is not one of Modes.
+var ErrMode = errors.New("unknown redis mode")
+
+// New returns a client for a standalone Redis at url (redis://, rediss://
+// or unix://): NewUniversal in Standalone mode, as its concrete type.
 func New(url string, timeout time.Duration, poolSize int) (*redis.Client, error) {
-	opts, err := redis.ParseURL(url)
+	opts, err := parseStandalone(url)
 	if err != nil {
-		return nil, fmt.Errorf("redis url: %w", err)
+		return nil, err
 	}
-	opts.DialTimeout = timeout
-	opts.ReadTimeout = timeout
-	opts.WriteTimeout = timeout
-	opts.PoolTimeout = timeout
-	// A request's deadline cuts a Redis call short; a retry after it is
-	// pointless, so one retry at most, quickly.
+	tune(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, timeout)
 	opts.ContextTimeoutEnabled = true
-	opts.MaxRetries = 1
-	opts.MinRetryBackoff = time.Millisecond
-	opts.MaxRetryBackoff = 10 * time.Millisecond
+	opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = maxRetries, minRetryBackoff, maxRetryBackoff
 	opts.PoolSize = poolSize
-	opts.ClientName = "joingate"
+	opts.ClientName = clientName
 	return redis.NewClient(opts), nil
+}
+
+// NewUniversal returns a client for url in mode (one of Modes; "" is
+// Standalone). The interface holds the concrete client: *redis.Client for
+// Standalone and Sentinel, *redis.ClusterClient for Cluster, which the
+// limiter store recognises to split a request by hash slot.
+//
+// timeout bounds each dial, read, write and wait for a pooled connection,
+// whatever url says; poolSize bounds connections (per node on Cluster) and
+// should match the decisions made at once. A request's deadline cuts a call
+// short and a call is retried at most once, quickly: a retry after the
+// deadline is pointless.
+func NewUniversal(url, mode string, timeout time.Duration, poolSize int) (redis.UniversalClient, error) {
+	switch mode {
+	case "", Standalone:
+		return New(url, timeout, poolSize)
+	case Sentinel:
+		opts, err := parseSentinel(url)
+		if err != nil {
+			return nil, err
+		}
+		tune(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, timeout)
+		opts.ContextTimeoutEnabled = true
+		opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = maxRetries, minRetryBackoff, maxRetryBackoff
+		opts.PoolSize = poolSize
+		opts.ClientName = clientName
+		return redis.NewFailoverClient(opts), nil
+	case Cluster:
+		opts, err := parseCluster(url)
+		if err != nil {
+			return nil, err
+		}
+		tune(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, timeout)
+		opts.ContextTimeoutEnabled = true
+		opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = maxRetries, minRetryBackoff, maxRetryBackoff
+		opts.PoolSize = poolSize
+		opts.ClientName = clientName
+		return redis.NewClusterClient(opts), nil
+	}
+	return nil, modeError(mode)
+}
+
+// Validate reports whether url can be used in mode, without connecting:
+// what NewUniversal would refuse.
+func Validate(url, mode string) error {
+	var err error
+	switch mode {
+	case "", Standalone:
+		_, err = parseStandalone(url)
+	case Sentinel:
+		_, err = parseSentinel(url)
+	case Cluster:
+		_, err = parseCluster(url)
+	default:
+		err = modeError(mode)
+	}
+	return err
+}
+
+// Addrs returns the addresses url names in mode, for logs: the server (or
+// socket), the sentinels, or the cluster's seed nodes; no credentials. It
+// returns nil for a url that Validate refuses.
+func Addrs(url, mode string) []string {
+	switch mode {
+	case "", Standalone:
+		if o, err := parseStandalone(url); err == nil {
+			return []string{o.Addr}
+		}
+	case Sentinel:
+		if o, err := parseSentinel(url); err == nil {
+			return o.SentinelAddrs
+		}
+	case Cluster:
+		if o, err := parseCluster(url); err == nil {
+			return o.Addrs
+		}
+	}
+	return nil
+}
+
+const (
+	clientName = "joingate"
+	// One retry at most, quickly: see NewUniversal.
+	maxRetries      = 1
+	minRetryBackoff = time.Millisecond
+	maxRetryBackoff = 10 * time.Millisecond
+)
+
+// tune sets the four timeouts of one client's options to timeout.
+func tune(dial, read, write, pool *time.Duration, timeout time.Duration) {
+	*dial, *read, *write, *pool = timeout, timeout, timeout, timeout
+}
+
+func modeError(mode string) error {
+	return fmt.Errorf("%w %q: want one of %s", ErrMode, mode, strings.Join(Modes, ", "))
+}
+
+func parseStandalone(raw string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, urlError(Standalone, raw, err)
+	}
+	return opts, nil
+}
+
+func parseSentinel(raw string) (*redis.FailoverOptions, error) {
+	opts, err := redis.ParseFailoverURL(raw)
+	if err != nil {
+		return nil, urlError(Sentinel, raw, err)
+	}
+	switch {
+	case opts.MasterName == "":
+		err = errors.New("needs master_name=<name> (the name the sentinels monitor)")
+	case opts.RouteByLatency, opts.RouteRandomly, opts.ReplicaOnly:
+		// go-redis panics on the first two; a replica cannot run the
+		// limiter's scripts, which write.
+		err = errors.New("route_by_latency, route_randomly and replica_only are not supported: every decision writes to the master")
+	}
+	if err != nil {
+		return nil, urlError(Sentinel, raw, err)
+	}
+	return opts, nil
+}
+
+func parseCluster(raw string) (*redis.ClusterOptions, error) {
+	opts, err := redis.ParseClusterURL(raw)
+	if err != nil {
+		return nil, urlError(Cluster, raw, err)
+	}
+	// ParseClusterURL ignores a path; Redis Cluster has database 0 only.
+	if u, _ := url.Parse(raw); u != nil && strings.Trim(u.Path, "/") != "" && strings.Trim(u.Path, "/") != "0" {
+		err = fmt.Errorf("database %q: redis cluster has database 0 only", strings.Trim(u.Path, "/"))
+	} else if opts.ReadOnly || opts.RouteByLatency || opts.RouteRandomly {
+		err = errors.New("read_only, route_by_latency and route_randomly are not supported: every decision writes to the masters")
+	}
+	if err != nil {
+		return nil, urlError(Cluster, raw, err)
+	}
+	return opts, nil
+}
+
+var urlPassword = regexp.MustCompile(`://[^:/@]*:([^@]+)@`)
+
+// urlError names the mode and keeps a password in raw out of the message:
+// url.Parse errors quote the whole URL.
+func urlError(mode, raw string, err error) error {
+	msg := err.Error()
+	if m := urlPassword.FindStringSubmatch(raw); m != nil {
+		msg = strings.ReplaceAll(msg, m[1], "xxxxx")
+	}
+	if u, perr := url.Parse(raw); perr == nil {
+		if pw := u.Query().Get("password"); pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return fmt.Errorf("redis url for mode %s: %s", mode, msg)
 }
