@@ -85,8 +85,9 @@ type JoinGroup struct {
 	DenyGroups      []string `yaml:"deny_groups"`
 	DenyRefusal     Refusal  `yaml:"deny_refusal"`
 	MaxMessageBytes int      `yaml:"max_message_bytes"`
-	BlockedWords    []string `yaml:"blocked_words"`
 	MessageRefusal  Refusal  `yaml:"message_refusal"`
+	BlockedWords    []string `yaml:"blocked_words"`
+	BlockedRefusal  Refusal  `yaml:"blocked_word_refusal"`
 	Limits          []Limit  `yaml:"limits"`
 	// DryRun makes every limit a shadow limit: counted and logged, never
 	// refusing.
@@ -150,7 +151,8 @@ func Default() Config {
 		},
 		JoinGroup: JoinGroup{
 			DenyRefusal:    Refusal{ErrCode: 5002, ErrMsg: "join request not allowed"},
-			MessageRefusal: Refusal{ErrCode: 5003, ErrMsg: "join request message not allowed"},
+			MessageRefusal: Refusal{ErrCode: 5003, ErrMsg: "join request message too long"},
+			BlockedRefusal: Refusal{ErrCode: 5004, ErrMsg: "join request message not allowed"},
 			Limits: []Limit{
 				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 5, ErrCode: 5001, ErrMsg: "too many join requests"},
 				{Name: "group-per-minute", Key: KeyGroup, Limit: 60, Period: time.Minute, Burst: 60, ErrCode: 5001, ErrMsg: "too many join requests for this group"},

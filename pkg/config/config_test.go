@@ -49,6 +49,7 @@ func TestLoadFull(t *testing.T) {
 			MaxMessageBytes: 512,
 			BlockedWords:    []string{"casino"},
 			MessageRefusal:  Refusal{5201, "bad message"},
+			BlockedRefusal:  Refusal{5202, "bad word"},
 			Limits: []Limit{
 				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 10, ErrCode: 5001, ErrMsg: "too many join requests"},
 				// Burst, err_code and err_msg take their defaults.

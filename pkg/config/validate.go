@@ -146,6 +146,7 @@ func (l *loader) validate() error {
 	j := &c.JoinGroup
 	refusal("join_group.deny_refusal", &j.DenyRefusal)
 	refusal("join_group.message_refusal", &j.MessageRefusal)
+	refusal("join_group.blocked_word_refusal", &j.BlockedRefusal)
 	if j.MaxMessageBytes < 0 {
 		bad("join_group.max_message_bytes", "must be 0 (no limit) or positive, got %d", j.MaxMessageBytes)
 	}

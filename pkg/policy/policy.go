@@ -77,9 +77,9 @@ type JoinGroup struct {
 	rules                             []rule
 	keys                              Keys
 
-	denyBody, messageBody []byte
-	storeErrorAllows      bool
-	storeErrorBody        []byte
+	denyBody, messageBody, blockedBody []byte
+	storeErrorAllows                   bool
+	storeErrorBody                     []byte
 }
 
 // New compiles a policy. storeErr says how to answer when the store fails
@@ -100,6 +100,7 @@ func New(cfg config.JoinGroup, storeErr config.Worker, keyPrefix string) (*JoinG
 		keys:             NewKeys(keyPrefix),
 		denyBody:         callback.AppendRefusal(nil, cfg.DenyRefusal.ErrCode, cfg.DenyRefusal.ErrMsg, ""),
 		messageBody:      callback.AppendRefusal(nil, cfg.MessageRefusal.ErrCode, cfg.MessageRefusal.ErrMsg, ""),
+		blockedBody:      callback.AppendRefusal(nil, cfg.BlockedRefusal.ErrCode, cfg.BlockedRefusal.ErrMsg, ""),
 		storeErrorAllows: storeErr.OnStoreError != config.Deny,
 		storeErrorBody:   callback.AppendRefusal(nil, storeErr.StoreErrorRefusal.ErrCode, storeErr.StoreErrorRefusal.ErrMsg, "retry in 1s"),
 	}
@@ -258,8 +259,11 @@ func (p *JoinGroup) local(req *callback.JoinGroup) Reason {
 }
 
 func (p *JoinGroup) localBody(r Reason) []byte {
-	if r == ReasonDenyApplicant || r == ReasonDenyGroup {
+	switch r {
+	case ReasonDenyApplicant, ReasonDenyGroup:
 		return p.denyBody
+	case ReasonBlockedWord:
+		return p.blockedBody
 	}
 	return p.messageBody
 }

@@ -71,7 +71,7 @@ func TestListsAndMessages(t *testing.T) {
 	f("spammer", "g", "", false, ReasonDenyApplicant, 5002)
 	f("u1", "closed", "", false, ReasonDenyGroup, 5002)
 	f("u1", "g", "12345678901", false, ReasonMessageLength, 5003)
-	f("u1", "g", "big CASINO", false, ReasonBlockedWord, 5003)
+	f("u1", "g", "big CASINO", false, ReasonBlockedWord, 5004)
 	// None of the refusals above consumed u1's single request.
 	f("u1", "g", "hello", true, ReasonPassed, 0)
 	f("u1", "g", "hello", false, ReasonRateLimit, 5001)
