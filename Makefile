@@ -36,6 +36,7 @@ test-deps:
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
 
 # A short run of every fuzz target (FUZZTIME per target).
 FUZZTIME ?= 20s

@@ -277,24 +277,37 @@ func TestDrainAnswersQueued(t *testing.T) {
 	g := ratelimittest.NewGate(ratelimit.NewMemory())
 	_, _, stop := startWorker(t, ns, g, testPolicy(t, perApplicant(100)), func(o *Options) { o.Concurrency = 1 })
 	nc := testenv.Conn(t, ns)
+	inbox := nats.NewInbox()
+	replies, err := nc.SubscribeSync(inbox + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
 	const n = 5
-	replies := make(chan error, n)
 	for i := range n {
-		go func() {
-			m, err := request(t, nc, joinBody(fmt.Sprint("u", i), "g"), time.Now().Add(10*time.Second))
-			if err == nil && decode(t, m).NextCode != 0 {
-				err = fmt.Errorf("refused: %s", m.Data)
-			}
-			replies <- err
-		}()
+		msg := nats.NewMsg("joingate." + callback.JoinGroupCommand)
+		msg.Reply = fmt.Sprint(inbox, ".", i)
+		msg.Data = []byte(joinBody(fmt.Sprint("u", i), "g"))
+		natsconn.SetDeadline(msg, time.Now().Add(10*time.Second))
+		if err := nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Once the server has seen all five, it has routed them to the worker
+	// ahead of anything the worker sends after this point.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
 	}
 	<-g.Entered // one is being decided, the others wait in the worker
 	stopped := make(chan struct{})
 	go func() { stop(); close(stopped) }()
 	g.Open()
-	for range n {
-		if err := <-replies; err != nil {
-			t.Fatalf("a request received before the stop was not answered: %v", err)
+	for i := range n {
+		m, err := replies.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("reply %d of %d: %v: a request received before the stop was not answered", i+1, n, err)
+		}
+		if a := decode(t, m); a.NextCode != 0 {
+			t.Fatalf("refused: %s", m.Data)
 		}
 	}
 	<-stopped
