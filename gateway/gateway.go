@@ -7,10 +7,13 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -42,8 +45,16 @@ type Options struct {
 	// ShutdownTimeout bounds how long Run waits, once stopped, for in-flight
 	// requests to be answered.
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
-	Registerer      prometheus.Registerer
+	// Access control, all optional. With BasicUser set, a callback must
+	// carry that user and BasicPassword (IMServer sends them when its
+	// webhook URL has user-info). With AllowNets set, only clients whose
+	// address is in one of them are served. With TLSCertFile and
+	// TLSKeyFile set, the edge serves HTTPS.
+	BasicUser, BasicPassword string
+	AllowNets                []netip.Prefix
+	TLSCertFile, TLSKeyFile  string
+	Logger                   *slog.Logger
+	Registerer               prometheus.Registerer
 }
 
 // DefaultOptions returns the options a gateway runs with unless told
@@ -99,6 +110,7 @@ type Gateway struct {
 	stopping atomic.Bool
 
 	fallbackRefuses bool
+	basicAuth       []byte // the expected Authorization header, or nil
 	badInputLog     *throttle.Throttle
 	fallbackLog     *throttle.Throttle
 }
@@ -116,6 +128,9 @@ func New(opts Options) (*Gateway, error) {
 		fallbackRefuses: isRefusal(opts.FallbackBody),
 		badInputLog:     throttle.New(time.Second),
 		fallbackLog:     throttle.New(time.Second),
+	}
+	if opts.BasicUser != "" {
+		g.basicAuth = []byte("Basic " + base64.StdEncoding.EncodeToString([]byte(opts.BasicUser+":"+opts.BasicPassword)))
 	}
 	// A callback must fit in one NATS message, or every one would fall back.
 	if limit := opts.Conn.MaxPayload(); limit > 0 && int64(opts.MaxBodyBytes)+4096 > limit {
@@ -171,7 +186,13 @@ func (g *Gateway) Ready(context.Context) error {
 // ShutdownTimeout).
 func (g *Gateway) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
-	go func() { errc <- g.srv.Serve(g.ln) }()
+	go func() {
+		if g.opts.TLSCertFile != "" {
+			errc <- g.srv.ServeTLS(g.ln, g.opts.TLSCertFile, g.opts.TLSKeyFile)
+			return
+		}
+		errc <- g.srv.Serve(g.ln)
+	}()
 	g.log.Info("gateway listening", "addr", g.Addr(), "subject", g.subject, "decision_timeout", g.opts.DecisionTimeout)
 	select {
 	case err := <-errc:
@@ -196,6 +217,9 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 			g.fail(ctx, fasthttp.StatusInternalServerError, "internal error")
 		}
 	}()
+	if !g.admitted(ctx) {
+		return
+	}
 	if !ctx.IsPost() {
 		g.reject(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed: IMServer callbacks are POST")
 		return
@@ -299,6 +323,28 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 // errNotConnected is the fallback's error when NATS is down: nothing was
 // sent.
 var errNotConnected = errors.New("nats not connected")
+
+// admitted applies the access controls; a refused request is answered
+// (JSON, actionCode 1) and counted as rejected.
+func (g *Gateway) admitted(ctx *fasthttp.RequestCtx) bool {
+	if len(g.opts.AllowNets) > 0 {
+		ip, ok := netip.AddrFromSlice(ctx.RemoteIP())
+		allowed := false
+		for _, n := range g.opts.AllowNets {
+			allowed = allowed || (ok && n.Contains(ip.Unmap()))
+		}
+		if !allowed {
+			g.reject(ctx, fasthttp.StatusForbidden, "client address not in gateway.allow_cidrs")
+			return false
+		}
+	}
+	if g.basicAuth != nil && subtle.ConstantTimeCompare(ctx.Request.Header.Peek("Authorization"), g.basicAuth) != 1 {
+		ctx.Response.Header.Set("WWW-Authenticate", `Basic realm="joingate"`)
+		g.reject(ctx, fasthttp.StatusUnauthorized, "missing or wrong credentials: put user:password in the webhook URL")
+		return false
+	}
+	return true
+}
 
 // reject answers a request that is not a callback at all.
 func (g *Gateway) reject(ctx *fasthttp.RequestCtx, status int, msg string) {

@@ -119,6 +119,12 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		opts.ReadTimeout, opts.IdleTimeout = cfg.Gateway.ReadTimeout, cfg.Gateway.IdleTimeout
 		opts.MaxConns = cfg.Gateway.MaxConns
 		opts.ShutdownTimeout = cfg.ShutdownTimeout
+		opts.BasicUser, opts.BasicPassword = cfg.Gateway.BasicAuth.Username, cfg.Gateway.BasicAuth.Password
+		for _, c := range cfg.Gateway.AllowCIDRs {
+			p, _ := config.ParsePrefix(c) // validated
+			opts.AllowNets = append(opts.AllowNets, p)
+		}
+		opts.TLSCertFile, opts.TLSKeyFile = cfg.Gateway.TLS.CertFile, cfg.Gateway.TLS.KeyFile
 		opts.Logger, opts.Registerer = log, reg
 		if gw, err = gateway.New(opts); err != nil {
 			return err

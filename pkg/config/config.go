@@ -59,6 +59,21 @@ type Gateway struct {
 	ReadTimeout     time.Duration `yaml:"read_timeout"`
 	IdleTimeout     time.Duration `yaml:"idle_timeout"`
 	MaxConns        int           `yaml:"max_conns"`
+	BasicAuth       BasicAuth     `yaml:"basic_auth"`
+	AllowCIDRs      []string      `yaml:"allow_cidrs"`
+	TLS             TLS           `yaml:"tls"`
+}
+
+// BasicAuth are the credentials callbacks must carry when Username is set.
+type BasicAuth struct {
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// TLS names a certificate and its key; both empty: plain TCP.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Worker configures the deciders.

@@ -225,6 +225,28 @@ func TestBadEnvAndFlags(t *testing.T) {
 	f(nil, map[string]string{"gateway.decision_timeout": "0s"}, "flag --decision-timeout", "gateway.decision_timeout")
 	f(nil, map[string]string{"redis.url": "http://user:hunter2@host"}, "flag --redis", "redis.url")
 	f(nil, map[string]string{"listen": "10006"}, "flag --listen", "host:port")
+	f([]string{"JOINGATE_GATEWAY_ALLOW_CIDRS=10.0.0.0/8,not-an-ip"}, nil, "gateway.allow_cidrs[1]", `"not-an-ip"`)
+	f([]string{"JOINGATE_GATEWAY_TLS_CERT_FILE=/x.pem"}, nil, "gateway.tls", "go together")
+	f([]string{"JOINGATE_GATEWAY_TLS_CERT_FILE=/no/x.pem", "JOINGATE_GATEWAY_TLS_KEY_FILE=/no/k.pem"}, nil, "gateway.tls", "cannot load")
+	f([]string{"JOINGATE_GATEWAY_BASIC_AUTH_PASSWORD=pw"}, nil, "gateway.basic_auth.username")
+}
+
+func TestAllowCIDRs(t *testing.T) {
+	cfg, err := Load("", []string{"JOINGATE_GATEWAY_ALLOW_CIDRS=10.1.2.3/8, 192.168.1.7, ::1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range cfg.Gateway.AllowCIDRs {
+		p, err := ParsePrefix(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p.String())
+	}
+	if want := []string{"10.0.0.0/8", "192.168.1.7/32", "::1/128"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("allow_cidrs read as %q, want %q", got, want)
+	}
 }
 
 func TestSecretNotInError(t *testing.T) {

@@ -1,9 +1,11 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -126,6 +128,21 @@ func (l *loader) validate() error {
 	if g.IdleTimeout <= 0 {
 		bad("gateway.idle_timeout", "must be positive, got %s", g.IdleTimeout)
 	}
+	for i, c := range g.AllowCIDRs {
+		if _, err := ParsePrefix(c); err != nil {
+			bad(fmt.Sprintf("gateway.allow_cidrs[%d]", i), "must be an address or CIDR such as 10.0.0.0/8, got %q", c)
+		}
+	}
+	if g.BasicAuth.Password != "" && g.BasicAuth.Username == "" {
+		bad("gateway.basic_auth.username", "must be set when basic_auth.password is")
+	}
+	if (g.TLS.CertFile == "") != (g.TLS.KeyFile == "") {
+		bad("gateway.tls", "cert_file and key_file go together")
+	} else if g.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(g.TLS.CertFile, g.TLS.KeyFile); err != nil {
+			bad("gateway.tls", "cannot load the certificate: %v", err)
+		}
+	}
 	if g.MaxConns < 1 {
 		bad("gateway.max_conns", "must be at least 1, got %d", g.MaxConns)
 	}
@@ -191,6 +208,18 @@ func (l *loader) validate() error {
 }
 
 var urlPassword = regexp.MustCompile(`://[^:/@]*:([^@]+)@`)
+
+// ParsePrefix reads a CIDR, or a single address as a one-address prefix.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
 
 // redactURL hides user-info in a URL.
 func redactURL(raw string) string {
