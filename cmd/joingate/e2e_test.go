@@ -702,3 +702,75 @@ func TestReloadPolicy(t *testing.T) {
 		t.Fatalf("all did not stop cleanly: %v %v", err, all.cmd.ProcessState)
 	}
 }
+
+// Secrets never reach logs, metrics or answers: a run with planted secrets
+// in every place joingate takes one (NATS credentials in the URL, the
+// callback's Basic auth password, the admin token), driven through good and
+// bad paths, and then every byte it wrote is searched for them.
+func TestSecretsStayOut(t *testing.T) {
+	joingate, natsServer := binaries(t)
+	const (
+		natsPass  = "planted-nats-pw-7Q2"
+		basicPass = "planted-basic-pw-K9"
+		token     = "planted-admin-token-X4"
+	)
+	logs := t.TempDir()
+	rdb := testenv.StartRedis(t)
+	natsAddr := loopback(t)
+	_, natsPort, _ := net.SplitHostPort(natsAddr)
+	ns := startProcess(t, logs, "nats-server", natsServer, "-a", "127.0.0.1", "-p", natsPort, "--user", "jg", "--pass", natsPass)
+	waitNATS(t, ns, natsAddr)
+	natsURL := "nats://jg:" + natsPass + "@" + natsAddr
+	env := []string{
+		"JOINGATE_GATEWAY_BASIC_AUTH_USERNAME=imserver",
+		"JOINGATE_GATEWAY_BASIC_AUTH_PASSWORD=" + basicPass,
+		"JOINGATE_ADMIN_TOKEN=" + token,
+		"JOINGATE_LOG_LEVEL=debug",
+	}
+	gwAddr, gwAdmin, wkAdmin := loopback(t), loopback(t), loopback(t)
+	gw := startProcessEnv(t, logs, "gateway", env, joingate, "gateway", "--nats", natsURL, "--listen", gwAddr, "--admin-listen", gwAdmin)
+	wk := startProcessEnv(t, logs, "worker", env, joingate, "worker", "--nats", natsURL, "--redis", rdb.URL, "--admin-listen", wkAdmin)
+	waitReady(t, gw, gwAdmin)
+	waitReady(t, wk, wkAdmin)
+
+	// Good and bad callbacks, right and wrong credentials.
+	post := func(userinfo, body string) {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+userinfo+gwAddr+"/callbackExample/"+joinCommand, strings.NewReader(body))
+		req.Header.Set("Operationid", "secret-test")
+		if resp, err := client.Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	post("imserver:"+basicPass+"@", joinBody("g", "u"))
+	post("imserver:wrong-"+basicPass+"@", joinBody("g", "u"))
+	post("", joinBody("g", "u"))
+	post("imserver:"+basicPass+"@", `{"groupID":`)
+	// The admin API with the right and a wrong token.
+	var out, errb bytes.Buffer
+	if code := run([]string{"ctl", "--admin", "http://" + wkAdmin, "--token", token, "deny", "add", "applicant", "x"}, nil, &out, &errb); code != 0 {
+		t.Fatalf("ctl with the right token: %d %s", code, errb.String())
+	}
+	run([]string{"ctl", "--admin", "http://" + wkAdmin, "--token", token + "-wrong", "deny", "list", "applicant"}, nil, &out, &errb)
+	// A process that cannot log in to NATS says why without the password.
+	bad := startProcessEnv(t, logs, "bad-gateway", env, joingate, "gateway", "--nats", "nats://jg:wrong-"+natsPass+"@"+natsAddr,
+		"--listen", loopback(t), "--admin-listen", loopback(t))
+	if !bad.wait(15 * time.Second) {
+		t.Fatal("a gateway with a wrong NATS password kept running")
+	}
+
+	texts := map[string]string{"ctl output": out.String() + errb.String(), "gateway metrics": metrics(t, gwAdmin), "worker metrics": metrics(t, wkAdmin)}
+	for _, p := range []*process{gw, wk, bad} {
+		texts[p.name+" log"] = p.output()
+	}
+	if !strings.Contains(texts["bad-gateway log"], "Authorization") && !strings.Contains(texts["bad-gateway log"], "authorization") {
+		t.Fatalf("the failed NATS login is not explained:\n%s", texts["bad-gateway log"])
+	}
+	for name, text := range texts {
+		for _, secret := range []string{natsPass, basicPass, token} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s contains the secret %q:\n%s", name, secret, text)
+			}
+		}
+	}
+}
