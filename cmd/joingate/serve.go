@@ -64,7 +64,9 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		}
 	}()
 	connect := func(role string) (*nats.Conn, error) {
-		nc, err := natsconn.Connect(cfg.NATS.URL, embedded, "joingate-"+role, log.With("component", role))
+		sec := natsconn.Security{CredsFile: cfg.NATS.CredsFile, NkeySeedFile: cfg.NATS.NkeySeedFile,
+			CAFile: cfg.NATS.TLS.CAFile, CertFile: cfg.NATS.TLS.CertFile, KeyFile: cfg.NATS.TLS.KeyFile}
+		nc, err := natsconn.Connect(cfg.NATS.URL, embedded, "joingate-"+role, sec, log.With("component", role))
 		if err == nil {
 			conns = append(conns, nc)
 		}

@@ -35,10 +35,21 @@ type Log struct {
 
 // NATS names the message bus between gateways and workers.
 type NATS struct {
-	URL            string `yaml:"url"`
-	EmbeddedListen string `yaml:"embedded_listen"`
-	Subject        string `yaml:"subject"`
-	Queue          string `yaml:"queue"`
+	URL            string    `yaml:"url"`
+	EmbeddedListen string    `yaml:"embedded_listen"`
+	Subject        string    `yaml:"subject"`
+	Queue          string    `yaml:"queue"`
+	CredsFile      string    `yaml:"creds_file"`
+	NkeySeedFile   string    `yaml:"nkey_seed_file"`
+	TLS            TLSClient `yaml:"tls"`
+}
+
+// TLSClient secures a client connection: CAFile verifies the server,
+// CertFile and KeyFile authenticate this client.
+type TLSClient struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Redis names the limiter store.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -87,6 +88,21 @@ func (l *loader) validate() error {
 		}
 	}
 	addr("nats.embedded_listen", c.NATS.EmbeddedListen, true)
+	for key, f := range map[string]string{"nats.creds_file": c.NATS.CredsFile, "nats.nkey_seed_file": c.NATS.NkeySeedFile, "nats.tls.ca_file": c.NATS.TLS.CAFile} {
+		if _, err := os.Stat(f); f != "" && err != nil {
+			bad(key, "cannot read: %v", err)
+		}
+	}
+	if c.NATS.CredsFile != "" && c.NATS.NkeySeedFile != "" {
+		bad("nats.nkey_seed_file", "use creds_file or nkey_seed_file, not both")
+	}
+	if (c.NATS.TLS.CertFile == "") != (c.NATS.TLS.KeyFile == "") {
+		bad("nats.tls", "cert_file and key_file go together")
+	} else if c.NATS.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.NATS.TLS.CertFile, c.NATS.TLS.KeyFile); err != nil {
+			bad("nats.tls", "cannot load the client certificate: %v", err)
+		}
+	}
 	for _, part := range strings.Split(c.NATS.Subject, ".") {
 		if !subjectPart.MatchString(part) {
 			bad("nats.subject", "must be dot-separated tokens of letters, digits, '_' and '-', got %q", c.NATS.Subject)

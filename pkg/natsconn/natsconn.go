@@ -21,7 +21,10 @@ import (
 // reconnecting forever. Publishing while disconnected fails at once instead
 // of buffering: a callback that cannot reach a worker must fall back now,
 // not be delivered after the gateway has answered.
-func Connect(urls string, inProc *server.Server, name string, log *slog.Logger) (*nats.Conn, error) {
+//
+// Credentials in the URL (nats://user:password@host, nats://token@host) are
+// used as nats.go uses them; sec adds the other ways to authenticate.
+func Connect(urls string, inProc *server.Server, name string, sec Security, log *slog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -48,6 +51,11 @@ func Connect(urls string, inProc *server.Server, name string, log *slog.Logger) 
 			log.Error("nats async error", "subject", subj, "err", err)
 		}),
 	}
+	secOpts, err := sec.options()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, secOpts...)
 	if inProc != nil {
 		opts = append(opts, nats.InProcessServer(inProc))
 		urls = ""
@@ -57,6 +65,39 @@ func Connect(urls string, inProc *server.Server, name string, log *slog.Logger) 
 		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact(urls), err)
 	}
 	return nc, nil
+}
+
+// Security holds the optional ways to authenticate to NATS and to secure
+// the connection, beyond credentials in the URL.
+type Security struct {
+	// CredsFile is a NATS credentials file (JWT and nkey seed).
+	CredsFile string
+	// NkeySeedFile holds an nkey seed (SU...) for nkey authentication.
+	NkeySeedFile string
+	// CAFile verifies the server's certificate; CertFile and KeyFile are
+	// this client's, for servers that verify clients.
+	CAFile, CertFile, KeyFile string
+}
+
+func (s Security) options() ([]nats.Option, error) {
+	var opts []nats.Option
+	if s.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(s.CredsFile))
+	}
+	if s.NkeySeedFile != "" {
+		o, err := nats.NkeyOptionFromSeed(s.NkeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey seed %s: %w", s.NkeySeedFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if s.CAFile != "" {
+		opts = append(opts, nats.RootCAs(s.CAFile))
+	}
+	if s.CertFile != "" {
+		opts = append(opts, nats.ClientCert(s.CertFile, s.KeyFile))
+	}
+	return opts, nil
 }
 
 // Drain drains nc (subscriptions finish their pending messages, then

@@ -3,11 +3,15 @@ package natsconn
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/joingate/joingate/pkg/testenv"
 )
@@ -20,12 +24,12 @@ func TestEmbeddedInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ns.Shutdown()
-	a, err := Connect("", ns, "a", quiet)
+	a, err := Connect("", ns, "a", Security{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := Connect("", ns, "b", quiet)
+	b, err := Connect("", ns, "b", Security{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +52,7 @@ func TestEmbeddedListens(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ns.Shutdown()
-	nc, err := Connect("nats://"+addr, nil, "outside", quiet)
+	nc, err := Connect("nats://"+addr, nil, "outside", Security{}, quiet)
 	if err != nil {
 		t.Fatalf("a worker in another process could not join: %v", err)
 	}
@@ -58,7 +62,7 @@ func TestEmbeddedListens(t *testing.T) {
 // Publishing while disconnected fails at once rather than buffering.
 func TestNoBufferingWhileDisconnected(t *testing.T) {
 	ns := testenv.NATS(t)
-	nc, err := Connect(ns.ClientURL(), nil, "t", quiet)
+	nc, err := Connect(ns.ClientURL(), nil, "t", Security{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +80,7 @@ func TestNoBufferingWhileDisconnected(t *testing.T) {
 }
 
 func TestConnectErrorHidesSecrets(t *testing.T) {
-	_, err := Connect("nats://user:hunter2@127.0.0.1:1", nil, "t", quiet)
+	_, err := Connect("nats://user:hunter2@127.0.0.1:1", nil, "t", Security{}, quiet)
 	if err == nil {
 		t.Fatal("connected to a closed port")
 	}
@@ -98,5 +102,122 @@ func TestDeadlineHeader(t *testing.T) {
 	m.Header.Set(HeaderDeadline, "soon")
 	if _, ok := Deadline(m); ok {
 		t.Fatal("unreadable deadline accepted")
+	}
+}
+
+func TestNkeyAuth(t *testing.T) {
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := user.PublicKey()
+	seed, _ := user.Seed()
+	seedFile := filepath.Join(t.TempDir(), "user.nk")
+	os.WriteFile(seedFile, seed, 0o600)
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		Nkeys: []*server.NkeyUser{{Nkey: pub}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	if _, err := Connect(ns.ClientURL(), nil, "t", Security{}, quiet); err == nil {
+		t.Fatal("connected without the nkey")
+	}
+	nc, err := Connect(ns.ClientURL(), nil, "t", Security{NkeySeedFile: seedFile}, quiet)
+	if err != nil {
+		t.Fatalf("nkey login: %v", err)
+	}
+	nc.Close()
+}
+
+func TestTLS(t *testing.T) {
+	certFile, keyFile, _ := testenv.SelfSigned(t)
+	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		TLSConfig: tc, TLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	url := strings.Replace(ns.ClientURL(), "nats://", "tls://", 1)
+	if _, err := Connect(url, nil, "t", Security{}, quiet); err == nil {
+		t.Fatal("connected without trusting the server's certificate")
+	}
+	nc, err := Connect(url, nil, "t", Security{CAFile: certFile}, quiet)
+	if err != nil {
+		t.Fatalf("TLS with the CA file: %v", err)
+	}
+	nc.Close()
+}
+
+// deploy/nats/nats.conf gives each role what it needs and no more: the
+// gateway asks and gets replies, the worker answers, and neither can do
+// the other's job.
+func TestExampleServerPermissions(t *testing.T) {
+	opts, err := server.ProcessConfigFile("../../deploy/nats/nats.conf")
+	if err != nil {
+		t.Fatalf("deploy/nats/nats.conf: %v", err)
+	}
+	opts.Host, opts.Port, opts.HTTPPort, opts.NoLog, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, 0, true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	url := func(user, pass string) string {
+		return strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":"+pass+"@", 1)
+	}
+	violations := func(nc *nats.Conn) chan error {
+		ch := make(chan error, 10)
+		nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { ch <- err })
+		return ch
+	}
+	gw, err := Connect(url("joingate-gateway", "change-me-gateway"), nil, "gw", Security{}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	wk, err := Connect(url("joingate-worker", "change-me-worker"), nil, "wk", Security{}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wk.Close()
+	gwErrs, wkErrs := violations(gw), violations(wk)
+	if _, err := wk.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) { m.Respond([]byte("{}")) }); err != nil {
+		t.Fatal(err)
+	}
+	wk.Flush()
+	if m, err := gw.Request("joingate.callbackBeforeJoinGroupCommand", []byte("{}"), 2*time.Second); err != nil || string(m.Data) != "{}" {
+		t.Fatalf("gateway request through the worker: %v %v", m, err)
+	}
+	// The worker may not publish requests, the gateway may not take them.
+	wk.Publish("joingate.callbackBeforeJoinGroupCommand", []byte("x"))
+	wk.Flush()
+	gw.Subscribe("joingate.>", func(*nats.Msg) {})
+	gw.Flush()
+	for name, ch := range map[string]chan error{"worker publishing a request": wkErrs, "gateway subscribing to requests": gwErrs} {
+		select {
+		case err := <-ch:
+			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+				t.Fatalf("%s: %v, want a permissions violation", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s was allowed", name)
+		}
 	}
 }
