@@ -145,6 +145,11 @@ type part struct {
 // of q that p names when p is not nil.
 func scriptArgs(q *Query, p *part) ([]string, []any) {
 	guards, checks := allIndexes(len(q.Guards), p, true), allIndexes(len(q.Checks), p, false)
+	if q.Mode == GuardsOnly {
+		// The script evaluates no check, so their keys stay out: on Redis
+		// Cluster they may be in other slots than the guards (CROSSSLOT).
+		checks = nil
+	}
 	keys := make([]string, 0, len(guards)+len(checks))
 	args := make([]any, 0, 2+3*len(checks))
 	mode := "c"
@@ -284,9 +289,15 @@ func (r *Redis) decideSplit(ctx context.Context, q *Query, a *Answer, parts []*p
 		}
 	}
 	if len(errs) > 0 || (q.Mode == Consume && !a.Admitted(q)) {
-		if err := r.refund(ctx, q, a, parts); err != nil {
-			errs = append(errs, err)
-		}
+		// A refund that fails leaves the quota over-counted until the keys'
+		// TATs pass (at most one emission interval per rule): the decision,
+		// already made, stands. Only a part that failed is an error.
+		r.refund(ctx, q, a, parts)
+	}
+	if a.Guard >= 0 {
+		// As from one script: no check has a verdict when a guard decided
+		// (parts without the guard evaluated theirs; refund needed them).
+		clear(a.Results)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrStore, errors.Join(errs...))

@@ -60,8 +60,9 @@ func New(url string, timeout time.Duration, poolSize int) (*redis.Client, error)
 // timeout bounds each dial, read, write and wait for a pooled connection,
 // whatever url says; poolSize bounds connections (per node on Cluster) and
 // should match the decisions made at once. A request's deadline cuts a call
-// short and a call is retried at most once, quickly: a retry after the
-// deadline is pointless.
+// short, and no call is retried: the decision script is not idempotent (a
+// retry after a slow reply would charge a request twice), and a request's
+// budget leaves no time for a retry anyway.
 func NewUniversal(url, mode string, timeout time.Duration, poolSize int) (redis.UniversalClient, error) {
 	switch mode {
 	case "", Standalone:
@@ -87,6 +88,11 @@ func NewUniversal(url, mode string, timeout time.Duration, poolSize int) (redis.
 		opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = maxRetries, minRetryBackoff, maxRetryBackoff
 		opts.PoolSize = poolSize
 		opts.ClientName = clientName
+		// The cluster client retries a timed-out command within its redirect
+		// loop, which would run a decision script twice: no redirects
+		// either. A MOVED slot (resharding) fails that one call and makes
+		// the client reload the slot map for the next.
+		opts.MaxRedirects = -1
 		return redis.NewClusterClient(opts), nil
 	}
 	return nil, modeError(mode)
@@ -132,8 +138,8 @@ func Addrs(url, mode string) []string {
 
 const (
 	clientName = "joingate"
-	// One retry at most, quickly: see NewUniversal.
-	maxRetries      = 1
+	// No retries (-1 in go-redis): see NewUniversal.
+	maxRetries      = -1
 	minRetryBackoff = time.Millisecond
 	maxRetryBackoff = 10 * time.Millisecond
 )
@@ -150,6 +156,9 @@ func modeError(mode string) error {
 func parseStandalone(raw string) (*redis.Options, error) {
 	opts, err := redis.ParseURL(raw)
 	if err != nil {
+		if u, perr := url.Parse(raw); perr == nil && (u.Query().Has("master_name") || u.Query().Has("addr")) {
+			err = fmt.Errorf("%w (a URL for redis.mode sentinel or cluster?)", err)
+		}
 		return nil, urlError(Standalone, raw, err)
 	}
 	return opts, nil

@@ -75,8 +75,8 @@ func wantTuned(t *testing.T, dial, read, write, pool time.Duration, ctxTimeout b
 	if dial != timeout || read != timeout || write != timeout || pool != timeout {
 		t.Errorf("timeouts dial %s read %s write %s pool %s, want %s each", dial, read, write, pool, timeout)
 	}
-	if !ctxTimeout || retries != 1 || poolSize != 7 || name != "joingate" {
-		t.Errorf("context timeouts %v, max retries %d, pool size %d, name %q; want true, 1, 7, joingate", ctxTimeout, retries, poolSize, name)
+	if !ctxTimeout || (retries != 0 && retries != -1) || poolSize != 7 || name != "joingate" {
+		t.Errorf("context timeouts %v, max retries %d, pool size %d, name %q; want true, no retries (-1, or 0 once go-redis has read it), 7, joingate", ctxTimeout, retries, poolSize, name)
 	}
 }
 
@@ -104,7 +104,8 @@ func TestNewUniversalErrors(t *testing.T) {
 	f("redis://h:1", "Cluster", "unknown redis mode")
 
 	f("http://h:1", Standalone, "mode standalone", "invalid URL scheme")
-	f("redis://h:1?addr=h:2", Standalone, "unexpected option: addr")
+	f("redis://h:1?addr=h:2", Standalone, "unexpected option: addr", "mode sentinel or cluster?")
+	f("redis://h:1?master_name=m", "", "unexpected option: master_name", "mode sentinel or cluster?")
 	f("redis://:s3cret@h:port", Standalone, "invalid port")
 
 	f("redis://s1:26379", Sentinel, "mode sentinel", "master_name")

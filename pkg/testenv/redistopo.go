@@ -1,0 +1,262 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/joingate/joingate/pkg/redisconn"
+)
+
+// Cluster is a Redis Cluster of three masters and no replicas, each a
+// redis-server process owned by one test.
+type Cluster struct {
+	// Addrs are the nodes' host:port.
+	Addrs []string
+	// URL names every node, for redisconn in cluster mode.
+	URL string
+	// Client is the client joingate builds for URL (production's timeouts).
+	Client *redis.ClusterClient
+}
+
+// StartCluster starts three cluster-enabled redis-server processes on free
+// loopback ports, joins them with `redis-cli --cluster create` and waits
+// until every node reports cluster_state:ok and the client sees three
+// masters. The processes stop when the test ends. A missing redis-server or
+// redis-cli fails the test with what to install.
+func StartCluster(t testing.TB) *Cluster {
+	t.Helper()
+	bin := lookRedis(t, "redis-server")
+	cli := lookRedis(t, "redis-cli")
+	dir := t.TempDir()
+	// Each node needs a client port and a cluster bus port; the default
+	// bus port (port+10000) may be out of range or taken.
+	ports := freePorts(t, 6)
+	c := &Cluster{}
+	for i := range 3 {
+		port, bus := ports[2*i], ports[2*i+1]
+		ndir := filepath.Join(dir, fmt.Sprint("node", i))
+		if err := os.Mkdir(ndir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		startProcess(t, bin, ndir, addr,
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(ndir, fmt.Sprintf("nodes-%d.conf", i)),
+			"--cluster-port", fmt.Sprint(bus),
+			"--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", ndir,
+			"--daemonize", "no", "--loglevel", "warning",
+			"--logfile", filepath.Join(ndir, "redis.log"))
+		c.Addrs = append(c.Addrs, addr)
+	}
+	args := append([]string{"--cluster", "create"}, c.Addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	ctx := context.Background()
+	for _, addr := range c.Addrs {
+		node := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second})
+		var info string
+		ok := Eventually(20*time.Second, func() bool {
+			info, _ = node.ClusterInfo(ctx).Result()
+			return strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:3")
+		})
+		node.Close()
+		if !ok {
+			t.Fatalf("cluster node %s not ready within 20s:\n%s", addr, info)
+		}
+	}
+	c.URL = fmt.Sprintf("redis://%s?addr=%s&addr=%s", c.Addrs[0], c.Addrs[1], c.Addrs[2])
+	client, err := redisconn.NewUniversal(c.URL, redisconn.Cluster, 250*time.Millisecond, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Client = client.(*redis.ClusterClient)
+	t.Cleanup(func() { c.Client.Close() })
+	var masters atomic.Int32
+	if !Eventually(10*time.Second, func() bool {
+		c.Client.ReloadState(ctx)
+		masters.Store(0)
+		// fn runs on every master at once.
+		err := c.Client.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			masters.Add(1)
+			return m.Ping(ctx).Err()
+		})
+		return err == nil && masters.Load() == 3
+	}) {
+		t.Fatalf("cluster client sees %d answering masters, want 3", masters.Load())
+	}
+	return c
+}
+
+// FlushAll empties every master.
+func (c *Cluster) FlushAll(t testing.TB) {
+	t.Helper()
+	err := c.Client.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+		return m.FlushAll(ctx).Err()
+	})
+	if err != nil {
+		t.Fatalf("flush cluster: %v", err)
+	}
+}
+
+// Sentinel is a Redis master watched by one Sentinel, both redis-server
+// processes owned by one test.
+type Sentinel struct {
+	// MasterAddr and SentinelAddr are host:port.
+	MasterAddr, SentinelAddr string
+	// MasterName is what the sentinel monitors.
+	MasterName string
+	// URL names the sentinel and the master's name, for redisconn in
+	// sentinel mode.
+	URL string
+	// Client is the client joingate builds for URL: connections go to the
+	// master the sentinel names.
+	Client *redis.Client
+}
+
+// StartSentinel starts a redis-server master and a sentinel monitoring it
+// (quorum 1) on free loopback ports, and waits until the sentinel names the
+// master and the failover client reaches it. The processes stop when the
+// test ends. A missing redis-server fails the test with what to install.
+func StartSentinel(t testing.TB) *Sentinel {
+	t.Helper()
+	bin := lookRedis(t, "redis-server")
+	dir := t.TempDir()
+	ports := freePorts(t, 2)
+	s := &Sentinel{
+		MasterAddr:   fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		SentinelAddr: fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		MasterName:   "mymaster",
+	}
+	mdir, sdir := filepath.Join(dir, "master"), filepath.Join(dir, "sentinel")
+	for _, d := range []string{mdir, sdir} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startProcess(t, bin, mdir, s.MasterAddr,
+		"--port", fmt.Sprint(ports[0]), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", mdir,
+		"--daemonize", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(mdir, "redis.log"))
+	// Sentinel rewrites its configuration file, so it gets its own.
+	conf := filepath.Join(sdir, "sentinel.conf")
+	err := os.WriteFile(conf, fmt.Appendf(nil, `port %d
+bind 127.0.0.1
+daemonize no
+dir %s
+logfile %s
+loglevel warning
+sentinel monitor %s 127.0.0.1 %d 1
+`, ports[1], sdir, filepath.Join(sdir, "redis.log"), s.MasterName, ports[0]), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startProcess(t, bin, sdir, s.SentinelAddr, conf, "--sentinel")
+
+	ctx := context.Background()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: s.SentinelAddr, DialTimeout: time.Second, ReadTimeout: time.Second})
+	defer sc.Close()
+	var got []string
+	if !Eventually(10*time.Second, func() bool {
+		got, _ = sc.GetMasterAddrByName(ctx, s.MasterName).Result()
+		return len(got) == 2 && got[0]+":"+got[1] == s.MasterAddr
+	}) {
+		t.Fatalf("sentinel %s names master %q within 10s, want %s", s.SentinelAddr, got, s.MasterAddr)
+	}
+	s.URL = fmt.Sprintf("redis://%s?master_name=%s", s.SentinelAddr, s.MasterName)
+	client, err := redisconn.NewUniversal(s.URL, redisconn.Sentinel, 250*time.Millisecond, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Client = client.(*redis.Client)
+	t.Cleanup(func() { s.Client.Close() })
+	var lastErr error
+	if !Eventually(10*time.Second, func() bool {
+		lastErr = s.Client.Ping(ctx).Err()
+		return lastErr == nil
+	}) {
+		t.Fatalf("master %s through sentinel %s did not answer within 10s: %v", s.MasterAddr, s.SentinelAddr, lastErr)
+	}
+	return s
+}
+
+// lookRedis finds a Redis program or fails the test with what to install.
+func lookRedis(t testing.TB, name string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found in PATH: run `make test` (installs it) or `apt-get install redis-server` (redis-cli comes with it, in redis-tools)", name)
+	}
+	return bin
+}
+
+// freePorts returns n distinct loopback TCP ports that were free a moment
+// ago (all held at once, so none repeats).
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// startProcess starts bin with args, logging to dir/redis.log, waits until
+// addr answers PING and kills the process when the test ends. An early
+// exit fails the test with the log.
+func startProcess(t testing.TB, bin, dir, addr string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+	defer c.Close()
+	var lastErr error
+	up := Eventually(10*time.Second, func() bool {
+		select {
+		case <-exited:
+			return true
+		default:
+		}
+		lastErr = c.Ping(context.Background()).Err()
+		return lastErr == nil
+	})
+	select {
+	case <-exited:
+		up = false
+		lastErr = fmt.Errorf("exited: %v", cmd.ProcessState)
+	default:
+	}
+	if !up {
+		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+		t.Fatalf("%s %s did not answer on %s within 10s: %v\n%s", bin, strings.Join(args, " "), addr, lastErr, strings.TrimSpace(string(log)))
+	}
+}
