@@ -5,8 +5,10 @@ GO      ?= go
 BIN     := bin/joingate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
-# Debian packages the tests run: redis-server is started by the tests.
-TEST_PACKAGES := redis-server
+# Debian packages the tests run: redis-server is started by the tests (it
+# brings redis-cli for the cluster tests); prometheus ships promtool, which
+# checks the alert rules, and the server the dashboard queries run against.
+TEST_PACKAGES := redis-server prometheus
 
 .PHONY: all build run test test-deps lint fuzz bench clean
 
@@ -30,7 +32,7 @@ test-deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
 			echo "missing:$$missing; install it with: apt-get install$$missing" >&2; exit 1; fi; \
 		echo "installing$$missing (apt-get)"; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 lint:
