@@ -606,6 +606,9 @@ func TestAllWithRedisAndOutsideWorker(t *testing.T) {
 	if inProcess < 1 || outsideCount < 1 || inProcess+outsideCount != 34 {
 		t.Fatalf("decided in process %v, by the outside worker %v; want both, 34 in all", inProcess, outsideCount)
 	}
+	if got := metricValue(t, metrics(t, allAdmin), "joingate_build_info{"); got != 1 {
+		t.Fatalf("joingate_build_info = %v, want one series at 1", got)
+	}
 	keys, err := rdb.Client.Keys(t.Context(), "joingate:*").Result()
 	if err != nil || len(keys) == 0 {
 		t.Fatalf("no joingate keys in Redis (%v): `all --redis` did not use Redis", err)

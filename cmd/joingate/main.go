@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -143,11 +144,17 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 }
 
 func revision() string {
+	return fmt.Sprintf("(%s, %s)", revisionID(), runtime.Version())
+}
+
+// revisionID is the VCS revision the binary was built from, "-dirty" when
+// the tree had changes, or "unknown".
+func revisionID() string {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return ""
+		return "unknown"
 	}
-	rev, dirty := "", ""
+	rev, dirty := "unknown", ""
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
@@ -158,5 +165,5 @@ func revision() string {
 			}
 		}
 	}
-	return fmt.Sprintf("(%s%s, %s)", rev, dirty, info.GoVersion)
+	return rev + dirty
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"runtime"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/joingate/joingate/gateway"
@@ -43,6 +45,13 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
 	)
+	// The version a build was stamped with: go_build_info reads "(devel)"
+	// for builds outside a module proxy, such as the Docker image's.
+	promauto.With(reg).NewGauge(prometheus.GaugeOpts{
+		Name:        "joingate_build_info",
+		Help:        "Always 1; the labels say which joingate build runs.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revisionID(), "goversion": runtime.Version()},
+	}).Set(1)
 	log.Info("joingate starting", "command", cmd, "version", version)
 
 	var embedded *server.Server
