@@ -40,11 +40,27 @@ lint:
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-# A short run of every fuzz target (FUZZTIME per target).
+# A short run of every fuzz target, FUZZTIME each (CI: FUZZTIME=10s). A
+# failing input is written under the package's testdata/fuzz/<target>/ and
+# from then on fails `make test` too, until fixed. Go 1.26's fuzz coordinator
+# can also fail a clean run with a bare "context deadline exceeded" as
+# FUZZTIME ends (go.dev/issue/75804, fixed in Go 1.27): such a run, with no
+# failing input written, counts as passed.
 FUZZTIME ?= 20s
+FUZZ_TARGETS := ./pkg/callback:FuzzDecodeJoinGroup ./pkg/callback:FuzzCommand ./pkg/config:FuzzLoad ./gateway:FuzzRoute
 fuzz:
-	$(GO) test ./pkg/callback -run '^$$' -fuzz FuzzDecodeJoinGroup -fuzztime $(FUZZTIME)
-	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		out=$$($(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) 2>&1); rc=$$?; \
+		printf '%s\n' "$$out" | grep -v '^fuzz: elapsed' ; \
+		if [ $$rc -ne 0 ]; then \
+			if printf '%s\n' "$$out" | grep -qx '    context deadline exceeded' && \
+				! printf '%s\n' "$$out" | grep -q 'Failing input written'; then \
+				echo "$$name: go.dev/issue/75804 at the end of FUZZTIME, no failing input: passed"; \
+			else exit 1; fi; \
+		fi; \
+	done
 
 bench: test-deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -157,6 +158,9 @@ func New(opts Options) (*Gateway, error) {
 		TCPKeepalive:                 true,
 		DisablePreParseMultipartForm: true,
 		NoDefaultContentType:         true,
+		// fasthttp's parse errors quote the raw headers, Authorization
+		// included: keep them out of the log.
+		SecureErrorLogMessage: true,
 		// Keep-alive connections get "Connection: close" while stopping,
 		// so that IMServer does not send its next callback into a closed
 		// connection (a POST it would not retry).
@@ -224,7 +228,21 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		g.reject(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed: IMServer callbacks are POST")
 		return
 	}
-	cmd := callback.Command(ctx.Path())
+	// Route on the raw request target cut at the query: fasthttp's parsed
+	// Path reads "//callback...?x=http://y" (a base URL ending in "/" and a
+	// "://" in the query) as an absolute URL, and loses the command.
+	target := ctx.Request.Header.RequestURI()
+	if i := bytes.IndexByte(target, '?'); i >= 0 {
+		target = target[:i]
+	}
+	if bytes.IndexByte(target, '%') >= 0 {
+		// Rare: percent-encoding in a webhook path. Decode it as the
+		// parsed path would (an invalid escape is left as it is).
+		if unescaped, err := url.PathUnescape(string(target)); err == nil {
+			target = []byte(unescaped)
+		}
+	}
+	cmd := callback.Command(target)
 	if string(cmd) != callback.JoinGroupCommand {
 		if callback.IsCommand(cmd) {
 			// A callback we hold no policy for: allowed here, no NATS hop.
@@ -363,6 +381,9 @@ func (g *Gateway) fail(ctx *fasthttp.RequestCtx, status int, msg string) {
 // handleError answers what fasthttp could not parse, in JSON like every
 // other answer, since IMServer treats a body that is not JSON as a refusal.
 func (g *Gateway) handleError(ctx *fasthttp.RequestCtx, err error) {
+	// On a kept connection the previous answer's write deadline may have
+	// passed: give this answer its own, or it is lost.
+	ctx.SetWriteDeadline(time.Now().Add(g.opts.ReadTimeout))
 	status, msg := fasthttp.StatusBadRequest, "cannot parse HTTP request"
 	var small *fasthttp.ErrSmallBuffer
 	var netErr net.Error

@@ -72,7 +72,9 @@ func DecodeJoinGroup(body []byte, r *JoinGroup) error {
 			case "ex":
 				r.Ex, err = d.stringField("ex")
 			default:
-				err = d.skip(1)
+				// Depth 2: the callback object is level 1, as encoding/json
+				// counts it.
+				err = d.skip(2)
 			}
 			if err != nil {
 				return err
