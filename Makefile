@@ -62,8 +62,21 @@ fuzz:
 		fi; \
 	done
 
+# The Go benchmarks (with allocations), then `joingate bench suite`: the
+# reference server, `joingate all` with Redis and the distributed set (its
+# own nats-server, gateway, two workers, Redis) under the same load on this
+# machine, and the table of BENCHMARKS.md. Both always run; either failing
+# fails the target. BENCH_FLAGS go to the suite, e.g.
+#   make bench BENCH_FLAGS='--duration 30s --profile all.pprof'
+BENCH_FLAGS ?=
+BENCH_BIN   := bin/bench
 bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	status=0; \
+	$(GO) test -run '^$$' -bench . -benchmem ./... || status=1; \
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BENCH_BIN)/joingate ./cmd/joingate && \
+	$(GO) build -o $(BENCH_BIN)/nats-server github.com/nats-io/nats-server/v2 && \
+	$(BENCH_BIN)/joingate bench suite --nats-server $(BENCH_BIN)/nats-server $(BENCH_FLAGS) || status=1; \
+	exit $$status
 
 # Fault scenarios under load (kill a worker, restart NATS, stop and pause
 # Redis, SIGTERM): every answer checked, each scenario's counts printed and

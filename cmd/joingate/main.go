@@ -38,6 +38,7 @@ commands:
   worker        run a decider (needs --nats and --redis)
   ctl           operator commands: dynamic lists, quotas, explain (see 'joingate ctl -h')
   check-config  validate the configuration and exit
+  bench         load generator that speaks like IMServer, the reference server, the bench suite
   version       print the version
 
 Run 'joingate <command> -h' for the flags of a command.
@@ -61,6 +62,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 0
 	case "ctl":
 		return runCtl(args, environ, os.Stdin, stdout, stderr)
+	case "bench":
+		return runBench(args, environ, stdout, stderr)
 	case "all", "gateway", "worker", "check-config":
 	default:
 		fmt.Fprintf(stderr, "joingate: unknown command %q\n\n%s", cmd, usage)

@@ -1,0 +1,208 @@
+package gateway_test
+
+// Benchmarks of the gateway's request path, in process: a fasthttp client
+// on an in-memory listener, the gateway, an in-process NATS server and a
+// responder. allocs/op counts every allocation of the round trip, client
+// and responder included; BenchmarkNATSRequest measures the NATS share
+// alone, so that the gateway's own allocations are the difference (see
+// BENCHMARKS.md).
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/joingate/joingate/gateway"
+	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
+	"github.com/joingate/joingate/pkg/natsconn"
+	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/testenv"
+	"github.com/joingate/joingate/worker"
+)
+
+// benchBodies are join callbacks of 1024 applicants in 64 groups.
+var benchBodies = func() [][]byte {
+	bodies := make([][]byte, 1024)
+	for i := range bodies {
+		bodies[i] = fmt.Appendf(nil, `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"%d","groupType":2,"applyID":"%d","reqMessage":"hello, please let me in","ex":""}`,
+			2_000_000_000+i%64, 1_000_000_000+i)
+	}
+	return bodies
+}()
+
+// benchResponder answers every request on the gateway's subject with the
+// allow body and nothing else: a worker that costs nothing.
+func benchResponder(b *testing.B, ns *server.Server) {
+	nc := testenv.Conn(b, ns)
+	if _, err := nc.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
+		m.Respond(callback.AllowBody)
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// benchWorker runs a real worker with the in-memory store and a policy of
+// two limits too high to refuse: every request goes through the whole
+// decision.
+func benchWorker(b *testing.B, ns *server.Server) {
+	cfg := config.Default()
+	for i := range cfg.JoinGroup.Limits {
+		cfg.JoinGroup.Limits[i].Limit, cfg.JoinGroup.Limits[i].Burst, cfg.JoinGroup.Limits[i].Period = 1_000_000, 1_000_000, time.Second
+	}
+	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "bench:")
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := worker.DefaultOptions()
+	opts.Conn, opts.Store, opts.Policy = testenv.Conn(b, ns), ratelimit.NewMemory(), p
+	w, err := worker.New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	testenv.Run(b, w.Run)
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
+		b.Fatal("worker not ready")
+	}
+}
+
+// benchGateway runs a gateway on an in-memory listener and returns a
+// client connected to it.
+func benchGateway(b *testing.B, ns *server.Server) *fasthttp.HostClient {
+	ln := fasthttputil.NewInmemoryListener()
+	opts := gateway.DefaultOptions()
+	opts.Listener = ln
+	opts.Conn = testenv.Conn(b, ns)
+	gw, err := gateway.New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	testenv.Run(b, gw.Run)
+	return &fasthttp.HostClient{
+		Addr:     "gateway",
+		Dial:     func(string) (net.Conn, error) { return ln.Dial() },
+		MaxConns: 1024,
+	}
+}
+
+// benchRequest is a join callback as IMServer sends it.
+func benchRequest(path string) *fasthttp.Request {
+	req := &fasthttp.Request{}
+	req.SetRequestURI("http://gateway" + path)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.SetContentType("application/json; charset=utf-8")
+	req.Header.Set("Accept-Encoding", "gzip")
+	req.Header.Set("Operationid", "bench-operation-0123456789")
+	return req
+}
+
+// benchJoin posts b.N join callbacks one after the other and checks each
+// answer is an allow.
+func benchJoin(b *testing.B, client *fasthttp.HostClient, path string) {
+	req, resp := benchRequest(path), &fasthttp.Response{}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		req.SetBodyRaw(benchBodies[i%len(benchBodies)])
+		if err := client.Do(req, resp); err != nil {
+			b.Fatal(err)
+		}
+		if !bytes.Equal(resp.Body(), callback.AllowBody) {
+			b.Fatalf("answer %d %q, want allow", resp.StatusCode(), resp.Body())
+		}
+	}
+}
+
+// The join-group path through the gateway and NATS to a responder that
+// answers at once: the gateway's cost plus NATS's.
+func BenchmarkGatewayJoin(b *testing.B) {
+	ns := testenv.NATS(b)
+	benchResponder(b, ns)
+	benchJoin(b, benchGateway(b, ns), "/callbackExample/"+callback.JoinGroupCommand)
+}
+
+// The same with a real worker deciding with the in-memory store: the
+// whole of `joingate all` without Redis, one request at a time.
+func BenchmarkGatewayJoinWorker(b *testing.B) {
+	ns := testenv.NATS(b)
+	benchWorker(b, ns)
+	benchJoin(b, benchGateway(b, ns), "/callbackExample/"+callback.JoinGroupCommand)
+}
+
+// The same, with concurrent requests (GOMAXPROCS goroutines, each one
+// request at a time): throughput rather than round-trip time.
+func BenchmarkGatewayJoinWorkerParallel(b *testing.B) {
+	ns := testenv.NATS(b)
+	benchWorker(b, ns)
+	client := benchGateway(b, ns)
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		req, resp := benchRequest("/callbackExample/"+callback.JoinGroupCommand), &fasthttp.Response{}
+		for i := 0; pb.Next(); i++ {
+			req.SetBodyRaw(benchBodies[i%len(benchBodies)])
+			if err := client.Do(req, resp); err != nil {
+				b.Fatal(err)
+			}
+			if !bytes.Equal(resp.Body(), callback.AllowBody) {
+				b.Fatalf("answer %d %q, want allow", resp.StatusCode(), resp.Body())
+			}
+		}
+	})
+}
+
+// A callback with no policy, answered at the edge without NATS: fasthttp
+// and the gateway's routing alone.
+func BenchmarkGatewayNoPolicy(b *testing.B) {
+	ns := testenv.NATS(b)
+	benchJoin(b, benchGateway(b, ns), "/callbackExample/callbackAfterJoinGroupCommand")
+}
+
+// The NATS request-reply round trip the gateway makes, without HTTP: the
+// message built as the gateway builds it (operation ID and deadline
+// headers), or bare.
+func BenchmarkNATSRequest(b *testing.B) {
+	ns := testenv.NATS(b)
+	benchResponder(b, ns)
+	nc := testenv.Conn(b, ns)
+	subject := "joingate." + callback.JoinGroupCommand
+	b.Run("headers", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			msg := &nats.Msg{Subject: subject, Data: benchBodies[i%len(benchBodies)], Header: nats.Header{}}
+			msg.Header[natsconn.HeaderOperationID] = []string{"bench-operation-0123456789"}
+			natsconn.SetDeadline(msg, time.Now().Add(300*time.Millisecond))
+			reply, err := nc.RequestMsg(msg, 300*time.Millisecond)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if !bytes.Equal(reply.Data, callback.AllowBody) {
+				b.Fatalf("reply %q", reply.Data)
+			}
+		}
+	})
+	b.Run("bare", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			reply, err := nc.Request(subject, benchBodies[i%len(benchBodies)], 300*time.Millisecond)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if !bytes.Equal(reply.Data, callback.AllowBody) {
+				b.Fatalf("reply %q", reply.Data)
+			}
+		}
+	})
+}

@@ -1,0 +1,101 @@
+package worker
+
+// Benchmarks of the worker's decision path: one request message handled as
+// Run hands it over (deadline check, decode, policy, store, metrics, reply),
+// without the NATS delivery in front of it.
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
+	"github.com/joingate/joingate/pkg/natsconn"
+	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// benchMessages returns n join requests as the gateway publishes them
+// (operation ID and a deadline far ahead), received on a real subscription
+// so that replying to them works, from n applicants in n/16 groups.
+func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
+	b.Helper()
+	sub, err := nc.SubscribeSync("bench.requests")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	deadline := time.Now().Add(time.Hour)
+	for i := range n {
+		m := nats.NewMsg("bench.requests")
+		m.Reply = "bench.replies" // nobody listens: the reply is published and dropped
+		m.Data = fmt.Appendf(nil, `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"%d","groupType":2,"applyID":"%d","reqMessage":"hello, please let me in","ex":""}`,
+			2_000_000_000+i%(n/16+1), 1_000_000_000+i)
+		m.Header.Set(natsconn.HeaderOperationID, fmt.Sprint("bench-operation-", i))
+		natsconn.SetDeadline(m, deadline)
+		if err := nc.PublishMsg(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	msgs := make([]*nats.Msg, n)
+	for i := range msgs {
+		if msgs[i], err = sub.NextMsg(5 * time.Second); err != nil {
+			b.Fatal(err)
+		}
+		// Handled as on the worker's subject.
+		msgs[i].Subject = "joingate." + callback.JoinGroupCommand
+	}
+	return msgs
+}
+
+// benchHandle handles the messages in turn, b.N times in all, with a
+// policy of the default two limits set too high to refuse.
+func benchHandle(b *testing.B, store Store) {
+	ns := testenv.NATS(b)
+	cfg := config.Default()
+	for i := range cfg.JoinGroup.Limits {
+		cfg.JoinGroup.Limits[i].Limit, cfg.JoinGroup.Limits[i].Burst, cfg.JoinGroup.Limits[i].Period = 1_000_000, 1_000_000, time.Second
+	}
+	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "bench:")
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := DefaultOptions()
+	opts.Conn, opts.Store, opts.Policy = testenv.Conn(b, ns), store, p
+	w, err := New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	msgs := benchMessages(b, opts.Conn, 1024)
+	var (
+		s   policy.Scratch
+		req callback.JoinGroup
+	)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		w.handle(msgs[i%len(msgs)], &s, &req)
+		if string(s.Body) != string(callback.AllowBody) {
+			b.Fatalf("decided %q, want allow", s.Body)
+		}
+	}
+}
+
+// The decision with the in-memory store (`joingate all` without Redis).
+func BenchmarkHandleMemory(b *testing.B) {
+	benchHandle(b, ratelimit.NewMemory())
+}
+
+// The decision with a real Redis on a unix socket: one script call per
+// request, the round trip included.
+func BenchmarkHandleRedis(b *testing.B) {
+	r := testenv.StartRedis(b)
+	if err := r.Client.Ping(context.Background()).Err(); err != nil {
+		b.Fatal(err)
+	}
+	benchHandle(b, ratelimit.NewRedis(r.Client))
+}
