@@ -45,7 +45,7 @@ var benchBodies = func() [][]byte {
 func benchResponder(b *testing.B, ns *server.Server) {
 	nc := testenv.Conn(b, ns)
 	if _, err := nc.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
-		m.Respond(callback.AllowBody)
+		m.Respond([]byte(callback.AllowJSON))
 	}); err != nil {
 		b.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func benchJoin(b *testing.B, client *fasthttp.HostClient, path string) {
 		if err := client.Do(req, resp); err != nil {
 			b.Fatal(err)
 		}
-		if !bytes.Equal(resp.Body(), callback.AllowBody) {
+		if !bytes.Equal(resp.Body(), []byte(callback.AllowJSON)) {
 			b.Fatalf("answer %d %q, want allow", resp.StatusCode(), resp.Body())
 		}
 	}
@@ -156,7 +156,7 @@ func BenchmarkGatewayJoinWorkerParallel(b *testing.B) {
 			if err := client.Do(req, resp); err != nil {
 				b.Fatal(err)
 			}
-			if !bytes.Equal(resp.Body(), callback.AllowBody) {
+			if !bytes.Equal(resp.Body(), []byte(callback.AllowJSON)) {
 				b.Fatalf("answer %d %q, want allow", resp.StatusCode(), resp.Body())
 			}
 		}
@@ -188,7 +188,7 @@ func BenchmarkNATSRequest(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if !bytes.Equal(reply.Data, callback.AllowBody) {
+			if !bytes.Equal(reply.Data, []byte(callback.AllowJSON)) {
 				b.Fatalf("reply %q", reply.Data)
 			}
 		}
@@ -200,7 +200,7 @@ func BenchmarkNATSRequest(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if !bytes.Equal(reply.Data, callback.AllowBody) {
+			if !bytes.Equal(reply.Data, []byte(callback.AllowJSON)) {
 				b.Fatalf("reply %q", reply.Data)
 			}
 		}

@@ -37,7 +37,7 @@ type Options struct {
 	Subject         string
 	DecisionTimeout time.Duration
 	// FallbackBody is the answer when no decision arrives in time:
-	// callback.AllowBody unless gateway.fallback is deny.
+	// callback.AllowJSON unless gateway.fallback is deny.
 	FallbackBody []byte
 	MaxBodyBytes int
 	ReadTimeout  time.Duration
@@ -65,7 +65,7 @@ func DefaultOptions() Options {
 		Listen:          ":10006",
 		Subject:         "joingate",
 		DecisionTimeout: 300 * time.Millisecond,
-		FallbackBody:    callback.AllowBody,
+		FallbackBody:    []byte(callback.AllowJSON),
 		MaxBodyBytes:    64 << 10,
 		ReadTimeout:     5 * time.Second,
 		IdleTimeout:     90 * time.Second,
@@ -247,7 +247,7 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		if callback.IsCommand(cmd) {
 			// A callback we hold no policy for: allowed here, no NATS hop.
 			g.metrics.requests.WithLabelValues(commandOther, outcomeNoPolicy).Inc()
-			writeJSON(ctx, fasthttp.StatusOK, callback.AllowBody)
+			writeJSONString(ctx, fasthttp.StatusOK, callback.AllowJSON)
 			return
 		}
 		g.reject(ctx, fasthttp.StatusNotFound, "unknown path: want <webhook base>/<callbackCommand>")
@@ -406,6 +406,12 @@ func writeJSON(ctx *fasthttp.RequestCtx, status int, body []byte) {
 	ctx.SetStatusCode(status)
 	ctx.Response.Header.SetContentType("application/json; charset=utf-8")
 	ctx.SetBody(body)
+}
+
+func writeJSONString(ctx *fasthttp.RequestCtx, status int, body string) {
+	ctx.SetStatusCode(status)
+	ctx.Response.Header.SetContentType("application/json; charset=utf-8")
+	ctx.SetBodyString(body)
 }
 
 // isJSONObject is a cheap sanity check of a worker's reply before it is

@@ -79,7 +79,7 @@ func benchHandle(b *testing.B, store Store) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		w.handle(msgs[i%len(msgs)], &s, &req)
-		if string(s.Body) != string(callback.AllowBody) {
+		if string(s.Body) != callback.AllowJSON {
 			b.Fatalf("decided %q, want allow", s.Body)
 		}
 	}

@@ -275,7 +275,8 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	command := strings.TrimPrefix(m.Subject, w.prefix)
 	if command != callback.JoinGroupCommand {
 		w.metrics.requests.WithLabelValues(outcomeNoPolicy).Inc()
-		w.respond(m, callback.AllowBody, opID)
+		s.Body = append(s.Body[:0], callback.AllowJSON...)
+		w.respond(m, s.Body, opID)
 		return
 	}
 	if err := callback.DecodeJoinGroup(m.Data, req); err != nil {

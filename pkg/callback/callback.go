@@ -31,13 +31,11 @@ func IsCommand(name []byte) bool {
 		bytes.HasSuffix(name, []byte("Command"))
 }
 
-// Response bodies. IMServer refuses a join only when actionCode is 0 and
-// nextCode is 1; any actionCode other than 0 means "the callback failed" and
-// IMServer lets the join through.
-var (
-	// AllowBody lets the join go through.
-	AllowBody = []byte(`{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}`)
-)
+// AllowJSON is the body that lets the join go through. IMServer refuses a
+// join only when actionCode is 0 and nextCode is 1; any actionCode other
+// than 0 means "the callback failed" and IMServer lets the join through. A
+// constant, so that no caller can change every allow answer at once.
+const AllowJSON = `{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}`
 
 // MinRefusalCode and MaxRefusalCode bound a refusal's errCode: IMServer hands
 // the code to the client as it is, 0 reads as success and codes under 100

@@ -59,9 +59,9 @@ func decodeResponse(t *testing.T, body []byte) response {
 }
 
 func TestBodies(t *testing.T) {
-	r := decodeResponse(t, AllowBody)
+	r := decodeResponse(t, []byte(AllowJSON))
 	if *r.ActionCode != 0 || *r.NextCode != 0 || *r.ErrCode != 0 {
-		t.Fatalf("allow body %s would not allow", AllowBody)
+		t.Fatalf("allow body %s would not allow", AllowJSON)
 	}
 
 	body := AppendRefusal(nil, 5001, "too many join requests", "retry in 12s")

@@ -108,7 +108,9 @@ func Handle(ctx *fasthttp.RequestCtx) {
 		writeJSON(ctx, fasthttp.StatusBadRequest, callback.AppendFailure(nil, err.Error()))
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, callback.AllowBody)
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.Response.Header.SetContentType("application/json; charset=utf-8")
+	ctx.SetBodyString(callback.AllowJSON)
 }
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, body []byte) {

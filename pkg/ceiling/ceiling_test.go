@@ -48,8 +48,8 @@ func TestReferenceAnswers(t *testing.T) {
 			t.Fatalf("%s %s: Content-Type %q", method, path, ct)
 		}
 	}
-	f("POST", "/callbackExample/callbackBeforeJoinGroupCommand", join, 200, string(callback.AllowBody))
-	f("POST", "//callbackBeforeJoinGroupCommand?key=x", join, 200, string(callback.AllowBody))
+	f("POST", "/callbackExample/callbackBeforeJoinGroupCommand", join, 200, callback.AllowJSON)
+	f("POST", "//callbackBeforeJoinGroupCommand?key=x", join, 200, callback.AllowJSON)
 	f("POST", "/callbackExample/callbackBeforeJoinGroupCommand", `{"groupID":"g"}`, 400, "applyID is missing")
 	f("POST", "/callbackExample/somethingElse", join, 404, `"actionCode":1`)
 	f("GET", "/callbackExample/callbackBeforeJoinGroupCommand", "", 405, `"actionCode":1`)

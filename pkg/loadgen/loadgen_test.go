@@ -143,7 +143,7 @@ func TestRequestsLookLikeIMServer(t *testing.T) {
 		if applicant%2 == 0 {
 			ctx.SetBody(callback.AppendRefusal(nil, 5001, "too many", "retry in 1s"))
 		} else {
-			ctx.SetBody(callback.AllowBody)
+			ctx.SetBodyString(callback.AllowJSON)
 		}
 	})
 	opts := testOptions("http://" + addr + "/callbackExample/") // a base ending in '/', as operators write it
@@ -186,7 +186,7 @@ func stallingServer(t *testing.T, stallAfter int64, stall time.Duration) string 
 		if d := time.Until(time.Unix(0, stallUntil.Load())); d > 0 {
 			time.Sleep(d)
 		}
-		ctx.SetBody(callback.AllowBody)
+		ctx.SetBodyString(callback.AllowJSON)
 	})
 	return "http://" + addr
 }
@@ -322,7 +322,7 @@ func TestNonJSONAndStatusAreCounted(t *testing.T) {
 			ctx.SetStatusCode(fasthttp.StatusBadRequest)
 			ctx.SetBody(callback.AppendFailure(nil, "malformed"))
 		default:
-			ctx.SetBody(callback.AllowBody)
+			ctx.SetBodyString(callback.AllowJSON)
 		}
 	})
 	opts := testOptions("http://" + addr)
@@ -337,7 +337,7 @@ func TestNonJSONAndStatusAreCounted(t *testing.T) {
 }
 
 func TestCancelStopsTheRun(t *testing.T) {
-	addr, _ := serve(t, func(ctx *fasthttp.RequestCtx) { ctx.SetBody(callback.AllowBody) })
+	addr, _ := serve(t, func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString(callback.AllowJSON) })
 	opts := testOptions("http://" + addr)
 	opts.Duration = time.Minute
 	opts.Rate = 200
@@ -384,7 +384,7 @@ func TestParseAnswer(t *testing.T) {
 		action, code, next int
 		ok                 bool
 	}{
-		{string(callback.AllowBody), 0, 0, 0, true},
+		{callback.AllowJSON, 0, 0, 0, true},
 		{string(callback.AppendRetryRefusal(nil, 5001, "too many", 12)), 0, 5001, 1, true},
 		{string(callback.AppendFailure(nil, "bad")), 1, 0, 0, true},
 		{` {"nextCode": 1, "errCode": -7} `, 0, -7, 1, true},

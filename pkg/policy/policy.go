@@ -105,7 +105,7 @@ func New(cfg config.JoinGroup, storeErr config.Worker, keyPrefix string) (*JoinG
 		storeErrorBody:   callback.AppendRefusal(nil, storeErr.StoreErrorRefusal.ErrCode, storeErr.StoreErrorRefusal.ErrMsg, "retry in 1s"),
 	}
 	if p.storeErrorAllows {
-		p.storeErrorBody = callback.AllowBody
+		p.storeErrorBody = []byte(callback.AllowJSON)
 	}
 	for _, w := range cfg.BlockedWords {
 		p.blocked = append(p.blocked, strings.ToLower(w))
@@ -303,7 +303,7 @@ func (p *JoinGroup) Rule(name, applicant, group string) (ratelimit.Check, error)
 }
 
 func (p *JoinGroup) allowed(s *Scratch, reason Reason) Decision {
-	s.Body = append(s.Body, callback.AllowBody...)
+	s.Body = append(s.Body, callback.AllowJSON...)
 	return Decision{Allowed: true, Reason: reason}
 }
 
