@@ -15,8 +15,10 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,6 +112,7 @@ type Gateway struct {
 	subject  string // <Subject>.callbackBeforeJoinGroupCommand
 	stopping atomic.Bool
 
+	requests        sync.Pool // of *request
 	fallbackRefuses bool
 	basicAuth       []byte // the expected Authorization header, or nil
 	badInputLog     *throttle.Throttle
@@ -128,6 +131,7 @@ func New(opts Options) (*Gateway, error) {
 		subject:         opts.Subject + "." + callback.JoinGroupCommand,
 		fallbackRefuses: isRefusal(opts.FallbackBody),
 		badInputLog:     throttle.New(time.Second),
+		requests:        sync.Pool{New: newRequest},
 		fallbackLog:     throttle.New(time.Second),
 	}
 	if opts.BasicUser != "" {
@@ -263,8 +267,7 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	body := ctx.PostBody()
 	opID := ctx.Request.Header.Peek(natsconn.HeaderOperationID)
 
-	var req callback.JoinGroup
-	if err := callback.DecodeJoinGroup(body, &req); err != nil {
+	if err := callback.ValidateJoinGroup(body); err != nil {
 		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeInvalid).Inc()
 		if ok, n := g.badInputLog.Allow(); ok {
 			g.log.Warn("malformed callback; answered actionCode 1", "operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err, "suppressed", n)
@@ -274,13 +277,13 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	}
 
 	// The body and header slices belong to fasthttp; they stay valid until
-	// this handler returns, and the request is answered before that.
+	// this handler returns, and the request is answered before that. The
+	// message is reused: nats.go copies what it sends before RequestMsg
+	// returns.
 	deadline := start.Add(g.opts.DecisionTimeout)
-	msg := &nats.Msg{Subject: g.subject, Data: body, Header: nats.Header{}}
-	if len(opID) > 0 {
-		msg.Header[natsconn.HeaderOperationID] = []string{string(opID)}
-	}
-	natsconn.SetDeadline(msg, deadline)
+	out := g.requests.Get().(*request)
+	defer g.requests.Put(out)
+	msg := out.prepare(g.subject, body, opID, deadline)
 
 	var (
 		cause string
@@ -336,6 +339,34 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	}
 	g.metrics.answers.WithLabelValues(answer).Inc()
 	g.metrics.duration.Observe(time.Since(start).Seconds())
+}
+
+// request is a reusable NATS request: the message, its header map and the
+// memory its header values point into.
+type request struct {
+	msg      nats.Msg
+	opID     [1]string
+	deadline [1]string
+	buf      []byte
+}
+
+func newRequest() any {
+	r := &request{buf: make([]byte, 0, 20)}
+	r.msg.Header = nats.Header{natsconn.HeaderOperationID: r.opID[:], natsconn.HeaderDeadline: r.deadline[:]}
+	return r
+}
+
+// prepare fills the message without allocating: the header values alias
+// opID (fasthttp's, valid during the handler) and r's own buffer.
+func (r *request) prepare(subject string, body, opID []byte, deadline time.Time) *nats.Msg {
+	r.msg.Subject, r.msg.Data = subject, body
+	r.opID[0] = ""
+	if len(opID) > 0 {
+		r.opID[0] = unsafe.String(&opID[0], len(opID))
+	}
+	r.buf = natsconn.AppendDeadline(r.buf[:0], deadline)
+	r.deadline[0] = unsafe.String(&r.buf[0], len(r.buf))
+	return &r.msg
 }
 
 // errNotConnected is the fallback's error when NATS is down: nothing was

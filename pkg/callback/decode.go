@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // JoinGroup is the body of callbackBeforeJoinGroupCommand. ApplyID is the
@@ -35,8 +36,22 @@ const maxDepth = 10000
 // which the fuzz test checks. Unknown fields are skipped, groupType may be a
 // number or a string holding one, and groupID and applyID are required.
 func DecodeJoinGroup(body []byte, r *JoinGroup) error {
+	return decodeJoinGroup(body, r, true)
+}
+
+// ValidateJoinGroup reports whether DecodeJoinGroup would accept body,
+// without copying any field: the edge only needs to know, on every
+// callback.
+func ValidateJoinGroup(body []byte) error {
+	var r JoinGroup
+	return decodeJoinGroup(body, &r, false)
+}
+
+// decodeJoinGroup fills r; with copy false its strings alias body and must
+// not outlive it.
+func decodeJoinGroup(body []byte, r *JoinGroup, copy bool) error {
 	*r = JoinGroup{}
-	d := decoder{b: body}
+	d := decoder{b: body, copy: copy}
 	d.space()
 	if !d.eat('{') {
 		if d.i == len(d.b) {
@@ -107,8 +122,9 @@ func malformed(msg string) error {
 }
 
 type decoder struct {
-	b []byte
-	i int
+	b    []byte
+	i    int
+	copy bool
 }
 
 func (d *decoder) syntax(want string) error {
@@ -156,6 +172,9 @@ func (d *decoder) stringField(name string) (string, error) {
 	s, ok := d.rawString()
 	if !ok {
 		return "", d.syntax("string value of " + name)
+	}
+	if !d.copy && len(s) > 0 {
+		return unsafe.String(&s[0], len(s)), nil
 	}
 	return string(s), nil
 }

@@ -183,6 +183,9 @@ func FuzzDecodeJoinGroup(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var got JoinGroup
 		err := DecodeJoinGroup(body, &got)
+		if verr := ValidateJoinGroup(body); (verr == nil) != (err == nil) {
+			t.Fatalf("ValidateJoinGroup(%q) = %v, DecodeJoinGroup %v", body, verr, err)
+		}
 		want, wantOK := referenceDecode(body)
 		if (err == nil) != wantOK {
 			t.Fatalf("DecodeJoinGroup(%q) error %v, encoding/json accepts: %v", body, err, wantOK)
@@ -197,6 +200,32 @@ func FuzzDecodeJoinGroup(f *testing.F) {
 			t.Fatalf("DecodeJoinGroup(%q)\n got %+v\nwant %+v", body, got, want)
 		}
 	})
+}
+
+func TestValidateJoinGroupAllocs(t *testing.T) {
+	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":"2","applyID":"u1","reqMessage":"hi","ex":"","extra":{"a":[1,2]}}`)
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := ValidateJoinGroup(body); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("ValidateJoinGroup allocates %v times per call, want 0", allocs)
+	}
+	if err := ValidateJoinGroup([]byte(`{"groupID":"g"}`)); err == nil {
+		t.Fatal("ValidateJoinGroup accepted a callback without applyID")
+	}
+}
+
+func BenchmarkValidateJoinGroup(b *testing.B) {
+	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"3458719384","groupType":2,"applyID":"8129374651","reqMessage":"hello, let me in","ex":""}`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if err := ValidateJoinGroup(body); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 func BenchmarkDecodeJoinGroup(b *testing.B) {

@@ -19,7 +19,12 @@ const (
 
 // SetDeadline stamps msg with the deadline.
 func SetDeadline(msg *nats.Msg, deadline time.Time) {
-	msg.Header[HeaderDeadline] = []string{strconv.FormatInt(deadline.UnixNano(), 10)}
+	msg.Header[HeaderDeadline] = []string{string(AppendDeadline(nil, deadline))}
+}
+
+// AppendDeadline appends the value of HeaderDeadline for deadline.
+func AppendDeadline(dst []byte, deadline time.Time) []byte {
+	return strconv.AppendInt(dst, deadline.UnixNano(), 10)
 }
 
 // Deadline reads the deadline of msg; ok is false when it is missing or
