@@ -37,6 +37,8 @@ func runBench(args, environ []string, stdout, stderr io.Writer) int {
 			return runReference(args[1:], stderr)
 		case "suite":
 			return runSuite(args[1:], environ, stdout, stderr)
+		case "soak":
+			return runSoak(args[1:], environ, stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("joingate bench", flag.ContinueOnError)
