@@ -52,8 +52,12 @@ type Options struct {
 	// DrainTimeout bounds how long Run waits, once stopped, for requests
 	// already received to be answered.
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// BatchRedis sends the decisions made at once to a Redis store (not a
+	// Redis Cluster) in shared pipelines, each still its own script call
+	// (ratelimit.Batcher).
+	BatchRedis bool
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultOptions returns the options a worker runs with unless told
@@ -68,6 +72,7 @@ func DefaultOptions() Options {
 		DrainTimeout:    10 * time.Second,
 		BreakerFailures: 5,
 		BreakerCooldown: time.Second,
+		BatchRedis:      true,
 	}
 }
 
@@ -115,6 +120,8 @@ type Worker struct {
 
 	mu  sync.Mutex
 	sub *nats.Subscription
+
+	batcher *ratelimit.Batcher // nil unless BatchRedis on a Redis store
 }
 
 // New checks opts and builds a worker; Run starts it.
@@ -136,7 +143,14 @@ func New(opts Options) (*Worker, error) {
 		w.metrics.breakerTransitions.WithLabelValues(to.String()).Inc()
 		w.log.Warn("store circuit breaker "+to.String(), "from", from.String())
 	})
-	w.store = guardedStore{Store: opts.Store, breaker: br, hist: w.metrics.storeTime}
+	store := opts.Store
+	if r, ok := store.(*ratelimit.Redis); ok && opts.BatchRedis {
+		// Its goroutines start with the first calls made at once and end
+		// when Run returns.
+		w.batcher = ratelimit.NewBatcher(r, ratelimit.DefaultMaxBatch, ratelimit.DefaultPipelines)
+		store = w.batcher
+	}
+	w.store = guardedStore{Store: store, breaker: br, hist: w.metrics.storeTime}
 	w.policy.Store(opts.Policy)
 	w.metrics.concurrency.Set(float64(opts.Concurrency))
 	return w, nil
@@ -236,6 +250,9 @@ wait:
 	}
 	close(stop)
 	wg.Wait()
+	if w.batcher != nil {
+		w.batcher.Close()
+	}
 	w.log.Info("worker stopped")
 	return nil
 }

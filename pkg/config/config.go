@@ -96,6 +96,9 @@ type Worker struct {
 	// in a row and lets one probe through after BreakerCooldown.
 	BreakerFailures int           `yaml:"breaker_failures"`
 	BreakerCooldown time.Duration `yaml:"breaker_cooldown"`
+	// BatchRedis sends the decisions a worker makes at once to Redis in
+	// shared pipelines (not on Redis Cluster).
+	BatchRedis bool `yaml:"batch_redis"`
 }
 
 // Refusal is what IMServer passes on to the client when joingate refuses.
@@ -174,6 +177,7 @@ func Default() Config {
 			StoreErrorRefusal: Refusal{ErrCode: 5000, ErrMsg: "join requests cannot be checked now, try again later"},
 			BreakerFailures:   5,
 			BreakerCooldown:   time.Second,
+			BatchRedis:        true,
 		},
 		JoinGroup: JoinGroup{
 			DenyRefusal:    Refusal{ErrCode: 5002, ErrMsg: "join request not allowed"},

@@ -1,0 +1,493 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/joingate/joingate/pkg/redisconn"
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// newBatcher returns a Batcher on client with at most pipelines in flight
+// (0: the default) that sends every call through the flushers (solo false)
+// or as production does (solo true), closed when the test ends.
+func newBatcher(t testing.TB, client rediser, solo bool, pipelines int) *Batcher {
+	b := NewBatcher(NewRedis(client), 0, pipelines)
+	b.solo = solo
+	t.Cleanup(b.Close)
+	return b
+}
+
+// The EVALSHA command that the flusher builds, with its arguments passed by
+// pointer, is the one Script.Run sends for the same query.
+func TestBatcherCommand(t *testing.T) {
+	hourly := func(key string, shadow bool) Check {
+		return Check{Key: key, Limit: Limit{Rate: 7, Period: time.Hour, Burst: 300}, Shadow: shadow}
+	}
+	f := func(c *call, q Query) {
+		t.Helper()
+		keys, args := scriptArgs(&q, nil)
+		want := append([]any{"evalsha", decideScript.Hash(), len(keys)}, toAny(keys)...)
+		want = append(want, args...)
+		c.q = &q
+		c.build(decideScript.Hash())
+		got := make([]any, len(c.args))
+		for i, v := range c.args {
+			switch v := v.(type) {
+			case *string:
+				got[i] = *v
+			case *int64:
+				got[i] = *v
+			default:
+				got[i] = v
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("query %+v:\nbuilt %v\nwant  %v", q, got, want)
+		}
+		if len(c.idx) < max(len(q.Guards), len(q.Checks)) {
+			t.Fatalf("idx %v too short for %+v", c.idx, q)
+		}
+		for i, v := range c.idx {
+			if v != i {
+				t.Fatalf("idx %v is not 0, 1, 2…", c.idx)
+			}
+		}
+	}
+	// One call, its buffers reused from query to query, larger and smaller.
+	c := &call{}
+	f(c, Query{Checks: []Check{hourly("a", false)}})
+	f(c, Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", true)}})
+	f(c, Query{Guards: []string{"g1"}, Checks: []Check{hourly("a", true)}, Mode: Peek})
+	f(c, Query{Guards: []string{"g1", "g2"}, Checks: []Check{hourly("a", false)}, Mode: GuardsOnly})
+	f(c, Query{Guards: []string{"g1"}, Mode: GuardsOnly})
+	f(c, Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", false), hourly("c", true)}})
+	f(&call{}, Query{Checks: []Check{hourly("a", false), hourly("b", false)}})
+}
+
+func toAny(keys []string) []any {
+	out := make([]any, len(keys))
+	for i, k := range keys {
+		out[i] = k
+	}
+	return out
+}
+
+// The conformance suite, unchanged, through the Batcher: with every call
+// sent by the flusher (solo off), and as in production.
+func TestBatcherConformance(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	for _, solo := range []bool{false, true} {
+		t.Run(fmt.Sprint("solo=", solo), func(t *testing.T) {
+			testStore(t, func(t *testing.T) store {
+				if err := srv.Client.FlushAll(context.Background()).Err(); err != nil {
+					t.Fatal(err)
+				}
+				return newBatcher(t, srv.Client, solo, 0)
+			})
+		})
+	}
+}
+
+// gate holds each pipeline before it goes out until the test lets it go.
+type gate struct {
+	entered chan int // the pipeline's number of queries
+	release chan struct{}
+}
+
+func holdPipelines(b *Batcher) *gate {
+	g := &gate{entered: make(chan int), release: make(chan struct{})}
+	b.beforeExec = func(n int) {
+		g.entered <- n
+		<-g.release
+	}
+	return g
+}
+
+// 200 callers at once against a burst of 50: exactly 50 are admitted. In
+// "held", the first pipeline is held until every caller has queued, so
+// that the queries share pipelines whatever the scheduler does; in "free",
+// as they come, with a lone caller going alone.
+func TestBatcherConcurrent(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	const callers, burst = 200, 50
+	c := Check{Key: "hot", Limit: Limit{Rate: burst, Period: time.Hour, Burst: burst}}
+	run := func(t *testing.T, b *Batcher) {
+		var allowed, refused atomic.Int64
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Go(func() {
+				q := Query{Guards: []string{"deny:u"}, Checks: []Check{c}}
+				var a Answer
+				if err := b.Decide(context.Background(), &q, &a); err != nil {
+					t.Error(err)
+					return
+				}
+				if a.Admitted(&q) {
+					allowed.Add(1)
+				} else {
+					refused.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if allowed.Load() != burst || refused.Load() != callers-burst {
+			t.Fatalf("%d allowed, %d refused; want exactly %d allowed", allowed.Load(), refused.Load(), burst)
+		}
+	}
+	held := func(t *testing.T, pipelines int) {
+		srv.Client.FlushAll(context.Background())
+		b := newBatcher(t, srv.Client, false, pipelines)
+		hold := make(chan struct{})
+		b.beforeExec = func(int) { <-hold }
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			run(t, b)
+		}()
+		// Every caller is queued or in the held pipeline.
+		if !testenv.Eventually(10*time.Second, func() bool {
+			b.mu.Lock()
+			queued := len(b.queue)
+			b.mu.Unlock()
+			_, sent := b.Stats()
+			return queued+int(sent) == callers
+		}) {
+			t.Fatal("callers did not all queue within 10s")
+		}
+		close(hold)
+		<-done
+		// The first pipelines left at once (with 1 or more queries each);
+		// the others then went in pipelines of at most DefaultMaxBatch.
+		most := uint64(pipelines + (callers-pipelines+DefaultMaxBatch-1)/DefaultMaxBatch)
+		if sent, queries := b.Stats(); queries != callers || sent > most {
+			t.Fatalf("%d queries in %d pipelines, want %d in at most %d", queries, sent, callers, most)
+		}
+	}
+	t.Run("held, 1 pipeline", func(t *testing.T) { held(t, 1) })
+	t.Run("held, 2 pipelines", func(t *testing.T) { held(t, 2) })
+	t.Run("free", func(t *testing.T) {
+		srv.Client.FlushAll(context.Background())
+		run(t, newBatcher(t, srv.Client, true, 0))
+	})
+}
+
+// A caller whose context ends while its query waits gets ErrStore wrapping
+// the context's error, and its query is not sent; one whose context ends
+// while its query is in flight gets the same at once, the answer is thrown
+// away (the quota it took stays taken), and the others in its pipeline are
+// answered.
+func TestBatcherDeadline(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	b := newBatcher(t, srv.Client, false, 1) // pipelines in the order of the test
+	g := holdPipelines(b)
+	hourly := func(key string) *Query {
+		return &Query{Checks: []Check{{Key: key, Limit: Limit{Rate: 10, Period: time.Hour, Burst: 10}}}}
+	}
+	type result struct {
+		a   Answer
+		err error
+	}
+	start := func(ctx context.Context, q *Query) <-chan result {
+		ch := make(chan result, 1)
+		go func() {
+			var r result
+			r.err = b.Decide(ctx, q, &r.a)
+			ch <- r
+		}()
+		return ch
+	}
+	queued := func(n int) {
+		t.Helper()
+		if !testenv.Eventually(10*time.Second, func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return len(b.queue) == n
+		}) {
+			t.Fatalf("%d calls not queued within 10s", n)
+		}
+	}
+	exists := func(key string) bool {
+		n, err := srv.Client.Exists(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+
+	// Pipeline 1 holds "first" while "expires" (50ms) and "waits" queue.
+	first := start(ctx, hourly("first"))
+	if n := <-g.entered; n != 1 {
+		t.Fatalf("first pipeline has %d queries", n)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	expires := start(short, hourly("expires"))
+	waits := start(ctx, hourly("waits"))
+	queued(2)
+	r := <-expires // while pipeline 1 is held: nothing was sent for it
+	if !errors.Is(r.err, ErrStore) || !errors.Is(r.err, context.DeadlineExceeded) {
+		t.Fatalf("expired while queued: %v, want ErrStore wrapping context.DeadlineExceeded", r.err)
+	}
+	g.release <- struct{}{}
+	if r := <-first; r.err != nil || !r.a.Results[0].Allowed || r.a.Results[0].Remaining != 9 {
+		t.Fatalf("first: %+v", r)
+	}
+
+	// Pipeline 2 carries "waits" alone: the expired query was left out.
+	if n := <-g.entered; n != 1 {
+		t.Fatalf("second pipeline has %d queries, want 1 (the expired one left out)", n)
+	}
+	g.release <- struct{}{}
+	if r := <-waits; r.err != nil || !r.a.Results[0].Allowed {
+		t.Fatalf("waits: %+v", r)
+	}
+	if exists("expires") {
+		t.Fatal("the query that expired in the queue was run")
+	}
+
+	// Pipeline 3 holds "hold"; "gives-up" and "stays" then go together in
+	// pipeline 4, where "gives-up" is cancelled before the pipeline goes out.
+	hold := start(ctx, hourly("hold"))
+	<-g.entered
+	giveUp, cancelGiveUp := context.WithCancel(ctx)
+	givesUp := start(giveUp, hourly("gives-up"))
+	queued(1)
+	stays := start(ctx, hourly("stays"))
+	queued(2)
+	g.release <- struct{}{}
+	if r := <-hold; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if n := <-g.entered; n != 2 {
+		t.Fatalf("fourth pipeline has %d queries, want 2", n)
+	}
+	cancelGiveUp()
+	if r := <-givesUp; !errors.Is(r.err, ErrStore) || !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("cancelled in flight: %v, want ErrStore wrapping context.Canceled", r.err)
+	}
+	g.release <- struct{}{}
+	if r := <-stays; r.err != nil || !r.a.Results[0].Allowed || r.a.Results[0].Remaining != 9 {
+		t.Fatalf("stays: %+v", r)
+	}
+	if !exists("gives-up") {
+		t.Fatal("the query cancelled in flight was not run: it was sent, so it should have been")
+	}
+	if pipelines, queries := b.Stats(); pipelines != 4 || queries != 5 {
+		t.Fatalf("%d queries in %d pipelines, want 5 in 4", queries, pipelines)
+	}
+}
+
+// A call whose context ended while it waited is not sent, even when its
+// caller has not yet seen the end (the flusher finds it first).
+func TestBatcherExpiredNotSent(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	b := newBatcher(t, srv.Client, false, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	cancel()
+	var a Answer
+	q := Query{Checks: []Check{{Key: "late", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 1}}}}
+	c := b.calls.Get().(*call)
+	c.ctx, c.q, c.a, c.state = ctx, &q, &a, callQueued
+	if !b.enqueue(c) { // as Decide does, without its caller's wait
+		t.Fatal("enqueue refused")
+	}
+	<-c.done
+	if !errors.Is(c.err, ErrStore) || !errors.Is(c.err, context.Canceled) {
+		t.Fatalf("expired call answered %v, want ErrStore wrapping context.Canceled", c.err)
+	}
+	if n, err := srv.Client.Exists(context.Background(), "late").Result(); err != nil || n != 0 {
+		t.Fatalf("EXISTS late = %d, %v: the expired query was run", n, err)
+	}
+	if pipelines, queries := b.Stats(); pipelines != 0 || queries != 0 {
+		t.Fatalf("%d queries in %d pipelines, want none", queries, pipelines)
+	}
+}
+
+// With Redis down every caller gets ErrStore from its pipeline, not by
+// waiting out its deadline.
+func TestBatcherRedisDown(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	b := newBatcher(t, srv.Client, false, 0)
+	q := Query{Guards: []string{"g"}, Checks: []Check{{Key: "k", Limit: Limit{Rate: 1, Period: time.Hour, Burst: 1}}}}
+	if err := b.Decide(context.Background(), &q, &Answer{}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			q := q
+			err := b.Decide(ctx, &q, &Answer{})
+			if !errors.Is(err, ErrStore) || errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Decide with Redis down: %v, want ErrStore before the deadline", err)
+			}
+		})
+	}
+	wg.Wait()
+	if _, queries := b.Stats(); queries < 51 {
+		t.Fatalf("%d queries went through the flusher, want all 51", queries)
+	}
+	// Back up: the pipeline's connection is replaced and the script loaded
+	// again (NOSCRIPT).
+	srv.Start(t)
+	if err := b.Decide(context.Background(), &q, &Answer{}); err != nil {
+		t.Fatalf("after Redis came back: %v", err)
+	}
+}
+
+// flushers counts the flusher goroutines of every Batcher in the process
+// (the tests of this package run one at a time and close theirs).
+func flushers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	return strings.Count(string(buf), "ratelimit.(*flusher).run(")
+}
+
+// The flushers start with the first queued call and end on Close; calls
+// after Close go straight to Redis.
+func TestBatcherClose(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	if n := flushers(); n != 0 {
+		t.Fatalf("%d flushers before the test", n)
+	}
+	b := NewBatcher(NewRedis(srv.Client), 0, 3)
+	b.solo = false
+	if n := flushers(); n != 0 {
+		t.Fatalf("%d flushers before any call", n)
+	}
+	q := Query{Checks: []Check{{Key: "k", Limit: Limit{Rate: 10, Period: time.Hour, Burst: 10}}}}
+	var a Answer
+	if err := b.Decide(context.Background(), &q, &a); err != nil || a.Results[0].Remaining != 9 {
+		t.Fatalf("Decide: %+v, %v", a, err)
+	}
+	if n := flushers(); n != 3 {
+		t.Fatalf("%d flusher goroutines after a queued call, want 3", n)
+	}
+	b.Close()
+	if !testenv.Eventually(5*time.Second, func() bool { return flushers() == 0 }) {
+		t.Fatalf("%d flusher goroutines still there after Close", flushers())
+	}
+	if err := b.Decide(context.Background(), &q, &a); err != nil || a.Results[0].Remaining != 8 {
+		t.Fatalf("Decide after Close: %+v, %v", a, err)
+	}
+	if pipelines, _ := b.Stats(); pipelines != 1 {
+		t.Fatalf("%d pipelines, want 1 (the call after Close goes alone)", pipelines)
+	}
+	b.Close()
+	NewBatcher(NewRedis(srv.Client), 0, 0).Close() // never started
+}
+
+// On Redis Cluster the Batcher is Redis.Decide: the conformance suite, and
+// no flusher.
+func TestBatcherCluster(t *testing.T) {
+	c := testenv.StartCluster(t)
+	var last *Batcher
+	testStore(t, func(t *testing.T) store {
+		c.FlushAll(t)
+		last = newBatcher(t, c.Client, false, 0)
+		return last
+	})
+	if pipelines, _ := last.Stats(); pipelines != 0 || flushers() != 0 {
+		t.Fatalf("the Batcher batched on a cluster (%d pipelines)", pipelines)
+	}
+}
+
+// Decisions through Redis over TCP on loopback (as `make bench` runs it),
+// each the default policy's query (three guards, two limits too high to
+// refuse) for one of 4096 applicants in 256 groups: one caller at a time
+// (latency) and 64 at once (throughput), without the Batcher ("redis") and
+// with it ("batcher": the defaults). "batcher-queued" sends even a lone
+// call through a flusher: the cost of the hand-off that Decide's solo path
+// avoids; "batcher-p1" and "-p4" allow 1 and 4 pipelines in flight.
+func BenchmarkRedisDecide(b *testing.B) {
+	srv := testenv.StartRedis(b)
+	client, err := redisconn.New(fmt.Sprintf("redis://127.0.0.1:%d", srv.Port), time.Second, 64)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { client.Close() })
+	queries := make([]Query, 4096)
+	for i := range queries {
+		l := Limit{Rate: 1_000_000, Period: time.Second, Burst: 1_000_000}
+		queries[i] = Query{
+			Guards: []string{fmt.Sprint("bench:allow:", i), fmt.Sprint("bench:deny:", i), fmt.Sprint("bench:deny-group:", i%256)},
+			Checks: []Check{{Key: fmt.Sprint("bench:applicant:", i), Limit: l}, {Key: fmt.Sprint("bench:group:", i%256), Limit: l}},
+		}
+	}
+	run := func(b *testing.B, s interface {
+		Decide(context.Context, *Query, *Answer) error
+	}, callers int) {
+		var next atomic.Int64
+		decide := func(a *Answer) error {
+			q := &queries[next.Add(1)%int64(len(queries))]
+			if err := s.Decide(context.Background(), q, a); err != nil {
+				return err
+			}
+			if !a.Admitted(q) {
+				return fmt.Errorf("refused: %+v", a)
+			}
+			return nil
+		}
+		b.ReportAllocs()
+		if callers == 1 {
+			var a Answer
+			for b.Loop() {
+				if err := decide(&a); err != nil {
+					b.Fatal(err)
+				}
+			}
+			return
+		}
+		b.SetParallelism((callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+		b.RunParallel(func(pb *testing.PB) {
+			var a Answer
+			for pb.Next() {
+				if err := decide(&a); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	for _, callers := range []int{1, 64} {
+		b.Run(fmt.Sprintf("callers=%d/redis", callers), func(b *testing.B) {
+			run(b, NewRedis(client), callers)
+		})
+		for _, v := range []struct {
+			name      string
+			solo      bool
+			pipelines int
+		}{{"batcher", true, 0}, {"batcher-queued", false, 0}, {"batcher-p1", true, 1}, {"batcher-p4", true, 4}} {
+			if (callers == 1 && v.pipelines != 0) || (callers > 1 && !v.solo) {
+				continue // the same as "batcher" there
+			}
+			b.Run(fmt.Sprintf("callers=%d/%s", callers, v.name), func(b *testing.B) {
+				bt := NewBatcher(NewRedis(client), 0, v.pipelines)
+				bt.solo = v.solo
+				defer bt.Close()
+				run(b, bt, callers)
+				if pipelines, queries := bt.Stats(); pipelines > 0 {
+					b.ReportMetric(float64(queries)/float64(pipelines), "queries/pipeline")
+				}
+			})
+		}
+	}
+}
