@@ -53,8 +53,8 @@ type Options struct {
 	// already received to be answered.
 	DrainTimeout time.Duration
 	// BatchRedis sends the decisions made at once to a Redis store (not a
-	// Redis Cluster) in shared pipelines, each still its own script call
-	// (ratelimit.Batcher).
+	// Redis Cluster) together, in one script call that decides them in
+	// order, each all-or-nothing (ratelimit.Batcher).
 	BatchRedis bool
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer

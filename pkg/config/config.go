@@ -96,8 +96,8 @@ type Worker struct {
 	// in a row and lets one probe through after BreakerCooldown.
 	BreakerFailures int           `yaml:"breaker_failures"`
 	BreakerCooldown time.Duration `yaml:"breaker_cooldown"`
-	// BatchRedis sends the decisions a worker makes at once to Redis in
-	// shared pipelines (not on Redis Cluster).
+	// BatchRedis sends the decisions a worker makes at once to Redis
+	// together, in one script call (not on Redis Cluster).
 	BatchRedis bool `yaml:"batch_redis"`
 }
 

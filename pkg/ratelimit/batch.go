@@ -10,37 +10,40 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// DefaultMaxBatch is the most queries a Batcher sends in one pipeline.
+// DefaultMaxBatch is the most queries a Batcher sends in one script call.
 const DefaultMaxBatch = 128
 
-// DefaultPipelines is the most pipelines a Batcher has in flight at once.
+// DefaultPipelines is the most batches a Batcher has in flight at once.
 // Two keep Redis busy while a flusher hands out the answers of the last
-// pipeline: in BenchmarkRedisDecide with 64 callers, 14.7µs a decision
-// against 19.3µs with one (and 22µs without the Batcher).
+// batch: in BenchmarkRedisDecide with 64 callers, 14.7µs a decision
+// against 19.3µs with one (and 22µs without the Batcher), measured when a
+// batch was a pipeline of one script call per query.
 const DefaultPipelines = 2
 
 // Batcher answers concurrent Decide calls on a Redis store together: the
-// calls that arrive while a pipeline is in flight are sent in the next one,
-// as one round trip ("group commit"). Each query is still its own script
-// call, atomic and all-or-nothing, and is answered exactly as Redis.Decide
-// would answer it; only the round trip, the system calls and the client's
+// calls that arrive while a batch is in flight are sent in the next one, as
+// one call of the decision script ("group commit"), which decides them in
+// the order they queued. Each query is all-or-nothing and sees what the
+// queries before it consumed, exactly as if it had been sent alone just
+// after them; only the round trip, the script call and the client's
 // per-command work are shared.
 //
 // There is no timer: a call that finds no other call in Decide goes to
 // Redis at once, as Redis.Decide, so under light load nothing waits. The
-// others queue for the flusher goroutines (as many as pipelines may be in
+// others queue for the flusher goroutines (as many as batches may be in
 // flight at once). A free flusher takes whatever is queued, up to the
-// maximum batch, sends it in one pipeline on its connection and hands out
-// the answers; calls that arrive while every flusher is busy wait for the
-// next free one.
+// maximum batch, sends it as one script call on its connection and hands
+// out the answers; calls that arrive while every flusher is busy wait for
+// the next free one.
 //
 // A caller whose context ends while its query waits in the queue gets an
 // error wrapping ErrStore and the context's error, and its query is not
 // sent. One whose context ends after its query was sent gets the same
 // error at once and the answer is thrown away: that query may have
 // consumed quota (as a query whose reply is lost does with Redis.Decide).
-// A pipeline that fails fails every query in it with ErrStore. A pipeline
-// runs until the latest deadline of its callers (or the client's timeouts).
+// A batch that fails (connection, timeout, script error) fails every query
+// in it with ErrStore. A batch runs until the latest deadline of its callers
+// (or the client's timeouts).
 //
 // On Redis Cluster, where a query may need one script per hash slot, the
 // Batcher batches nothing: every call is Redis.Decide.
@@ -53,9 +56,8 @@ type Batcher struct {
 	// solo sends a call alone when it is the only one in Decide; tests
 	// turn it off to send everything through the flushers.
 	solo bool
-	// beforeExec, when set (by tests), is called with each pipeline's
-	// number of queries, after they are marked sent and before the
-	// pipeline goes out.
+	// beforeExec, when set (by tests), is called with each batch's number
+	// of queries, after they are marked sent and before the batch goes out.
 	beforeExec func(n int)
 
 	inDecide atomic.Int64 // callers in Decide
@@ -77,8 +79,8 @@ type Batcher struct {
 }
 
 // NewBatcher returns a Batcher on r that sends at most maxBatch queries in
-// one pipeline (DefaultMaxBatch when maxBatch < 1), with at most pipelines
-// of them in flight at once (DefaultPipelines when pipelines < 1).
+// one script call (DefaultMaxBatch when maxBatch < 1), with at most
+// pipelines of them in flight at once (DefaultPipelines when pipelines < 1).
 func NewBatcher(r *Redis, maxBatch, pipelines int) *Batcher {
 	if maxBatch < 1 {
 		maxBatch = DefaultMaxBatch
@@ -102,8 +104,14 @@ func NewBatcher(r *Redis, maxBatch, pipelines int) *Batcher {
 type flusher struct {
 	b      *Batcher
 	batch  []*call
-	inPipe []*call
-	pipe   redis.Pipeliner
+	inPipe []*call // the calls sent
+	// The script call: its keys and numbers, and its arguments, which
+	// point into them so that none is allocated.
+	keys  []string
+	nums  []int64
+	flags []any // per query its mode, then per check its shadow flag
+	args  []any
+	idx   []int // 0, 1, 2…: readAnswer's indexes of a whole query
 }
 
 // callState is where a queued call is. The flusher moves it from queued to
@@ -129,14 +137,12 @@ type call struct {
 	mu    sync.Mutex
 	state callState
 
-	// Built from q when the call is taken: while the query is in flight
-	// the flusher holds nothing of the caller's memory but q and a, which
-	// it touches only under mu, and not once the call is abandoned.
-	keys []string
-	nums []int64
-	args []any
-	idx  []int // 0, 1, 2…: readAnswer's indexes of a whole query
-	cmd  *redis.IntSliceCmd
+	// nchecks is the number of checks the script evaluates for q, set
+	// when the call is sent: where its reply ends. While the query is in
+	// flight the flusher holds nothing of the caller's memory but q and a
+	// (and q's key strings, immutable), which it touches only under mu,
+	// and not once the call is abandoned.
+	nchecks int
 }
 
 // Decide answers q as Redis.Decide does, in a pipeline with the queries of
@@ -192,7 +198,7 @@ func (b *Batcher) enqueue(c *call) bool {
 	if !b.started {
 		b.started = true
 		for range b.pipelines {
-			f := &flusher{b: b, pipe: b.client.Pipeline()}
+			f := &flusher{b: b}
 			b.running.Go(f.run)
 		}
 	}
@@ -214,8 +220,7 @@ func (b *Batcher) signal() {
 
 // release puts c back in the pool without references to the caller's memory.
 func (b *Batcher) release(c *call) {
-	c.ctx, c.q, c.a, c.err, c.cmd = nil, nil, nil, nil, nil
-	clear(c.keys) // the keys are the caller's strings
+	c.ctx, c.q, c.a, c.err = nil, nil, nil, nil
 	b.calls.Put(c)
 }
 
@@ -232,13 +237,13 @@ func (b *Batcher) Close() {
 	b.running.Wait()
 }
 
-// Stats returns the pipelines sent so far and the queries they carried
+// Stats returns the batches sent so far and the queries they carried
 // (calls that Decide sent alone are not counted).
-func (b *Batcher) Stats() (pipelines, queries uint64) {
+func (b *Batcher) Stats() (batches, queries uint64) {
 	return b.batches.Load(), b.sent.Load()
 }
 
-// run sends what is queued, one pipeline at a time, until closed.
+// run sends what is queued, one batch at a time, until closed.
 func (f *flusher) run() {
 	b := f.b
 	for {
@@ -270,11 +275,12 @@ func (f *flusher) run() {
 	}
 }
 
-// flush sends the calls of batch that are still wanted in one pipeline and
-// answers them.
+// flush sends the calls of batch that are still wanted in one script call
+// and answers them.
 func (f *flusher) flush(batch []*call) {
 	b := f.b
 	calls := f.inPipe[:0]
+	f.keys, f.nums, f.flags = f.keys[:0], f.nums[:0], f.flags[:0]
 	var last time.Time // the latest deadline; zero if a call has none
 	anyWithout := false
 	for _, c := range batch {
@@ -292,7 +298,7 @@ func (f *flusher) flush(batch []*call) {
 			c.done <- struct{}{}
 			continue
 		}
-		c.build(b.sha)
+		c.nchecks = f.add(c.q)
 		c.state = callSent
 		if d, ok := c.ctx.Deadline(); !ok {
 			anyWithout = true
@@ -306,7 +312,7 @@ func (f *flusher) flush(batch []*call) {
 	if len(calls) == 0 {
 		return
 	}
-	// The pipeline runs until its last caller gives up on it (or the
+	// The batch runs until its last caller gives up on it (or the
 	// client's own timeouts end it).
 	ctx := context.Background()
 	if !anyWithout {
@@ -319,106 +325,95 @@ func (f *flusher) flush(batch []*call) {
 	if b.beforeExec != nil {
 		b.beforeExec(len(calls))
 	}
-	f.exec(ctx, calls)
-
+	vals, err := f.exec(ctx)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrStore, err)
+	}
 	for _, c := range calls {
+		var this []int64
+		if err == nil {
+			this, vals, err = splitReply(vals, c.nchecks)
+		}
 		c.mu.Lock()
 		if c.state == callAbandoned {
 			c.mu.Unlock()
 			b.release(c)
 			continue
 		}
-		vals, err := c.cmd.Result()
-		if err != nil {
-			c.err = fmt.Errorf("%w: %w", ErrStore, err)
-		} else {
-			p := part{guards: c.idx[:len(c.q.Guards)], checks: c.idx[:len(c.q.Checks)]}
-			c.err = readAnswer(vals, c.q, &p, c.a)
+		c.err = err
+		if err == nil {
+			if n := max(len(c.q.Guards), len(c.q.Checks)); len(f.idx) < n {
+				f.idx = make([]int, n)
+				for i := range f.idx {
+					f.idx[i] = i
+				}
+			}
+			p := part{guards: f.idx[:len(c.q.Guards)], checks: f.idx[:len(c.q.Checks)]}
+			c.err = readAnswer(this, c.q, &p, c.a)
 		}
 		c.state = callAnswered
 		c.mu.Unlock()
 		c.done <- struct{}{}
 	}
 	clear(calls)
+	clear(f.keys) // the callers' strings
 }
 
-// exec runs the calls' scripts in one pipeline. A reply of NOSCRIPT (Redis
-// restarted, or SCRIPT FLUSH) means that script did not run: the script is
-// loaded and those calls are sent again, in a second pipeline.
-func (f *flusher) exec(ctx context.Context, calls []*call) {
-	for _, c := range calls {
-		c.cmd = redis.NewIntSliceCmd(ctx, c.args...)
-		f.pipe.Process(ctx, c.cmd)
-	}
-	f.pipe.Exec(ctx) // errors are read per command
-	again := 0
-	for _, c := range calls {
-		if err := c.cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			again++
-		}
-	}
-	if again == 0 {
-		return
-	}
-	if err := decideScript.Load(ctx, f.b.client).Err(); err != nil {
-		return // the NOSCRIPT errors stand
-	}
-	for _, c := range calls {
-		if err := c.cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			c.cmd = redis.NewIntSliceCmd(ctx, c.args...)
-			f.pipe.Process(ctx, c.cmd)
-		}
-	}
-	f.pipe.Exec(ctx)
-}
-
-// build writes the EVALSHA command of c.q into c's buffers: the arguments
-// that scriptArgs gives Script.Run, with keys and numbers passed by pointer
-// into the call's own arrays so that none of them is allocated.
-func (c *call) build(sha any) {
-	q := c.q
+// add appends q to the script call and returns the number of checks the
+// script evaluates for it.
+func (f *flusher) add(q *Query) int {
 	checks := q.Checks
 	if q.Mode == GuardsOnly {
 		checks = nil // as scriptArgs: no check keys in the script call
 	}
-	nkeys := len(q.Guards) + len(checks)
-	c.keys = append(c.keys[:0], q.Guards...)
+	if len(f.nums) == 0 {
+		f.nums = append(f.nums, 0, 0) // the number of keys, of queries
+	}
+	f.nums[1]++
+	f.keys = append(f.keys, q.Guards...)
+	f.nums = append(f.nums, int64(len(q.Guards)), int64(len(checks)))
+	f.flags = append(f.flags, modeArg(q.Mode))
 	for i := range checks {
-		c.keys = append(c.keys, checks[i].Key)
+		f.keys = append(f.keys, checks[i].Key)
+		f.nums = append(f.nums, checks[i].Limit.interval(), int64(checks[i].Limit.Burst))
+		f.flags = append(f.flags, shadowArg(checks[i].Shadow))
 	}
-	// nums: the number of keys, the number of guards, then interval and
-	// burst per check. Sized before any pointer into it is taken.
-	c.nums = append(c.nums[:0], int64(nkeys), int64(len(q.Guards)))
-	for i := range checks {
-		c.nums = append(c.nums, checks[i].Limit.interval(), int64(checks[i].Limit.Burst))
-	}
-	c.args = append(c.args[:0], "evalsha", sha, &c.nums[0])
-	for i := range c.keys {
-		c.args = append(c.args, &c.keys[i])
-	}
-	c.args = append(c.args, &c.nums[1], modeArg(q.Mode))
-	for i := range checks {
-		var shadow any = "0" // constants in an interface: not allocated
-		if checks[i].Shadow {
-			shadow = "1"
-		}
-		c.args = append(c.args, &c.nums[2+2*i], &c.nums[3+2*i], shadow)
-	}
-	if n := max(len(q.Guards), len(q.Checks)); len(c.idx) < n {
-		c.idx = make([]int, n)
-		for i := range c.idx {
-			c.idx[i] = i
-		}
-	}
+	return len(checks)
 }
 
-// modeArg is the script's ARGV[2] for m.
-func modeArg(m Mode) any {
-	switch m {
-	case Peek:
-		return "p"
-	case GuardsOnly:
-		return "g"
+// command returns the EVALSHA command of the queries added: for each, the
+// arguments that scriptArgs gives Script.Run, passed by pointer into the
+// flusher's arrays, which no longer grow.
+func (f *flusher) command(ctx context.Context) *redis.IntSliceCmd {
+	f.nums[0] = int64(len(f.keys))
+	f.args = append(f.args[:0], "evalsha", f.b.sha, &f.nums[0])
+	for i := range f.keys {
+		f.args = append(f.args, &f.keys[i])
 	}
-	return "c"
+	f.args = append(f.args, &f.nums[1])
+	// nums after the two counts: per query its numbers of guards and of
+	// checks, then interval and burst per check; flags: one per pair.
+	for n, fl := 2, 0; n < len(f.nums); n, fl = n+2, fl+1 {
+		f.args = append(f.args, &f.nums[n], &f.nums[n+1], f.flags[fl])
+	}
+	return redis.NewIntSliceCmd(ctx, f.args...)
+}
+
+// exec runs the script call for calls and returns its reply. A reply of
+// NOSCRIPT (Redis restarted, or SCRIPT FLUSH) means the script did not
+// run: it is loaded and the call sent again.
+func (f *flusher) exec(ctx context.Context) ([]int64, error) {
+	cmd := f.command(ctx)
+	err := f.b.client.Process(ctx, cmd)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err := decideScript.Load(ctx, f.b.client).Err(); err != nil {
+			return nil, err
+		}
+		cmd = redis.NewIntSliceCmd(ctx, f.args...)
+		err = f.b.client.Process(ctx, cmd)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cmd.Val(), nil
 }

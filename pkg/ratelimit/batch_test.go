@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"sync"
@@ -25,21 +26,32 @@ func newBatcher(t testing.TB, client rediser, solo bool, pipelines int) *Batcher
 	return b
 }
 
-// The EVALSHA command that the flusher builds, with its arguments passed by
-// pointer, is the one Script.Run sends for the same query.
+// The EVALSHA command that the flusher builds for a batch, with its
+// arguments passed by pointer, is the one Script.Run sends for each query
+// alone, their keys and arguments put end to end.
 func TestBatcherCommand(t *testing.T) {
 	hourly := func(key string, shadow bool) Check {
 		return Check{Key: key, Limit: Limit{Rate: 7, Period: time.Hour, Burst: 300}, Shadow: shadow}
 	}
-	f := func(c *call, q Query) {
+	f := &flusher{b: &Batcher{sha: decideScript.Hash()}}
+	batch := func(qs ...Query) {
 		t.Helper()
-		keys, args := scriptArgs(&q, nil)
+		var keys []string
+		var args []any
+		f.keys, f.nums, f.flags = f.keys[:0], f.nums[:0], f.flags[:0]
+		for i := range qs {
+			k, a := scriptArgs(&qs[i], nil)
+			keys, args = append(keys, k...), append(args, a[1:]...)
+			if n := f.add(&qs[i]); 4+3*n != len(a) {
+				t.Fatalf("add says %d checks for %d arguments", n, len(a))
+			}
+		}
 		want := append([]any{"evalsha", decideScript.Hash(), len(keys)}, toAny(keys)...)
+		want = append(want, len(qs))
 		want = append(want, args...)
-		c.q = &q
-		c.build(decideScript.Hash())
-		got := make([]any, len(c.args))
-		for i, v := range c.args {
+		cmd := f.command(context.Background())
+		got := make([]any, len(cmd.Args()))
+		for i, v := range cmd.Args() {
 			switch v := v.(type) {
 			case *string:
 				got[i] = *v
@@ -50,26 +62,78 @@ func TestBatcherCommand(t *testing.T) {
 			}
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Fatalf("query %+v:\nbuilt %v\nwant  %v", q, got, want)
-		}
-		if len(c.idx) < max(len(q.Guards), len(q.Checks)) {
-			t.Fatalf("idx %v too short for %+v", c.idx, q)
-		}
-		for i, v := range c.idx {
-			if v != i {
-				t.Fatalf("idx %v is not 0, 1, 2…", c.idx)
-			}
+			t.Fatalf("queries %+v:\nbuilt %v\nwant  %v", qs, got, want)
 		}
 	}
-	// One call, its buffers reused from query to query, larger and smaller.
-	c := &call{}
-	f(c, Query{Checks: []Check{hourly("a", false)}})
-	f(c, Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", true)}})
-	f(c, Query{Guards: []string{"g1"}, Checks: []Check{hourly("a", true)}, Mode: Peek})
-	f(c, Query{Guards: []string{"g1", "g2"}, Checks: []Check{hourly("a", false)}, Mode: GuardsOnly})
-	f(c, Query{Guards: []string{"g1"}, Mode: GuardsOnly})
-	f(c, Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", false), hourly("c", true)}})
-	f(&call{}, Query{Checks: []Check{hourly("a", false), hourly("b", false)}})
+	// One flusher, its buffers reused from batch to batch, larger and smaller.
+	batch(Query{Checks: []Check{hourly("a", false)}})
+	batch(Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", true)}})
+	batch(Query{Guards: []string{"g1"}, Checks: []Check{hourly("a", true)}, Mode: Peek})
+	batch(Query{Guards: []string{"g1", "g2"}, Checks: []Check{hourly("a", false)}, Mode: GuardsOnly})
+	batch(Query{Guards: []string{"g1"}, Mode: GuardsOnly})
+	batch(
+		Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", false), hourly("c", true)}},
+		Query{Guards: []string{"g1", "g2"}, Checks: []Check{hourly("a", false)}, Mode: GuardsOnly},
+		Query{Checks: []Check{hourly("a", false), hourly("b", true)}, Mode: Peek},
+		Query{Guards: []string{"g4"}, Checks: []Check{hourly("d", false)}},
+	)
+	batch(Query{Checks: []Check{hourly("a", false), hourly("b", false)}})
+}
+
+// A batch decides its queries as the in-memory store decides them one after
+// the other: random batches of 1 to 40 queries on six keys, so that most
+// batches use a key more than once and a query must see what the ones
+// before it in the same script call consumed.
+func TestBatchAgrees(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	mem, red := NewMemory(), NewRedis(srv.Client)
+	for _, s := range []store{mem, red} {
+		if err := s.ListAdd(ctx, "idx", "x", "g1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &flusher{b: NewBatcher(red, 0, 0)}
+	rng := rand.New(rand.NewPCG(3, 4))
+	multi := 0
+	for step := range 300 {
+		qs := make([]Query, 1+rng.IntN(40))
+		want := make([]Answer, len(qs))
+		f.keys, f.nums, f.flags = f.keys[:0], f.nums[:0], f.flags[:0]
+		nchecks := make([]int, len(qs))
+		for i := range qs {
+			qs[i] = randomQuery(rng)
+			want[i] = decide(t, mem, qs[i])
+			nchecks[i] = f.add(&qs[i])
+		}
+		vals, err := f.exec(ctx)
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		if n := len(qs); n > 1 {
+			multi++
+		}
+		for i := range qs {
+			var this []int64
+			if this, vals, err = splitReply(vals, nchecks[i]); err != nil {
+				t.Fatalf("step %d query %d: %v", step, i, err)
+			}
+			var got Answer
+			got.reset(&qs[i])
+			if err := readAnswer(this, &qs[i], nil, &got); err != nil {
+				t.Fatalf("step %d query %d: %v", step, i, err)
+			}
+			if err := sameAnswer(&qs[i], &want[i], &got); err != nil {
+				t.Fatalf("step %d query %d of %d %+v: memory %+v, batch %+v: %v", step, i, len(qs), qs[i], want[i], got, err)
+			}
+		}
+		if len(vals) != 0 {
+			t.Fatalf("step %d: %d values left over", step, len(vals))
+		}
+	}
+	if multi < 250 {
+		t.Fatalf("only %d batches of more than one query", multi)
+	}
 }
 
 func toAny(keys []string) []any {

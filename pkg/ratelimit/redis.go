@@ -11,54 +11,83 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// decideScript is Memory.Decide in Redis, with Redis's own clock so that
-// workers on several machines agree. KEYS are the guards, then the checks'
-// keys. ARGV[1] is the number of guards, ARGV[2] the mode ("c" consume, "p"
-// peek, "g" guards only), then three numbers per check: emission interval
-// (µs), burst, shadow (0/1). It returns {guard, admitted, then allowed,
-// remaining, retry_after_us per check}, guard being the 1-based index of the
-// first existing guard or 0. Numbers are integers of microseconds, exact in
-// Lua's doubles up to 2^53 µs (year 2255).
+// decideScript is Memory.Decide in Redis, for one or more queries decided in
+// order, with Redis's own clock so that workers on several machines agree.
+// Every key is read with MGET before any query is decided, and every TAT a
+// query consumes is kept in a table that the next queries read, then written
+// once at the end: a batch of n queries costs one script call, one TIME, one
+// MGET per 1,000 keys and one SET per changed key, instead of n scripts.
+//
+// KEYS are, query after query, its guards then its checks' keys. ARGV[1] is
+// the number of queries, then per query: its number of guards, its number of
+// checks, its mode ("c" consume, "p" peek, "g" guards only, with no checks),
+// then three numbers per check: emission interval (µs), burst, shadow (0/1).
+// The reply is, per query, 2 + 3 × its checks numbers: guard (the 1-based
+// index of the first existing guard, or 0), admitted, then allowed,
+// remaining, retry_after_us per check (zeros when a guard decided). Numbers
+// are integers of microseconds, exact in Lua's doubles up to 2^53 µs (year
+// 2255).
 var decideScript = redis.NewScript(`
-local nguards = tonumber(ARGV[1])
-local mode = ARGV[2]
-for i = 1, nguards do
-  if redis.call("EXISTS", KEYS[i]) == 1 then
-    return {i, 0}
-  end
-end
-if mode == "g" then
-  return {0, 0}
-end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {0, 1}
-local tats = {}
-for i = nguards + 1, #KEYS do
-  local a = (i - nguards - 1) * 3 + 3
-  local interval = tonumber(ARGV[a])
-  local burst = tonumber(ARGV[a + 1])
-  local shadow = ARGV[a + 2] == "1"
-  local tat = tonumber(redis.call("GET", KEYS[i])) or 0
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local diff = now - (new_tat - interval * burst)
-  if diff < 0 then
-    if not shadow then out[2] = 0 end
-    table.insert(out, 0)
-    table.insert(out, 0)
-    table.insert(out, -diff)
-  else
-    tats[i] = new_tat
-    table.insert(out, 1)
-    table.insert(out, math.floor(diff / interval))
-    table.insert(out, 0)
+local cur = {}
+for i = 1, #KEYS, 1000 do
+  local j = math.min(i + 999, #KEYS)
+  local vals = redis.call("MGET", unpack(KEYS, i, j))
+  for n = i, j do
+    cur[KEYS[n]] = vals[n - i + 1]
   end
 end
-if mode == "c" and out[2] == 1 then
-  for i, new_tat in pairs(tats) do
-    redis.call("SET", KEYS[i], string.format("%.0f", new_tat), "PX", math.ceil((new_tat - now) / 1000))
+local dirty = {}
+local out = {}
+local k, a = 1, 2
+for q = 1, tonumber(ARGV[1]) do
+  local nguards, nchecks, mode = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+  a = a + 3
+  local guard = 0
+  for i = nguards, 1, -1 do
+    if cur[KEYS[k + i - 1]] then guard = i end
   end
+  k = k + nguards
+  local o = #out
+  out[o + 1] = guard
+  out[o + 2] = 0
+  if guard == 0 and mode ~= "g" then
+    out[o + 2] = 1
+    local tats = {}
+    for j = 0, nchecks - 1 do
+      local interval = tonumber(ARGV[a + 3 * j])
+      local burst = tonumber(ARGV[a + 3 * j + 1])
+      local tat = tonumber(cur[KEYS[k + j]]) or 0
+      if tat < now then tat = now end
+      local new_tat = tat + interval
+      local diff = now - (new_tat - interval * burst)
+      local r = o + 3 + 3 * j
+      if diff < 0 then
+        if ARGV[a + 3 * j + 2] ~= "1" then out[o + 2] = 0 end
+        out[r], out[r + 1], out[r + 2] = 0, 0, -diff
+      else
+        tats[j] = new_tat
+        out[r], out[r + 1], out[r + 2] = 1, math.floor(diff / interval), 0
+      end
+    end
+    if mode == "c" and out[o + 2] == 1 then
+      for j = 0, nchecks - 1 do
+        if tats[j] then
+          cur[KEYS[k + j]] = tats[j]
+          dirty[KEYS[k + j]] = true
+        end
+      end
+    end
+  else
+    for r = o + 3, o + 2 + 3 * nchecks do out[r] = 0 end
+  end
+  k = k + nchecks
+  a = a + 3 * nchecks
+end
+for key in pairs(dirty) do
+  local tat = cur[key]
+  redis.call("SET", key, string.format("%.0f", tat), "PX", math.ceil((tat - now) / 1000))
 end
 return out
 `)
@@ -88,6 +117,7 @@ return 0
 type rediser interface {
 	redis.Scripter
 	Pipeline() redis.Pipeliner
+	Process(ctx context.Context, cmd redis.Cmder) error
 	Ping(ctx context.Context) *redis.StatusCmd
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
 	SMembers(ctx context.Context, key string) *redis.StringSliceCmd
@@ -128,7 +158,7 @@ func (r *Redis) Decide(ctx context.Context, q *Query, a *Answer) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrStore, err)
 	}
-	return readAnswer(vals, q, nil, a)
+	return readOne(vals, q, nil, a)
 }
 
 // part is the subset of a query whose keys share one hash slot (tag):
@@ -151,28 +181,37 @@ func scriptArgs(q *Query, p *part) ([]string, []any) {
 		checks = nil
 	}
 	keys := make([]string, 0, len(guards)+len(checks))
-	args := make([]any, 0, 2+3*len(checks))
-	mode := "c"
-	switch q.Mode {
-	case Peek:
-		mode = "p"
-	case GuardsOnly:
-		mode = "g"
-	}
-	args = append(args, len(guards), mode)
+	args := make([]any, 0, 4+3*len(checks))
+	args = append(args, 1, len(guards), len(checks), modeArg(q.Mode))
 	for _, g := range guards {
 		keys = append(keys, q.Guards[g])
 	}
 	for _, i := range checks {
 		c := &q.Checks[i]
 		keys = append(keys, c.Key)
-		shadow := "0"
-		if c.Shadow {
-			shadow = "1"
-		}
-		args = append(args, c.Limit.interval(), c.Limit.Burst, shadow)
+		args = append(args, c.Limit.interval(), c.Limit.Burst, shadowArg(c.Shadow))
 	}
 	return keys, args
+}
+
+// modeArg is a query's mode in the script's arguments.
+func modeArg(m Mode) any {
+	switch m {
+	case Peek:
+		return "p"
+	case GuardsOnly:
+		return "g"
+	}
+	return "c"
+}
+
+// shadowArg is a check's shadow flag in the script's arguments (constants
+// in an interface: not allocated).
+func shadowArg(shadow bool) any {
+	if shadow {
+		return "1"
+	}
+	return "0"
 }
 
 func allIndexes(n int, p *part, guards bool) []int {
@@ -189,7 +228,41 @@ func allIndexes(n int, p *part, guards bool) []int {
 	return idx
 }
 
-// readAnswer folds one script reply for q (or its part p) into a.
+// readOne folds a script reply that holds one query, q or its part p, into a.
+func readOne(vals []int64, q *Query, p *part, a *Answer) error {
+	nchecks := len(q.Checks)
+	if p != nil {
+		nchecks = len(p.checks)
+	}
+	if q.Mode == GuardsOnly {
+		nchecks = 0
+	}
+	this, rest, err := splitReply(vals, nchecks)
+	if err == nil && len(rest) > 0 {
+		err = fmt.Errorf("%w: script returned %d values more than asked for", ErrStore, len(rest))
+	}
+	if err != nil {
+		return err
+	}
+	return readAnswer(this, q, p, a)
+}
+
+// splitReply takes the reply of a query with nchecks checks off the front of
+// a script's reply: this, for readAnswer, and the rest.
+func splitReply(vals []int64, nchecks int) (this, rest []int64, err error) {
+	n := 2 + 3*nchecks
+	if len(vals) < n {
+		return nil, nil, fmt.Errorf("%w: script returned %d values, want at least %d", ErrStore, len(vals), n)
+	}
+	this, rest = vals[:n], vals[n:]
+	if this[0] > 0 {
+		this = this[:2] // a guard decided: no verdicts
+	}
+	return this, rest, nil
+}
+
+// readAnswer folds one query's reply (from splitReply) for q, or its part p,
+// into a.
 func readAnswer(vals []int64, q *Query, p *part, a *Answer) error {
 	guards, checks := allIndexes(len(q.Guards), p, true), allIndexes(len(q.Checks), p, false)
 	if len(vals) < 2 {
@@ -281,7 +354,7 @@ func (r *Redis) decideSplit(ctx context.Context, q *Query, a *Answer, parts []*p
 			vals, err = decideScript.Run(ctx, r.client, keys[i], args[i]...).Int64Slice()
 		}
 		if err == nil {
-			err = readAnswer(vals, q, p, a)
+			err = readOne(vals, q, p, a)
 		}
 		if err != nil {
 			p.failed = true

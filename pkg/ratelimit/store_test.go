@@ -395,47 +395,62 @@ func BenchmarkMemoryAllow(b *testing.B) {
 	}
 }
 
-// The two stores decide alike on the same random sequence of queries:
-// limits of minutes and hours make the microseconds between the two calls
-// irrelevant.
+// The two stores decide alike on the same random sequence of queries.
 func TestStoresAgree(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	mem, red := NewMemory(), NewRedis(srv.Client)
 	rng := rand.New(rand.NewPCG(1, 2))
-	limits := []Limit{
-		{Rate: 3, Period: time.Hour, Burst: 3},
-		{Rate: 1, Period: time.Hour, Burst: 5},
-		{Rate: 10, Period: time.Minute, Burst: 2},
-		{Rate: 60, Period: time.Hour, Burst: 1},
-	}
-	guards := []string{"g0", "g1"}
 	for _, s := range []store{mem, red} {
 		if err := s.ListAdd(context.Background(), "idx", "x", "g1"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for step := range 2000 {
-		var q Query
-		for range 1 + rng.IntN(4) {
-			q.Checks = append(q.Checks, Check{
-				Key:    fmt.Sprint("k", rng.IntN(6)),
-				Limit:  limits[rng.IntN(len(limits))],
-				Shadow: rng.IntN(4) == 0,
-			})
-		}
-		if rng.IntN(10) == 0 {
-			q.Guards = guards[:1+rng.IntN(2)]
-		}
-		q.Mode = []Mode{Consume, Consume, Consume, Peek, GuardsOnly}[rng.IntN(5)]
+		q := randomQuery(rng)
 		a, b := decide(t, mem, q), decide(t, red, q)
-		if a.Guard != b.Guard || a.Admitted(&q) != b.Admitted(&q) {
-			t.Fatalf("step %d %+v: memory %+v, redis %+v", step, q, a, b)
-		}
-		for i := range a.Results {
-			ra, rb := a.Results[i], b.Results[i]
-			if ra.Allowed != rb.Allowed || ra.Remaining != rb.Remaining || (ra.RetryAfter-rb.RetryAfter).Abs() > time.Second {
-				t.Fatalf("step %d check %d %+v: memory %+v, redis %+v", step, i, q.Checks[i], ra, rb)
-			}
+		if err := sameAnswer(&q, &a, &b); err != nil {
+			t.Fatalf("step %d %+v: memory %+v, redis %+v: %v", step, q, a, b, err)
 		}
 	}
+}
+
+// randomQuery draws a query for the agreement tests: one to four checks on
+// six keys under hourly and minutely limits, some shadow, guards (of which
+// "g1" is set) one time in ten, and every mode.
+func randomQuery(rng *rand.Rand) Query {
+	limits := []Limit{
+		{Rate: 3, Period: time.Hour, Burst: 3},
+		{Rate: 1, Period: time.Hour, Burst: 5},
+		{Rate: 10, Period: time.Minute, Burst: 2},
+		{Rate: 60, Period: time.Hour, Burst: 1},
+	}
+	var q Query
+	for range 1 + rng.IntN(4) {
+		q.Checks = append(q.Checks, Check{
+			Key:    fmt.Sprint("k", rng.IntN(6)),
+			Limit:  limits[rng.IntN(len(limits))],
+			Shadow: rng.IntN(4) == 0,
+		})
+	}
+	if rng.IntN(10) == 0 {
+		q.Guards = []string{"g0", "g1"}[:1+rng.IntN(2)]
+	}
+	q.Mode = []Mode{Consume, Consume, Consume, Peek, GuardsOnly}[rng.IntN(5)]
+	return q
+}
+
+// sameAnswer says how two stores' answers to q differ, if they do: limits
+// of minutes and hours make the microseconds between the two calls
+// irrelevant to all but RetryAfter, allowed a second.
+func sameAnswer(q *Query, a, b *Answer) error {
+	if a.Guard != b.Guard || a.Admitted(q) != b.Admitted(q) {
+		return fmt.Errorf("guard %d, %d; admitted %v, %v", a.Guard, b.Guard, a.Admitted(q), b.Admitted(q))
+	}
+	for i := range a.Results {
+		ra, rb := a.Results[i], b.Results[i]
+		if ra.Allowed != rb.Allowed || ra.Remaining != rb.Remaining || (ra.RetryAfter-rb.RetryAfter).Abs() > time.Second {
+			return fmt.Errorf("check %d %+v: %+v, %+v", i, q.Checks[i], ra, rb)
+		}
+	}
+	return nil
 }
