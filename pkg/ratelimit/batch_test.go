@@ -549,7 +549,7 @@ func BenchmarkRedisDecide(b *testing.B) {
 				defer bt.Close()
 				run(b, bt, callers)
 				if pipelines, queries := bt.Stats(); pipelines > 0 {
-					b.ReportMetric(float64(queries)/float64(pipelines), "queries/pipeline")
+					b.ReportMetric(float64(queries)/float64(pipelines), "queries/batch")
 				}
 			})
 		}
