@@ -149,9 +149,26 @@ func New(opts Options) (*Gateway, error) {
 		}
 		g.ln = ln
 	}
-	g.srv = &fasthttp.Server{
-		Handler:                      g.handle,
-		ErrorHandler:                 g.handleError,
+	g.srv = NewHTTPServer(g.handle, opts)
+	g.srv.ErrorHandler = g.handleError
+	// fasthttp's parse errors quote the raw headers, Authorization
+	// included: keep them out of the log.
+	g.srv.SecureErrorLogMessage = true
+	// Keep-alive connections get "Connection: close" while stopping, so
+	// that IMServer does not send its next callback into a closed
+	// connection (a POST it would not retry).
+	g.srv.CloseOnShutdown = true
+	g.srv.Logger = fasthttpLogger{g.log}
+	return g, nil
+}
+
+// NewHTTPServer returns a fasthttp server for h with the gateway's HTTP
+// settings from opts (body limit, timeouts, connection limit) and nothing
+// else of the gateway: the benchmarks' reference server (pkg/ceiling) is
+// built by it too, so that only the work differs.
+func NewHTTPServer(h fasthttp.RequestHandler, opts Options) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:                      h,
 		Name:                         "joingate",
 		Concurrency:                  opts.MaxConns,
 		ReadBufferSize:               8 << 10,
@@ -162,16 +179,7 @@ func New(opts Options) (*Gateway, error) {
 		TCPKeepalive:                 true,
 		DisablePreParseMultipartForm: true,
 		NoDefaultContentType:         true,
-		// fasthttp's parse errors quote the raw headers, Authorization
-		// included: keep them out of the log.
-		SecureErrorLogMessage: true,
-		// Keep-alive connections get "Connection: close" while stopping,
-		// so that IMServer does not send its next callback into a closed
-		// connection (a POST it would not retry).
-		CloseOnShutdown: true,
-		Logger:          fasthttpLogger{g.log},
 	}
-	return g, nil
 }
 
 // Addr is the bound callback address.

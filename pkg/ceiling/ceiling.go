@@ -15,6 +15,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/callback"
 )
 
@@ -28,15 +29,15 @@ type Options struct {
 	MaxConns     int
 }
 
-// DefaultOptions match the gateway's defaults, so that only the work
-// differs.
+// DefaultOptions are the gateway's defaults, on loopback.
 func DefaultOptions() Options {
+	g := gateway.DefaultOptions()
 	return Options{
 		Listen:       "127.0.0.1:10006",
-		MaxBodyBytes: 64 << 10,
-		ReadTimeout:  5 * time.Second,
-		IdleTimeout:  90 * time.Second,
-		MaxConns:     100_000,
+		MaxBodyBytes: g.MaxBodyBytes,
+		ReadTimeout:  g.ReadTimeout,
+		IdleTimeout:  g.IdleTimeout,
+		MaxConns:     g.MaxConns,
 	}
 }
 
@@ -58,20 +59,12 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("reference listener %s: %w", opts.Listen, err)
 		}
 	}
-	// The gateway's fasthttp settings, field for field.
-	srv := &fasthttp.Server{
-		Handler:                      Handle,
-		Name:                         "joingate",
-		Concurrency:                  opts.MaxConns,
-		ReadBufferSize:               8 << 10,
-		MaxRequestBodySize:           opts.MaxBodyBytes,
-		ReadTimeout:                  opts.ReadTimeout,
-		WriteTimeout:                 opts.ReadTimeout,
-		IdleTimeout:                  opts.IdleTimeout,
-		TCPKeepalive:                 true,
-		DisablePreParseMultipartForm: true,
-		NoDefaultContentType:         true,
-	}
+	srv := gateway.NewHTTPServer(Handle, gateway.Options{
+		MaxBodyBytes: opts.MaxBodyBytes,
+		ReadTimeout:  opts.ReadTimeout,
+		IdleTimeout:  opts.IdleTimeout,
+		MaxConns:     opts.MaxConns,
+	})
 	return &Server{ln: ln, srv: srv}, nil
 }
 
