@@ -10,12 +10,10 @@ package deploy
 // should trip must trip.
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,7 +21,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,91 +35,15 @@ import (
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
-// process is a child process whose output goes to a file, shown when the
-// test fails; it is killed when the test ends if still running.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
-
-func start(t *testing.T, name string, env []string, bin string, args ...string) *process {
+func start(t *testing.T, name string, env []string, bin string, args ...string) *testenv.Process {
 	t.Helper()
-	p := &process{name: name, log: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	// The test's configuration is the flags and env it passes.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "JOINGATE_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	p.cmd.Env = append(p.cmd.Env, env...)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			out, _ := os.ReadFile(p.log)
-			t.Logf("----- %s: %s\n%s----- end of %s", name, strings.Join(p.cmd.Args, " "), out, name)
-		}
-	})
-	return p
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	return testenv.StartProcess(t, t.TempDir(), name, env, bin, args...)
 }
 
 // waitHTTP polls url until it answers 200.
-func waitHTTP(t *testing.T, p *process, url string) {
+func waitHTTP(t *testing.T, p *testenv.Process, url string) {
 	t.Helper()
-	var last string
-	ok := testenv.Eventually(20*time.Second, func() bool {
-		if p.exited() {
-			return true
-		}
-		resp, err := httpClient.Get(url)
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body))
-		return resp.StatusCode == http.StatusOK
-	})
-	if p.exited() {
-		t.Fatalf("%s exited: %s", p.name, p.cmd.ProcessState)
-	}
-	if !ok {
-		t.Fatalf("%s: %s not 200 within 20s; last: %s", p.name, url, last)
-	}
-}
-
-func loopback(t *testing.T) string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
+	testenv.WaitHTTP(t, p, url, 20*time.Second)
 }
 
 // buildJoingate builds the joingate binary of this checkout.
@@ -296,11 +217,11 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 	if err := os.WriteFile(configFile, policy, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	natsAddr, allListen, allAdmin := loopback(t), loopback(t), loopback(t)
+	natsAddr, allListen, allAdmin := testenv.Loopback(t), testenv.Loopback(t), testenv.Loopback(t)
 	all := start(t, "all", []string{"JOINGATE_NATS_EMBEDDED_LISTEN=" + natsAddr},
 		bin, "all", "--config", configFile, "--listen", allListen, "--admin-listen", allAdmin)
 	waitHTTP(t, all, "http://"+allAdmin+"/readyz")
-	gwListen, gwAdmin := loopback(t), loopback(t)
+	gwListen, gwAdmin := testenv.Loopback(t), testenv.Loopback(t)
 	gw := start(t, "gateway", []string{"JOINGATE_NATS_SUBJECT=nobody"},
 		bin, "gateway", "--nats", "nats://"+natsAddr, "--listen", gwListen, "--admin-listen", gwAdmin)
 	waitHTTP(t, gw, "http://"+gwAdmin+"/readyz")
@@ -452,15 +373,12 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 		}
 	}
 
-	for _, p := range []*process{gw, all} {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-			if !p.cmd.ProcessState.Success() {
-				t.Errorf("%s exited with %s after SIGTERM", p.name, p.cmd.ProcessState)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("%s still running 20s after SIGTERM", p.name)
+	for _, p := range []*testenv.Process{gw, all} {
+		p.Cmd.Process.Signal(syscall.SIGTERM)
+		if !p.Wait(20 * time.Second) {
+			t.Errorf("%s still running 20s after SIGTERM", p.Name)
+		} else if !p.Cmd.ProcessState.Success() {
+			t.Errorf("%s exited with %s after SIGTERM", p.Name, p.Cmd.ProcessState)
 		}
 	}
 }
@@ -468,7 +386,7 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 // prometheus is a Prometheus server run by the test.
 type prometheus struct {
 	addr string
-	proc *process
+	proc *testenv.Process
 }
 
 // startPrometheus runs prometheus scraping each admin address (job name to
@@ -484,7 +402,7 @@ func startPrometheus(t *testing.T, bin string, targets map[string]string) *prome
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &prometheus{addr: loopback(t)}
+	p := &prometheus{addr: testenv.Loopback(t)}
 	p.proc = start(t, "prometheus", nil, bin,
 		"--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),

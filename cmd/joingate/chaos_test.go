@@ -141,11 +141,11 @@ type cluster struct {
 	logs, config      string
 	redis             *testenv.Redis
 	natsAddr, natsURL string
-	nats              *process
+	nats              *testenv.Process
 	gwAddr, gwAdmin   string
-	gateway           *process
+	gateway           *testenv.Process
 	workerAdmins      []string
-	workers           []*process
+	workers           []*testenv.Process
 }
 
 func startCluster(t *testing.T) *cluster {
@@ -163,10 +163,10 @@ join_group:
     - {name: per-applicant, key: applicant, limit: 1000, period: 1m}
     - {name: per-group, key: group, limit: 1000000, period: 1m}
 `, chaosTimeout)), 0o644)
-	c.natsAddr = loopback(t)
+	c.natsAddr = testenv.Loopback(t)
 	c.natsURL = "nats://" + c.natsAddr
 	c.startNATS()
-	c.gwAddr, c.gwAdmin = loopback(t), loopback(t)
+	c.gwAddr, c.gwAdmin = testenv.Loopback(t), testenv.Loopback(t)
 	c.gateway = startProcess(t, c.logs, "gateway", bin, "gateway", "--config", c.config, "--nats", c.natsURL,
 		"--listen", c.gwAddr, "--admin-listen", c.gwAdmin)
 	waitReady(t, c.gateway, c.gwAdmin)
@@ -183,7 +183,7 @@ func (c *cluster) startNATS() {
 }
 
 func (c *cluster) startWorker(name string) {
-	admin := loopback(c.t)
+	admin := testenv.Loopback(c.t)
 	w := startProcess(c.t, c.logs, name, c.bin, "worker", "--config", c.config, "--nats", c.natsURL,
 		"--redis", c.redis.URL, "--admin-listen", admin)
 	waitReady(c.t, w, admin)
@@ -241,10 +241,10 @@ func TestChaosKillWorker(t *testing.T) {
 	c := startCluster(t)
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before the kill", 200)
-	if err := c.workers[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := c.workers[0].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	c.workers[0].wait(5 * time.Second)
+	c.workers[0].Wait(5 * time.Second)
 	before := c.metric(c.workerAdmins[1], workerDecided)
 	c.waitDecisions("after the kill", 400)
 	got := l.stop()
@@ -261,8 +261,8 @@ func TestChaosRestartNATS(t *testing.T) {
 	c := startCluster(t)
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before the restart", 200)
-	c.nats.cmd.Process.Signal(syscall.SIGKILL)
-	c.nats.wait(5 * time.Second)
+	c.nats.Cmd.Process.Signal(syscall.SIGKILL)
+	c.nats.Wait(5 * time.Second)
 	// During the outage every answer is the fallback, within the timeout.
 	unavailable := c.fallbacks("nats_unavailable")
 	if !testenv.Eventually(10*time.Second, func() bool { return c.fallbacks("nats_unavailable") >= unavailable+100 }) {
@@ -321,9 +321,9 @@ func TestChaosSIGTERM(t *testing.T) {
 	c.waitDecisions("before SIGTERM", 200)
 
 	// A worker stops: it drains, exits 0, and the other takes the load.
-	c.workers[0].cmd.Process.Signal(syscall.SIGTERM)
-	if !c.workers[0].wait(15*time.Second) || c.workers[0].cmd.ProcessState.ExitCode() != 0 {
-		t.Fatalf("worker1 did not exit 0 after SIGTERM: %v", c.workers[0].cmd.ProcessState)
+	c.workers[0].Cmd.Process.Signal(syscall.SIGTERM)
+	if !c.workers[0].Wait(15*time.Second) || c.workers[0].Cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("worker1 did not exit 0 after SIGTERM: %v", c.workers[0].Cmd.ProcessState)
 	}
 	c.waitDecisions("after the worker stopped", 200)
 	mid := l.snapshot()
@@ -333,9 +333,9 @@ func TestChaosSIGTERM(t *testing.T) {
 
 	// The gateway stops: every request it accepted is answered; after the
 	// listener closes, new connections are refused (nothing else).
-	c.gateway.cmd.Process.Signal(syscall.SIGTERM)
-	if !c.gateway.wait(15*time.Second) || c.gateway.cmd.ProcessState.ExitCode() != 0 {
-		t.Fatalf("gateway did not exit 0 after SIGTERM: %v", c.gateway.cmd.ProcessState)
+	c.gateway.Cmd.Process.Signal(syscall.SIGTERM)
+	if !c.gateway.Wait(15*time.Second) || c.gateway.Cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("gateway did not exit 0 after SIGTERM: %v", c.gateway.Cmd.ProcessState)
 	}
 	got := l.stop()
 	report(t, "SIGTERM a worker, then the gateway", got, "worker exit 0, gateway exit 0")

@@ -94,7 +94,7 @@ func TestCtl(t *testing.T) {
 		t.Fatalf("wrong token: %d %q", code, errb.String())
 	}
 	errb.Reset()
-	dead := "http://" + loopback(t)
+	dead := "http://" + testenv.Loopback(t)
 	if code := runCtl([]string{"--admin", dead, "--timeout", time.Second.String(), "deny", "list", "group"}, nil, nil, &bytes.Buffer{}, &errb); code != 1 || !strings.Contains(errb.String(), "cannot reach the admin API") {
 		t.Fatalf("unreachable admin: %d %q", code, errb.String())
 	}

@@ -79,75 +79,9 @@ func binaries(t *testing.T) (joingate, natsServer string) {
 	return joingate, natsServer
 }
 
-// process is a child process whose output goes to a file, shown when the
-// test fails. It is killed when the test ends if it is still running.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
-
-func startProcess(t *testing.T, logDir, name, bin string, args ...string) *process {
+func startProcess(t *testing.T, logDir, name, bin string, args ...string) *testenv.Process {
 	t.Helper()
-	return startProcessEnv(t, logDir, name, nil, bin, args...)
-}
-
-// startProcessEnv is startProcess with extra environment variables.
-func startProcessEnv(t *testing.T, logDir, name string, env []string, bin string, args ...string) *process {
-	t.Helper()
-	p := &process{name: name, log: filepath.Join(logDir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close() // the child has its own descriptor
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.Env = append(childEnv(), env...)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if !p.exited() {
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			out, _ := os.ReadFile(p.log)
-			t.Logf("----- %s: %s\n%s----- end of %s (%s)", name, strings.Join(p.cmd.Args, " "), out, name, p.cmd.ProcessState)
-		}
-	})
-	return p
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// wait waits up to timeout for the process to exit and reports whether it
-// did; p.cmd.ProcessState is then set.
-func (p *process) wait(timeout time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(timeout):
-		return false
-	}
-}
-
-func (p *process) output() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
+	return testenv.StartProcess(t, logDir, name, nil, bin, args...)
 }
 
 // childEnv is this process's environment without JOINGATE_* variables: the
@@ -162,17 +96,13 @@ func childEnv() []string {
 	return env
 }
 
-func loopback(t *testing.T) string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
-}
-
 // waitNATS waits until a NATS server accepts connections on addr: it
 // greets every client with an INFO line.
-func waitNATS(t *testing.T, p *process, addr string) {
+func waitNATS(t *testing.T, p *testenv.Process, addr string) {
 	t.Helper()
 	var lastErr error
 	ok := testenv.Eventually(10*time.Second, func() bool {
-		if p.exited() {
+		if p.Exited() {
 			return true
 		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -189,8 +119,8 @@ func waitNATS(t *testing.T, p *process, addr string) {
 		}
 		return true
 	})
-	if p.exited() {
-		t.Fatalf("nats-server exited: %s", p.cmd.ProcessState)
+	if p.Exited() {
+		t.Fatalf("nats-server exited: %s", p.Cmd.ProcessState)
 	}
 	if !ok {
 		t.Fatalf("nats-server not accepting connections on %s within 10s: %v", addr, lastErr)
@@ -200,29 +130,9 @@ func waitNATS(t *testing.T, p *process, addr string) {
 var client = &http.Client{Timeout: 5 * time.Second}
 
 // waitReady polls GET http://admin/readyz until it answers 200.
-func waitReady(t *testing.T, p *process, admin string) {
+func waitReady(t *testing.T, p *testenv.Process, admin string) {
 	t.Helper()
-	var last string
-	ok := testenv.Eventually(15*time.Second, func() bool {
-		if p.exited() {
-			return true
-		}
-		resp, err := client.Get("http://" + admin + "/readyz")
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body))
-		return resp.StatusCode == http.StatusOK
-	})
-	if p.exited() {
-		t.Fatalf("%s exited before it was ready: %s", p.name, p.cmd.ProcessState)
-	}
-	if !ok {
-		t.Fatalf("%s not ready within 15s; last /readyz: %s", p.name, last)
-	}
+	testenv.WaitHTTP(t, p, "http://"+admin+"/readyz", 15*time.Second)
 }
 
 // answer is the callback response IMServer parses.
@@ -359,17 +269,17 @@ func TestEndToEnd(t *testing.T) {
 	logs := t.TempDir()
 
 	rdb := testenv.StartRedis(t)
-	natsAddr := loopback(t)
+	natsAddr := testenv.Loopback(t)
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	ns := startProcess(t, logs, "nats-server", natsServer, "-a", "127.0.0.1", "-p", natsPort)
 	waitNATS(t, ns, natsAddr)
 	natsURL := "nats://" + natsAddr
 
-	gwAddr, gwAdmin := loopback(t), loopback(t)
+	gwAddr, gwAdmin := testenv.Loopback(t), testenv.Loopback(t)
 	gw := startProcess(t, logs, "gateway", joingate, "gateway", "--config", config,
 		"--nats", natsURL, "--listen", gwAddr, "--admin-listen", gwAdmin)
-	workerAdmins := []string{loopback(t), loopback(t)}
-	var workers []*process
+	workerAdmins := []string{testenv.Loopback(t), testenv.Loopback(t)}
+	var workers []*testenv.Process
 	for i, admin := range workerAdmins {
 		workers = append(workers, startProcess(t, logs, fmt.Sprintf("worker%d", i+1), joingate, "worker",
 			"--config", config, "--nats", natsURL, "--redis", rdb.URL, "--admin-listen", admin))
@@ -502,7 +412,7 @@ func TestEndToEnd(t *testing.T) {
 		// Workers log each decision at debug level with IMServer's
 		// Operationid, which crosses NATS as a header.
 		if !testenv.Eventually(5*time.Second, func() bool {
-			return strings.Contains(workers[0].output()+workers[1].output(), "operationID=e2e-limit-4")
+			return strings.Contains(workers[0].Output()+workers[1].Output(), "operationID=e2e-limit-4")
 		}) {
 			t.Error("no worker logged operationID=e2e-limit-4")
 		}
@@ -513,13 +423,13 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("fallback without workers", func(t *testing.T) {
 		for _, w := range workers {
-			if err := w.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatalf("kill %s: %v", w.name, err)
+			if err := w.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatalf("kill %s: %v", w.Name, err)
 			}
 		}
 		for _, w := range workers {
-			if !w.wait(5 * time.Second) {
-				t.Fatalf("%s still running 5s after SIGKILL", w.name)
+			if !w.Wait(5 * time.Second) {
+				t.Fatalf("%s still running 5s after SIGKILL", w.Name)
 			}
 		}
 		// Until nats-server notices the dead connections a request may wait
@@ -553,14 +463,14 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("gateway stops on SIGTERM", func(t *testing.T) {
-		if err := gw.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		if err := gw.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		if !gw.wait(10 * time.Second) {
+		if !gw.Wait(10 * time.Second) {
 			t.Fatal("gateway still running 10s after SIGTERM")
 		}
-		if code := gw.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Fatalf("gateway exited with %s, want status 0", gw.cmd.ProcessState)
+		if code := gw.Cmd.ProcessState.ExitCode(); code != 0 {
+			t.Fatalf("gateway exited with %s, want status 0", gw.Cmd.ProcessState)
 		}
 	})
 }
@@ -576,9 +486,9 @@ func TestAllWithRedisAndOutsideWorker(t *testing.T) {
 	}
 	logs := t.TempDir()
 	rdb := testenv.StartRedis(t)
-	natsAddr, gwAddr, allAdmin, workerAdmin := loopback(t), loopback(t), loopback(t), loopback(t)
+	natsAddr, gwAddr, allAdmin, workerAdmin := testenv.Loopback(t), testenv.Loopback(t), testenv.Loopback(t), testenv.Loopback(t)
 
-	all := startProcessEnv(t, logs, "all", []string{"JOINGATE_NATS_EMBEDDED_LISTEN=" + natsAddr}, joingate, "all",
+	all := testenv.StartProcess(t, logs, "all", []string{"JOINGATE_NATS_EMBEDDED_LISTEN=" + natsAddr}, joingate, "all",
 		"--config", config, "--redis", rdb.URL, "--listen", gwAddr, "--admin-listen", allAdmin)
 	waitReady(t, all, allAdmin)
 	outside := startProcess(t, logs, "worker", joingate, "worker",
@@ -614,12 +524,12 @@ func TestAllWithRedisAndOutsideWorker(t *testing.T) {
 		t.Fatalf("no joingate keys in Redis (%v): `all --redis` did not use Redis", err)
 	}
 
-	for _, p := range []*process{outside, all} {
-		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	for _, p := range []*testenv.Process{outside, all} {
+		if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		if !p.wait(10*time.Second) || p.cmd.ProcessState.ExitCode() != 0 {
-			t.Fatalf("%s did not exit 0 within 10s of SIGTERM: %v", p.name, p.cmd.ProcessState)
+		if !p.Wait(10*time.Second) || p.Cmd.ProcessState.ExitCode() != 0 {
+			t.Fatalf("%s did not exit 0 within 10s of SIGTERM: %v", p.Name, p.Cmd.ProcessState)
 		}
 	}
 }
@@ -642,7 +552,7 @@ func TestReloadPolicy(t *testing.T) {
 		}
 	}
 	policy(1, "")
-	gwAddr, admin := loopback(t), loopback(t)
+	gwAddr, admin := testenv.Loopback(t), testenv.Loopback(t)
 	all := startProcess(t, t.TempDir(), "all", joingate, "all", "--config", cfgPath, "--listen", gwAddr, "--admin-listen", admin)
 	waitReady(t, all, admin)
 	reloads := func(result string) float64 {
@@ -660,7 +570,7 @@ func TestReloadPolicy(t *testing.T) {
 	// Raise the limit to 3 for everyone.
 	policy(3, "")
 	if !testenv.Eventually(10*time.Second, func() bool { return reloads("success") >= 1 }) {
-		t.Fatalf("no successful reload after the file changed:\n%s", all.output())
+		t.Fatalf("no successful reload after the file changed:\n%s", all.Output())
 	}
 	for i := 1; i <= 4; i++ {
 		if allowed("u5") != (i <= 3) {
@@ -678,8 +588,8 @@ func TestReloadPolicy(t *testing.T) {
 	if got := metricValue(t, metrics(t, admin), "joingate_config_last_reload_successful"); got != 0 {
 		t.Fatalf("last_reload_successful = %v after a bad file", got)
 	}
-	if !strings.Contains(all.output(), "join_group.limits[0].key") {
-		t.Fatalf("the log does not name the bad key:\n%s", all.output())
+	if !strings.Contains(all.Output(), "join_group.limits[0].key") {
+		t.Fatalf("the log does not name the bad key:\n%s", all.Output())
 	}
 	if !allowed("u2") {
 		t.Fatal("the policy was lost with the bad file")
@@ -692,7 +602,7 @@ func TestReloadPolicy(t *testing.T) {
 		t.Fatal("no reload after the file was fixed")
 	}
 	before = reloads("success")
-	if err := all.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := all.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	if !testenv.Eventually(10*time.Second, func() bool { return reloads("success") > before }) {
@@ -701,8 +611,8 @@ func TestReloadPolicy(t *testing.T) {
 	if allowed("u3") {
 		t.Fatal("deny_groups [g] not in force after reload")
 	}
-	if err := all.cmd.Process.Signal(syscall.SIGTERM); err != nil || !all.wait(10*time.Second) || all.cmd.ProcessState.ExitCode() != 0 {
-		t.Fatalf("all did not stop cleanly: %v %v", err, all.cmd.ProcessState)
+	if err := all.Cmd.Process.Signal(syscall.SIGTERM); err != nil || !all.Wait(10*time.Second) || all.Cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("all did not stop cleanly: %v %v", err, all.Cmd.ProcessState)
 	}
 }
 
@@ -719,7 +629,7 @@ func TestSecretsStayOut(t *testing.T) {
 	)
 	logs := t.TempDir()
 	rdb := testenv.StartRedis(t)
-	natsAddr := loopback(t)
+	natsAddr := testenv.Loopback(t)
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	ns := startProcess(t, logs, "nats-server", natsServer, "-a", "127.0.0.1", "-p", natsPort, "--user", "jg", "--pass", natsPass)
 	waitNATS(t, ns, natsAddr)
@@ -730,9 +640,9 @@ func TestSecretsStayOut(t *testing.T) {
 		"JOINGATE_ADMIN_TOKEN=" + token,
 		"JOINGATE_LOG_LEVEL=debug",
 	}
-	gwAddr, gwAdmin, wkAdmin := loopback(t), loopback(t), loopback(t)
-	gw := startProcessEnv(t, logs, "gateway", env, joingate, "gateway", "--nats", natsURL, "--listen", gwAddr, "--admin-listen", gwAdmin)
-	wk := startProcessEnv(t, logs, "worker", env, joingate, "worker", "--nats", natsURL, "--redis", rdb.URL, "--admin-listen", wkAdmin)
+	gwAddr, gwAdmin, wkAdmin := testenv.Loopback(t), testenv.Loopback(t), testenv.Loopback(t)
+	gw := testenv.StartProcess(t, logs, "gateway", env, joingate, "gateway", "--nats", natsURL, "--listen", gwAddr, "--admin-listen", gwAdmin)
+	wk := testenv.StartProcess(t, logs, "worker", env, joingate, "worker", "--nats", natsURL, "--redis", rdb.URL, "--admin-listen", wkAdmin)
 	waitReady(t, gw, gwAdmin)
 	waitReady(t, wk, wkAdmin)
 
@@ -756,15 +666,15 @@ func TestSecretsStayOut(t *testing.T) {
 	}
 	run([]string{"ctl", "--admin", "http://" + wkAdmin, "--token", token + "-wrong", "deny", "list", "applicant"}, nil, &out, &errb)
 	// A process that cannot log in to NATS says why without the password.
-	bad := startProcessEnv(t, logs, "bad-gateway", env, joingate, "gateway", "--nats", "nats://jg:wrong-"+natsPass+"@"+natsAddr,
-		"--listen", loopback(t), "--admin-listen", loopback(t))
-	if !bad.wait(15 * time.Second) {
+	bad := testenv.StartProcess(t, logs, "bad-gateway", env, joingate, "gateway", "--nats", "nats://jg:wrong-"+natsPass+"@"+natsAddr,
+		"--listen", testenv.Loopback(t), "--admin-listen", testenv.Loopback(t))
+	if !bad.Wait(15 * time.Second) {
 		t.Fatal("a gateway with a wrong NATS password kept running")
 	}
 
 	texts := map[string]string{"ctl output": out.String() + errb.String(), "gateway metrics": metrics(t, gwAdmin), "worker metrics": metrics(t, wkAdmin)}
-	for _, p := range []*process{gw, wk, bad} {
-		texts[p.name+" log"] = p.output()
+	for _, p := range []*testenv.Process{gw, wk, bad} {
+		texts[p.Name+" log"] = p.Output()
 	}
 	if !strings.Contains(texts["bad-gateway log"], "Authorization") && !strings.Contains(texts["bad-gateway log"], "authorization") {
 		t.Fatalf("the failed NATS login is not explained:\n%s", texts["bad-gateway log"])
