@@ -44,11 +44,8 @@ func New(url string, timeout time.Duration, poolSize int) (*redis.Client, error)
 	if err != nil {
 		return nil, err
 	}
-	tune(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, timeout)
-	opts.ContextTimeoutEnabled = true
-	opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = maxRetries, minRetryBackoff, maxRetryBackoff
-	opts.PoolSize = poolSize
-	opts.ClientName = clientName
+	tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
+		&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName}, timeout, poolSize)
 	return redis.NewClient(opts), nil
 }
 
@@ -72,22 +69,16 @@ func NewUniversal(url, mode string, timeout time.Duration, poolSize int) (redis.
 		if err != nil {
 			return nil, err
 		}
-		tune(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, timeout)
-		opts.ContextTimeoutEnabled = true
-		opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = maxRetries, minRetryBackoff, maxRetryBackoff
-		opts.PoolSize = poolSize
-		opts.ClientName = clientName
+		tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
+			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName}, timeout, poolSize)
 		return redis.NewFailoverClient(opts), nil
 	case Cluster:
 		opts, err := parseCluster(url)
 		if err != nil {
 			return nil, err
 		}
-		tune(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, timeout)
-		opts.ContextTimeoutEnabled = true
-		opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = maxRetries, minRetryBackoff, maxRetryBackoff
-		opts.PoolSize = poolSize
-		opts.ClientName = clientName
+		tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
+			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName}, timeout, poolSize)
 		// The cluster client retries a timed-out command within its redirect
 		// loop, which would run a decision script twice: no redirects
 		// either. A MOVED slot (resharding) fails that one call and makes
@@ -136,17 +127,26 @@ func Addrs(url, mode string) []string {
 	return nil
 }
 
-const (
-	clientName = "joingate"
-	// No retries (-1 in go-redis): see NewUniversal.
-	maxRetries      = -1
-	minRetryBackoff = time.Millisecond
-	maxRetryBackoff = 10 * time.Millisecond
-)
+// fields points at the options that every mode's client has (go-redis has
+// one options type per mode), so that tune sets them in one place.
+type fields struct {
+	dial, read, write, pool *time.Duration
+	contextTimeout          *bool
+	maxRetries              *int
+	minBackoff, maxBackoff  *time.Duration
+	poolSize                *int
+	name                    *string
+}
 
-// tune sets the four timeouts of one client's options to timeout.
-func tune(dial, read, write, pool *time.Duration, timeout time.Duration) {
-	*dial, *read, *write, *pool = timeout, timeout, timeout, timeout
+// tune sets what every mode shares: timeout on every dial, read, write and
+// wait for a pooled connection, context deadlines honoured, no retries (-1
+// in go-redis: see NewUniversal), the pool size and the client name.
+func tune(f fields, timeout time.Duration, poolSize int) {
+	*f.dial, *f.read, *f.write, *f.pool = timeout, timeout, timeout, timeout
+	*f.contextTimeout = true
+	*f.maxRetries, *f.minBackoff, *f.maxBackoff = -1, time.Millisecond, 10*time.Millisecond
+	*f.poolSize = poolSize
+	*f.name = "joingate"
 }
 
 func modeError(mode string) error {
