@@ -329,7 +329,7 @@ func newStore(cfg config.Config, log *slog.Logger) (store, func(), error) {
 	}
 	// go-redis logs through a package-level logger; main owns it.
 	redis.SetLogger(redisLogger{log: log.With("component", "redis"), throttle: throttle.New(time.Second)})
-	client, err := redisconn.NewUniversal(cfg.Redis.URL, cfg.Redis.Mode, cfg.Redis.Timeout, min(cfg.Worker.Concurrency, 512))
+	client, err := redisconn.NewUniversal(cfg.Redis.URL, cfg.Redis.Mode, cfg.Redis.RedisTLS(), cfg.Redis.Timeout, min(cfg.Worker.Concurrency, 512))
 	if err != nil {
 		return nil, nil, err
 	}

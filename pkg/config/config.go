@@ -7,6 +7,8 @@ package config
 
 import (
 	"time"
+
+	"github.com/joingate/joingate/pkg/redisconn"
 )
 
 // Config is the whole configuration; deploy/joingate.example.yaml documents
@@ -59,6 +61,13 @@ type Redis struct {
 	Mode      string        `yaml:"mode"`
 	KeyPrefix string        `yaml:"key_prefix"`
 	Timeout   time.Duration `yaml:"timeout"`
+	// TLS adds a private CA and a client certificate to a rediss:// URL.
+	TLS TLSClient `yaml:"tls"`
+}
+
+// RedisTLS is r.TLS as the Redis client takes it.
+func (r Redis) RedisTLS() redisconn.TLS {
+	return redisconn.TLS{CAFile: r.TLS.CAFile, CertFile: r.TLS.CertFile, KeyFile: r.TLS.KeyFile}
 }
 
 // Gateway configures the callback edge.

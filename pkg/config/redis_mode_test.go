@@ -1,6 +1,7 @@
 package config
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -48,4 +49,38 @@ func TestRedisMode(t *testing.T) {
 	bad("standalone", "redis://:s3cret@h:1?addr=h:2", "JOINGATE_REDIS_URL", "redis.url", "mode sentinel or cluster?")
 	bad("sentinel", "redis://:s3cret@s1:26379", "redis.url", "master_name")
 	bad("cluster", "redis://:s3cret@n1:7000/2", "redis.url", "database 0 only")
+}
+
+// redis.tls is checked with redis.url: files that load, a rediss:// URL,
+// errors under the key redis.tls.
+func TestRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.pem")
+	load := func(env ...string) error {
+		t.Helper()
+		_, err := Load("", env, nil)
+		return err
+	}
+	for _, c := range []struct {
+		env  []string
+		want []string
+	}{
+		{[]string{"JOINGATE_REDIS_URL=redis://h:6379", "JOINGATE_REDIS_TLS_CA_FILE=" + missing}, []string{"redis.tls", "JOINGATE_REDIS_TLS_CA_FILE", "rediss://"}},
+		{[]string{"JOINGATE_REDIS_URL=rediss://h:6380", "JOINGATE_REDIS_TLS_CA_FILE=" + missing}, []string{"redis.tls", "ca_file", "missing.pem"}},
+		{[]string{"JOINGATE_REDIS_URL=rediss://h:6380", "JOINGATE_REDIS_TLS_CERT_FILE=" + missing}, []string{"redis.tls", "go together"}},
+		{[]string{"JOINGATE_REDIS_TLS_CA_FILE=" + missing}, []string{"redis.tls", "needs a rediss:// redis.url"}},
+	} {
+		err := load(c.env...)
+		if err == nil {
+			t.Fatalf("%v: no error", c.env)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Fatalf("%v: error %q does not mention %q", c.env, err, w)
+			}
+		}
+	}
+	if err := load("JOINGATE_REDIS_URL=rediss://:pw@h:6380"); err != nil {
+		t.Fatalf("rediss:// without files (system roots): %v", err)
+	}
 }

@@ -26,6 +26,22 @@ var (
 	subjectPart = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 )
 
+// sourceOf says where key's value came from; for a group of keys
+// ("redis.tls"), where the values set under it came from.
+func (l *loader) sourceOf(key string) (string, bool) {
+	if src, ok := l.source[key]; ok {
+		return src, true
+	}
+	var srcs []string
+	for k, src := range l.source {
+		if strings.HasPrefix(k, key+".") && !slices.Contains(srcs, src) {
+			srcs = append(srcs, src)
+		}
+	}
+	slices.Sort(srcs)
+	return strings.Join(srcs, ", "), len(srcs) > 0
+}
+
 // validate checks the merged configuration and fills defaults that depend
 // on other keys. Each error names the key and where its value came from.
 func (l *loader) validate() error {
@@ -33,7 +49,7 @@ func (l *loader) validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
-		if src, ok := l.source[key]; ok {
+		if src, ok := l.sourceOf(key); ok {
 			errs = append(errs, fmt.Errorf("%s: %s: %s", src, key, msg))
 		} else {
 			errs = append(errs, fmt.Errorf("%s: %s", key, msg))
@@ -117,9 +133,14 @@ func (l *loader) validate() error {
 	if c.Redis.URL != "" && slices.Contains(redisconn.Modes, c.Redis.Mode) {
 		// The URL's form depends on the mode (sentinel and cluster URLs list
 		// more nodes in addr= options).
-		if err := redisconn.Validate(c.Redis.URL, c.Redis.Mode); err != nil {
+		switch err := redisconn.Validate(c.Redis.URL, c.Redis.Mode, c.Redis.RedisTLS()); {
+		case errors.Is(err, redisconn.ErrTLS):
+			bad("redis.tls", "%v", err)
+		case err != nil:
 			bad("redis.url", "%v", redactURLError(err, c.Redis.URL))
 		}
+	} else if c.Redis.URL == "" && c.Redis.TLS != (TLSClient{}) {
+		bad("redis.tls", "needs a rediss:// redis.url (without one, limits are kept in process memory)")
 	}
 	if strings.ContainsAny(c.Redis.KeyPrefix, "{}") {
 		bad("redis.key_prefix", "must not contain { or } (joingate uses Redis Cluster hash tags), got %q", c.Redis.KeyPrefix)

@@ -6,9 +6,12 @@
 package redisconn
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -37,20 +40,74 @@ var Modes = []string{Standalone, Sentinel, Cluster}
 // ErrMode is returned for a mode that is not one of Modes.
 var ErrMode = errors.New("unknown redis mode")
 
+// TLS names the files that secure a rediss:// connection: CAFile verifies
+// the server instead of the system's roots (a private CA), CertFile and
+// KeyFile authenticate joingate to a server that asks for a client
+// certificate. All empty: a rediss:// URL verifies against the system's
+// roots.
+type TLS struct {
+	CAFile, CertFile, KeyFile string
+}
+
+// ErrTLS is wrapped by errors about TLS's files or their use.
+var ErrTLS = errors.New("redis tls")
+
+// apply adds t's files to the TLS configuration a rediss:// URL gave
+// (*cfg; nil for redis:// and unix://).
+func (t TLS) apply(cfg **tls.Config) error {
+	if t == (TLS{}) {
+		return nil
+	}
+	if *cfg == nil {
+		return fmt.Errorf("%w: ca_file, cert_file and key_file need a rediss:// URL", ErrTLS)
+	}
+	c := (*cfg).Clone()
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return fmt.Errorf("%w: ca_file: %w", ErrTLS, err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("%w: ca_file %s holds no PEM certificate", ErrTLS, t.CAFile)
+		}
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return fmt.Errorf("%w: cert_file and key_file go together", ErrTLS)
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return fmt.Errorf("%w: cannot load the client certificate: %w", ErrTLS, err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	*cfg = c
+	return nil
+}
+
 // New returns a client for a standalone Redis at url (redis://, rediss://
-// or unix://): NewUniversal in Standalone mode, as its concrete type.
+// or unix://) without TLS files: NewUniversal in Standalone mode, as its
+// concrete type.
 func New(url string, timeout time.Duration, poolSize int) (*redis.Client, error) {
+	return newStandalone(url, TLS{}, timeout, poolSize)
+}
+
+func newStandalone(url string, t TLS, timeout time.Duration, poolSize int) (*redis.Client, error) {
 	opts, err := parseStandalone(url)
 	if err != nil {
 		return nil, err
 	}
-	tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
-		&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName}, timeout, poolSize)
+	if err := tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
+		&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName, &opts.TLSConfig}, t, timeout, poolSize); err != nil {
+		return nil, err
+	}
 	return redis.NewClient(opts), nil
 }
 
 // NewUniversal returns a client for url in mode (one of Modes; "" is
-// Standalone). The interface holds the concrete client: *redis.Client for
+// Standalone), with t's files for a rediss:// URL. The interface holds the
+// concrete client: *redis.Client for
 // Standalone and Sentinel, *redis.ClusterClient for Cluster, which the
 // limiter store recognises to split a request by hash slot.
 //
@@ -60,25 +117,29 @@ func New(url string, timeout time.Duration, poolSize int) (*redis.Client, error)
 // short, and no call is retried: the decision script is not idempotent (a
 // retry after a slow reply would charge a request twice), and a request's
 // budget leaves no time for a retry anyway.
-func NewUniversal(url, mode string, timeout time.Duration, poolSize int) (redis.UniversalClient, error) {
+func NewUniversal(url, mode string, t TLS, timeout time.Duration, poolSize int) (redis.UniversalClient, error) {
 	switch mode {
 	case "", Standalone:
-		return New(url, timeout, poolSize)
+		return newStandalone(url, t, timeout, poolSize)
 	case Sentinel:
 		opts, err := parseSentinel(url)
 		if err != nil {
 			return nil, err
 		}
-		tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
-			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName}, timeout, poolSize)
+		if err := tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
+			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName, &opts.TLSConfig}, t, timeout, poolSize); err != nil {
+			return nil, err
+		}
 		return redis.NewFailoverClient(opts), nil
 	case Cluster:
 		opts, err := parseCluster(url)
 		if err != nil {
 			return nil, err
 		}
-		tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
-			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName}, timeout, poolSize)
+		if err := tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
+			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName, &opts.TLSConfig}, t, timeout, poolSize); err != nil {
+			return nil, err
+		}
 		// The cluster client retries a timed-out command within its redirect
 		// loop, which would run a decision script twice: no redirects
 		// either. A MOVED slot (resharding) fails that one call and makes
@@ -89,21 +150,34 @@ func NewUniversal(url, mode string, timeout time.Duration, poolSize int) (redis.
 	return nil, modeError(mode)
 }
 
-// Validate reports whether url can be used in mode, without connecting:
-// what NewUniversal would refuse.
-func Validate(url, mode string) error {
-	var err error
+// Validate reports whether url can be used in mode with t's files,
+// without connecting: what NewUniversal would refuse. An error about the
+// files wraps ErrTLS.
+func Validate(url, mode string, t TLS) error {
+	var cfg **tls.Config
 	switch mode {
 	case "", Standalone:
-		_, err = parseStandalone(url)
+		o, err := parseStandalone(url)
+		if err != nil {
+			return err
+		}
+		cfg = &o.TLSConfig
 	case Sentinel:
-		_, err = parseSentinel(url)
+		o, err := parseSentinel(url)
+		if err != nil {
+			return err
+		}
+		cfg = &o.TLSConfig
 	case Cluster:
-		_, err = parseCluster(url)
+		o, err := parseCluster(url)
+		if err != nil {
+			return err
+		}
+		cfg = &o.TLSConfig
 	default:
-		err = modeError(mode)
+		return modeError(mode)
 	}
-	return err
+	return t.apply(cfg)
 }
 
 // Addrs returns the addresses url names in mode, for logs: the server (or
@@ -136,17 +210,20 @@ type fields struct {
 	minBackoff, maxBackoff  *time.Duration
 	poolSize                *int
 	name                    *string
+	tlsConfig               **tls.Config
 }
 
 // tune sets what every mode shares: timeout on every dial, read, write and
 // wait for a pooled connection, context deadlines honoured, no retries (-1
-// in go-redis: see NewUniversal), the pool size and the client name.
-func tune(f fields, timeout time.Duration, poolSize int) {
+// in go-redis: see NewUniversal), the pool size, the client name and t's
+// TLS files.
+func tune(f fields, t TLS, timeout time.Duration, poolSize int) error {
 	*f.dial, *f.read, *f.write, *f.pool = timeout, timeout, timeout, timeout
 	*f.contextTimeout = true
 	*f.maxRetries, *f.minBackoff, *f.maxBackoff = -1, time.Millisecond, 10*time.Millisecond
 	*f.poolSize = poolSize
 	*f.name = "joingate"
+	return t.apply(f.tlsConfig)
 }
 
 func modeError(mode string) error {

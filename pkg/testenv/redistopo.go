@@ -78,7 +78,7 @@ func StartCluster(t testing.TB) *Cluster {
 		}
 	}
 	c.URL = fmt.Sprintf("redis://%s?addr=%s&addr=%s", c.Addrs[0], c.Addrs[1], c.Addrs[2])
-	client, err := redisconn.NewUniversal(c.URL, redisconn.Cluster, 250*time.Millisecond, 16)
+	client, err := redisconn.NewUniversal(c.URL, redisconn.Cluster, redisconn.TLS{}, 250*time.Millisecond, 16)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ sentinel monitor %s 127.0.0.1 %d 1
 		t.Fatalf("sentinel %s names master %q within 10s, want %s", s.SentinelAddr, got, s.MasterAddr)
 	}
 	s.URL = fmt.Sprintf("redis://%s?master_name=%s", s.SentinelAddr, s.MasterName)
-	client, err := redisconn.NewUniversal(s.URL, redisconn.Sentinel, 250*time.Millisecond, 16)
+	client, err := redisconn.NewUniversal(s.URL, redisconn.Sentinel, redisconn.TLS{}, 250*time.Millisecond, 16)
 	if err != nil {
 		t.Fatal(err)
 	}
