@@ -309,8 +309,9 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	d, err := w.policy.Load().Decide(ctx, req, w.store, s)
 	cancel()
-	if err != nil && errors.Is(err, context.DeadlineExceeded) {
-		// The store was too slow for this request's budget: the gateway has
+	if err != nil && (errors.Is(err, context.DeadlineExceeded) || !time.Now().Before(deadline)) {
+		// The store was too slow for this request's budget (go-redis says
+		// "i/o timeout" when the deadline cuts a read): the gateway has
 		// answered already, so no reply, and not a store failure (the
 		// breaker still counts the slowness).
 		w.metrics.requests.WithLabelValues(outcomeExpired).Inc()

@@ -156,6 +156,34 @@ func TestExpiredRequestConsumesNothing(t *testing.T) {
 	}
 }
 
+// timesOut is a store that answers when the call's deadline has passed,
+// with the error go-redis gives then: a socket read cut at the deadline is
+// an "i/o timeout", not context.DeadlineExceeded.
+type timesOut struct{ Store }
+
+func (timesOut) Decide(ctx context.Context, _ *ratelimit.Query, _ *ratelimit.Answer) error {
+	<-ctx.Done()
+	return fmt.Errorf("%w: read unix @->/run/redis.sock: i/o timeout", ratelimit.ErrStore)
+}
+
+// A store call that ends after the request's deadline, whatever its error,
+// means the gateway has answered: counted as expired, not as a store
+// failure, and not answered.
+func TestDeadlinePassesInStore(t *testing.T) {
+	ns := testenv.NATS(t)
+	_, reg, _ := startWorker(t, ns, timesOut{ratelimit.NewMemory()}, testPolicy(t, perApplicant(1)), nil)
+	nc := testenv.Conn(t, ns)
+	if m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(50*time.Millisecond)); !errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("reply %v, error %v; want none", m, err)
+	}
+	expired := func() float64 { return testenv.Value(t, reg, "joingate_worker_requests_total", outcomeExpired) }
+	if !testenv.Eventually(5*time.Second, func() bool { return expired() == 1 }) {
+		t.Fatalf("expired requests: %v, want 1", expired())
+	}
+	testenv.WantValue(t, reg, 0, "joingate_worker_requests_total", outcomeDecided)
+	testenv.WantValue(t, reg, 0, "joingate_worker_store_errors_total")
+}
+
 func TestStoreErrorAnswersConfigured(t *testing.T) {
 	ns := testenv.NATS(t)
 	srv := testenv.StartRedis(t)

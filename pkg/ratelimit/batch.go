@@ -298,7 +298,7 @@ func (f *flusher) flush(batch []*call) {
 			c.done <- struct{}{}
 			continue
 		}
-		c.nchecks = f.add(c.q)
+		c.nchecks = f.add(c.q, deadlineArg(c.ctx))
 		c.state = callSent
 		if d, ok := c.ctx.Deadline(); !ok {
 			anyWithout = true
@@ -359,9 +359,9 @@ func (f *flusher) flush(batch []*call) {
 	clear(f.keys) // the callers' strings
 }
 
-// add appends q to the script call and returns the number of checks the
-// script evaluates for it.
-func (f *flusher) add(q *Query) int {
+// add appends q, with its caller's deadline (deadlineArg), to the script
+// call and returns the number of checks the script evaluates for it.
+func (f *flusher) add(q *Query, deadline int64) int {
 	checks := q.Checks
 	if q.Mode == GuardsOnly {
 		checks = nil // as scriptArgs: no check keys in the script call
@@ -371,7 +371,7 @@ func (f *flusher) add(q *Query) int {
 	}
 	f.nums[1]++
 	f.keys = append(f.keys, q.Guards...)
-	f.nums = append(f.nums, int64(len(q.Guards)), int64(len(checks)))
+	f.nums = append(f.nums, int64(len(q.Guards)), int64(len(checks)), deadline)
 	f.flags = append(f.flags, modeArg(q.Mode))
 	for i := range checks {
 		f.keys = append(f.keys, checks[i].Key)
@@ -392,9 +392,16 @@ func (f *flusher) command(ctx context.Context) *redis.IntSliceCmd {
 	}
 	f.args = append(f.args, &f.nums[1])
 	// nums after the two counts: per query its numbers of guards and of
-	// checks, then interval and burst per check; flags: one per pair.
-	for n, fl := 2, 0; n < len(f.nums); n, fl = n+2, fl+1 {
-		f.args = append(f.args, &f.nums[n], &f.nums[n+1], f.flags[fl])
+	// checks and its deadline, then interval and burst per check; flags:
+	// per query its mode, then per check its shadow flag.
+	for n, fl := 2, 0; n < len(f.nums); {
+		nchecks := int(f.nums[n+1])
+		f.args = append(f.args, &f.nums[n], &f.nums[n+1], f.flags[fl], &f.nums[n+2])
+		n, fl = n+3, fl+1
+		for range nchecks {
+			f.args = append(f.args, &f.nums[n], &f.nums[n+1], f.flags[fl])
+			n, fl = n+2, fl+1
+		}
 	}
 	return redis.NewIntSliceCmd(ctx, f.args...)
 }

@@ -40,9 +40,10 @@ func TestBatcherCommand(t *testing.T) {
 		var args []any
 		f.keys, f.nums, f.flags = f.keys[:0], f.nums[:0], f.flags[:0]
 		for i := range qs {
-			k, a := scriptArgs(&qs[i], nil)
+			deadline := int64(i) * 1_000_003 // 0 (none) for the first
+			k, a := scriptArgs(&qs[i], nil, deadline)
 			keys, args = append(keys, k...), append(args, a[1:]...)
-			if n := f.add(&qs[i]); 4+3*n != len(a) {
+			if n := f.add(&qs[i], deadline); 5+3*n != len(a) {
 				t.Fatalf("add says %d checks for %d arguments", n, len(a))
 			}
 		}
@@ -104,7 +105,7 @@ func TestBatchAgrees(t *testing.T) {
 		for i := range qs {
 			qs[i] = randomQuery(rng)
 			want[i] = decide(t, mem, qs[i])
-			nchecks[i] = f.add(&qs[i])
+			nchecks[i] = f.add(&qs[i], 0)
 		}
 		vals, err := f.exec(ctx)
 		if err != nil {

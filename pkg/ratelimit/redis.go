@@ -18,15 +18,21 @@ import (
 // once at the end: a batch of n queries costs one script call, one TIME, one
 // MGET per 1,000 keys and one SET per changed key, instead of n scripts.
 //
+// A query carries its caller's deadline: one that runs after it by Redis's
+// clock (it waited behind a slow command, or in a socket buffer while Redis
+// was busy, while its caller gave up) decides and consumes nothing, so that
+// a request the gateway has already answered is not charged.
+//
 // KEYS are, query after query, its guards then its checks' keys. ARGV[1] is
 // the number of queries, then per query: its number of guards, its number of
 // checks, its mode ("c" consume, "p" peek, "g" guards only, with no checks),
-// then three numbers per check: emission interval (µs), burst, shadow (0/1).
-// The reply is, per query, 2 + 3 × its checks numbers: guard (the 1-based
-// index of the first existing guard, or 0), admitted, then allowed,
-// remaining, retry_after_us per check (zeros when a guard decided). Numbers
-// are integers of microseconds, exact in Lua's doubles up to 2^53 µs (year
-// 2255).
+// its deadline (µs since the epoch; 0: none), then three numbers per check:
+// emission interval (µs), burst, shadow (0/1). The reply is, per query,
+// 2 + 3 × its checks numbers: guard (the 1-based index of the first existing
+// guard, 0 for none, -1 when the deadline had passed), admitted, then
+// allowed, remaining, retry_after_us per check (zeros when a guard decided).
+// Numbers are integers of microseconds, exact in Lua's doubles up to 2^53 µs
+// (year 2255).
 var decideScript = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -43,10 +49,15 @@ local out = {}
 local k, a = 1, 2
 for q = 1, tonumber(ARGV[1]) do
   local nguards, nchecks, mode = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
-  a = a + 3
+  local deadline = tonumber(ARGV[a + 3])
+  a = a + 4
   local guard = 0
-  for i = nguards, 1, -1 do
-    if cur[KEYS[k + i - 1]] then guard = i end
+  if deadline > 0 and now > deadline then
+    guard = -1
+  else
+    for i = nguards, 1, -1 do
+      if cur[KEYS[k + i - 1]] then guard = i end
+    end
   end
   k = k + nguards
   local o = #out
@@ -153,7 +164,7 @@ func (r *Redis) Decide(ctx context.Context, q *Query, a *Answer) error {
 			return r.decideSplit(ctx, q, a, parts)
 		}
 	}
-	keys, args := scriptArgs(q, nil)
+	keys, args := scriptArgs(q, nil, deadlineArg(ctx))
 	vals, err := decideScript.Run(ctx, r.client, keys, args...).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrStore, err)
@@ -171,9 +182,22 @@ type part struct {
 	guardHit, failed bool
 }
 
+// deadlineArg is ctx's deadline as the script takes it: µs since the epoch,
+// or 0 for none.
+func deadlineArg(ctx context.Context) int64 {
+	if d, ok := ctx.Deadline(); ok {
+		return d.UnixMicro()
+	}
+	return 0
+}
+
+// errLate is a query that Redis ran after its deadline: it decided and
+// consumed nothing. It is the error of a call cut short by its deadline.
+var errLate = fmt.Errorf("%w: the query reached Redis after its deadline: %w", ErrStore, context.DeadlineExceeded)
+
 // scriptArgs returns the script's keys and arguments for q, or for the part
-// of q that p names when p is not nil.
-func scriptArgs(q *Query, p *part) ([]string, []any) {
+// of q that p names when p is not nil, with deadline (deadlineArg).
+func scriptArgs(q *Query, p *part, deadline int64) ([]string, []any) {
 	guards, checks := allIndexes(len(q.Guards), p, true), allIndexes(len(q.Checks), p, false)
 	if q.Mode == GuardsOnly {
 		// The script evaluates no check, so their keys stay out: on Redis
@@ -181,8 +205,8 @@ func scriptArgs(q *Query, p *part) ([]string, []any) {
 		checks = nil
 	}
 	keys := make([]string, 0, len(guards)+len(checks))
-	args := make([]any, 0, 4+3*len(checks))
-	args = append(args, 1, len(guards), len(checks), modeArg(q.Mode))
+	args := make([]any, 0, 5+3*len(checks))
+	args = append(args, 1, len(guards), len(checks), modeArg(q.Mode), deadline)
 	for _, g := range guards {
 		keys = append(keys, q.Guards[g])
 	}
@@ -255,8 +279,8 @@ func splitReply(vals []int64, nchecks int) (this, rest []int64, err error) {
 		return nil, nil, fmt.Errorf("%w: script returned %d values, want at least %d", ErrStore, len(vals), n)
 	}
 	this, rest = vals[:n], vals[n:]
-	if this[0] > 0 {
-		this = this[:2] // a guard decided: no verdicts
+	if this[0] != 0 {
+		this = this[:2] // a guard decided, or the deadline had passed: no verdicts
 	}
 	return this, rest, nil
 }
@@ -267,6 +291,9 @@ func readAnswer(vals []int64, q *Query, p *part, a *Answer) error {
 	guards, checks := allIndexes(len(q.Guards), p, true), allIndexes(len(q.Checks), p, false)
 	if len(vals) < 2 {
 		return fmt.Errorf("%w: script returned %d values", ErrStore, len(vals))
+	}
+	if vals[0] < 0 {
+		return errLate
 	}
 	if g := vals[0]; g > 0 {
 		if int(g) > len(guards) {
@@ -342,8 +369,9 @@ func (r *Redis) decideSplit(ctx context.Context, q *Query, a *Answer, parts []*p
 	cmds := make([]*redis.Cmd, len(parts))
 	keys := make([][]string, len(parts))
 	args := make([][]any, len(parts))
+	deadline := deadlineArg(ctx)
 	for i, p := range parts {
-		keys[i], args[i] = scriptArgs(q, p)
+		keys[i], args[i] = scriptArgs(q, p, deadline)
 		cmds[i] = decideScript.EvalSha(ctx, pipe, keys[i], args[i]...)
 	}
 	pipe.Exec(ctx) // errors are read per command
