@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -70,4 +71,33 @@ func TestTLS(t *testing.T) {
 	if _, err := http.Post(e.url+joinPath, "application/json", strings.NewReader(joinBody("u", "g"))); err == nil {
 		t.Fatal("plain HTTP answered by a TLS edge")
 	}
+}
+
+// Over gateway.max_conns on a TLS edge, the refusal (503, JSON) comes
+// through TLS like any answer.
+func TestTLSConnectionLimit(t *testing.T) {
+	certFile, keyFile, pool := testenv.SelfSigned(t)
+	ns := testenv.NATS(t)
+	startWorker(t, ns, ratelimit.NewMemory(), policyConfig())
+	e := startGateway(t, ns, func(o *gateway.Options) {
+		o.TLSCertFile, o.TLSKeyFile = certFile, keyFile
+		o.MaxConns = 1
+	})
+	addr := strings.TrimPrefix(e.url, "http://")
+	held, err := net.Dial("tcp", addr) // takes the one slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := client.Post("https://"+addr+joinPath, "application/json; charset=utf-8", strings.NewReader(joinBody("u", "g")))
+	if err != nil {
+		t.Fatalf("HTTPS callback over max_conns: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if a := mustAnswer(t, resp.Header.Get("Content-Type"), body); resp.StatusCode != 503 || a.ActionCode != 1 {
+		t.Fatalf("HTTPS callback over max_conns: %d %+v", resp.StatusCode, a)
+	}
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_connections_refused_total")
 }

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -107,7 +108,8 @@ type Gateway struct {
 	opts     Options
 	log      *slog.Logger
 	metrics  *metrics
-	ln       net.Listener
+	ln       net.Listener   // bound
+	served   *limitListener // on ln (through TLS when configured): what srv serves
 	srv      *fasthttp.Server
 	subject  string // <Subject>.callbackBeforeJoinGroupCommand
 	stopping atomic.Bool
@@ -141,6 +143,14 @@ func New(opts Options) (*Gateway, error) {
 	if limit := opts.Conn.MaxPayload(); limit > 0 && int64(opts.MaxBodyBytes)+4096 > limit {
 		return nil, fmt.Errorf("gateway options: max body %d bytes (+4 KiB of headers) exceeds the NATS server's max_payload %d", opts.MaxBodyBytes, limit)
 	}
+	var tlsConfig *tls.Config
+	if opts.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(opts.TLSCertFile, opts.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("gateway tls: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	}
 	g.ln = opts.Listener
 	if g.ln == nil {
 		ln, err := net.Listen("tcp", opts.Listen)
@@ -149,7 +159,16 @@ func New(opts Options) (*Gateway, error) {
 		}
 		g.ln = ln
 	}
+	ln := g.ln
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
+	g.served = newLimitListener(ln, opts.MaxConns, g.metrics.connsRefused)
 	g.srv = NewHTTPServer(g.handle, opts)
+	// The listener keeps to MaxConns; fasthttp's own limit, which would
+	// answer in plain text, only needs room for connections it has not yet
+	// let go of when their slot is given back.
+	g.srv.Concurrency = 2 * opts.MaxConns
 	g.srv.ErrorHandler = g.handleError
 	// fasthttp's parse errors quote the raw headers, Authorization
 	// included: keep them out of the log.
@@ -202,13 +221,7 @@ func (g *Gateway) Ready(context.Context) error {
 // ShutdownTimeout).
 func (g *Gateway) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
-	go func() {
-		if g.opts.TLSCertFile != "" {
-			errc <- g.srv.ServeTLS(g.ln, g.opts.TLSCertFile, g.opts.TLSKeyFile)
-			return
-		}
-		errc <- g.srv.Serve(g.ln)
-	}()
+	go func() { errc <- g.srv.Serve(g.served) }()
 	g.log.Info("gateway listening", "addr", g.Addr(), "subject", g.subject, "decision_timeout", g.opts.DecisionTimeout)
 	select {
 	case err := <-errc:
@@ -222,6 +235,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.srv.ShutdownWithContext(sctx); err != nil {
 		return fmt.Errorf("callback server shutdown: %w", err)
 	}
+	g.served.refusing.Wait() // a second at most
 	g.log.Info("gateway stopped")
 	return nil
 }

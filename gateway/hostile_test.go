@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -388,9 +389,9 @@ func testSlowClients(t *testing.T, e *edge, addr string) {
 	}
 }
 
-// Beyond gateway.max_conns, fasthttp answers a new connection itself, in
-// plain text, and closes it (README: "Behaviour at the edge"); joingate's
-// counters do not see it. The edge serves again once connections free up.
+// Beyond gateway.max_conns a new connection is answered 503 with a JSON
+// failure, counted, and closed, whatever it sends; the edge serves again
+// once connections free up.
 func TestHostileConnectionFlood(t *testing.T) {
 	ns := testenv.NATS(t)
 	startWorker(t, ns, ratelimit.NewMemory(), policyConfig())
@@ -415,19 +416,26 @@ func TestHostileConnectionFlood(t *testing.T) {
 	}
 	defer over.Close()
 	over.SetDeadline(time.Now().Add(5 * time.Second))
+	// IMServer sends its request at once; the answer must survive it.
+	if _, err := over.Write([]byte(joinReq(joinBody("over", "g")))); err != nil {
+		t.Fatal(err)
+	}
 	br := bufio.NewReader(over)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("connection over max_conns: %v", err)
 	}
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 503 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") || !strings.Contains(string(body), "Concurrency limit exceeded") {
-		t.Fatalf("connection over max_conns: %d %q %q; want fasthttp's plain-text 503", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	var failure answer
+	if resp.StatusCode != 503 || resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal(body, &failure) != nil ||
+		failure.ActionCode != 1 || !strings.Contains(failure.ErrMsg, "max_conns") {
+		t.Fatalf("connection over max_conns: %d %q %q; want 503 with a JSON failure naming max_conns", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
 	wantClosed(t, over, br)
 	if got := counts(t, e.reg); got != before {
-		t.Fatalf("counters moved for a connection fasthttp refused: %+v -> %+v", before, got)
+		t.Fatalf("request counters moved for a refused connection: %+v -> %+v", before, got)
 	}
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_connections_refused_total")
 
 	for _, c := range held {
 		c.Close()

@@ -41,6 +41,8 @@ type metrics struct {
 	duration  prometheus.Histogram
 	natsTime  prometheus.Histogram
 	inFlight  prometheus.Gauge
+	// connsRefused counts connections beyond gateway.max_conns.
+	connsRefused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, timeout time.Duration) *metrics {
@@ -72,6 +74,10 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration) *metrics {
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "joingate_gateway_in_flight",
 			Help: "Join-group callbacks waiting for a decision now.",
+		}),
+		connsRefused: f.NewCounter(prometheus.CounterOpts{
+			Name: "joingate_gateway_connections_refused_total",
+			Help: "Connections refused because gateway.max_conns were open: each was answered 503 (a JSON failure) and closed.",
 		}),
 	}
 	for _, o := range []string{outcomeDecided, outcomeFallback, outcomeInvalid} {
