@@ -73,8 +73,8 @@ func TestTLS(t *testing.T) {
 	}
 }
 
-// Over gateway.max_conns on a TLS edge, the refusal (503, JSON) comes
-// through TLS like any answer.
+// Over gateway.max_conns on a TLS edge, the fallback answer (503, JSON)
+// comes through TLS like any answer.
 func TestTLSConnectionLimit(t *testing.T) {
 	certFile, keyFile, pool := testenv.SelfSigned(t)
 	ns := testenv.NATS(t)
@@ -96,7 +96,7 @@ func TestTLSConnectionLimit(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if a := mustAnswer(t, resp.Header.Get("Content-Type"), body); resp.StatusCode != 503 || a.ActionCode != 1 {
+	if a := mustAnswer(t, resp.Header.Get("Content-Type"), body); resp.StatusCode != 503 || a != allow {
 		t.Fatalf("HTTPS callback over max_conns: %d %+v", resp.StatusCode, a)
 	}
 	testenv.WantValue(t, e.reg, 1, "joingate_gateway_connections_refused_total")

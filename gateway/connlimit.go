@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"strconv"
@@ -13,25 +15,40 @@ import (
 	"github.com/joingate/joingate/pkg/callback"
 )
 
+// maxRefusing bounds the connections being refused at once: under a
+// connection flood, the rest are closed at once, unanswered.
+const maxRefusing = 256
+
 // limitListener serves at most max connections at once. A connection
-// beyond that is answered 503 with a JSON failure (IMServer reads every
-// answer as JSON), counted, and closed, without reaching fasthttp, whose
-// own limit (Server.Concurrency) answers in plain text. It sits above TLS,
-// so that the answer is encrypted like any other.
+// beyond that does not reach fasthttp, whose own limit
+// (Server.Concurrency) answers in plain text, which IMServer reads as a
+// refusal: it is answered as a request that cannot be decided, in JSON
+// (gateway.fallback for a join callback, allow for any other command),
+// with status 503, then closed, and counted. It sits above TLS, so that the
+// answer is encrypted like any other.
 type limitListener struct {
 	net.Listener
-	max      int64
-	active   atomic.Int64
-	refusal  []byte // the whole HTTP response
-	refused  prometheus.Counter
-	refusing sync.WaitGroup
+	max              int64
+	active           atomic.Int64
+	joinResp, others []byte // whole HTTP responses
+	refused          prometheus.Counter
+	slots            chan struct{} // one per connection being refused
+	refusing         sync.WaitGroup
 }
 
-func newLimitListener(ln net.Listener, max int, refused prometheus.Counter) *limitListener {
-	body := callback.AppendFailure(nil, "too many connections: gateway.max_conns ("+strconv.Itoa(max)+") are open; retry later")
-	resp := "HTTP/1.1 503 Service Unavailable\r\nServer: joingate\r\nContent-Type: application/json\r\n" +
-		"Content-Length: " + strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + string(body)
-	return &limitListener{Listener: ln, max: int64(max), refusal: []byte(resp), refused: refused}
+func newLimitListener(ln net.Listener, max int, fallback []byte, refused prometheus.Counter) *limitListener {
+	resp := func(body []byte) []byte {
+		return []byte("HTTP/1.1 503 Service Unavailable\r\nServer: joingate\r\nContent-Type: application/json\r\n" +
+			"Content-Length: " + strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + string(body))
+	}
+	return &limitListener{
+		Listener: ln,
+		max:      int64(max),
+		joinResp: resp(fallback),
+		others:   resp([]byte(callback.AllowJSON)),
+		refused:  refused,
+		slots:    make(chan struct{}, maxRefusing),
+	}
 }
 
 // Accept returns the next connection within the limit, refusing those
@@ -47,26 +64,44 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		l.active.Add(-1)
 		l.refused.Inc()
-		l.refusing.Add(1)
-		// Writing may wait for a client (a TLS handshake): not in Accept.
-		go l.refuse(c)
+		select {
+		case l.slots <- struct{}{}:
+			l.refusing.Add(1)
+			// Reading and writing wait for the client (and a TLS
+			// handshake): not in Accept.
+			go l.refuse(c)
+		default:
+			c.Close()
+		}
 	}
 }
 
-// refuse answers c, lets the client read the answer before the connection
-// closes (closing with its request unread would reset the connection and
-// lose the answer), and closes it; a second at most.
+// refuse reads the request line, answers it, lets the client read the
+// answer before the connection closes (closing with its request unread
+// would reset the connection and lose the answer), and closes it; within
+// a second.
 func (l *limitListener) refuse(c net.Conn) {
-	defer l.refusing.Done()
-	defer c.Close()
+	defer func() {
+		c.Close()
+		<-l.slots
+		l.refusing.Done()
+	}()
 	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write(l.refusal); err != nil {
+	resp := l.others
+	br := bufio.NewReaderSize(c, 4096)
+	if line, err := br.ReadSlice('\n'); err == nil {
+		// "POST /callbackExample/callbackBeforeJoinGroupCommand HTTP/1.1"
+		if f := bytes.Fields(line); len(f) == 3 && string(command(f[1])) == callback.JoinGroupCommand {
+			resp = l.joinResp
+		}
+	}
+	if _, err := c.Write(resp); err != nil {
 		return
 	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
-	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	io.Copy(io.Discard, io.LimitReader(br, 64<<10))
 }
 
 // limitedConn gives its slot back when closed. It hides the connection's

@@ -163,7 +163,7 @@ func New(opts Options) (*Gateway, error) {
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
-	g.served = newLimitListener(ln, opts.MaxConns, g.metrics.connsRefused)
+	g.served = newLimitListener(ln, opts.MaxConns, opts.FallbackBody, g.metrics.connsRefused)
 	g.srv = NewHTTPServer(g.handle, opts)
 	// The listener keeps to MaxConns; fasthttp's own limit, which would
 	// answer in plain text, only needs room for connections it has not yet
@@ -235,7 +235,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.srv.ShutdownWithContext(sctx); err != nil {
 		return fmt.Errorf("callback server shutdown: %w", err)
 	}
-	g.served.refusing.Wait() // a second at most
+	// Serve returns once the listener is closed; then no refusal starts,
+	// and the last ones end within a second.
+	<-errc
+	g.served.refusing.Wait()
 	g.log.Info("gateway stopped")
 	return nil
 }
@@ -254,21 +257,7 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		g.reject(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed: IMServer callbacks are POST")
 		return
 	}
-	// Route on the raw request target cut at the query: fasthttp's parsed
-	// Path reads "//callback...?x=http://y" (a base URL ending in "/" and a
-	// "://" in the query) as an absolute URL, and loses the command.
-	target := ctx.Request.Header.RequestURI()
-	if i := bytes.IndexByte(target, '?'); i >= 0 {
-		target = target[:i]
-	}
-	if bytes.IndexByte(target, '%') >= 0 {
-		// Rare: percent-encoding in a webhook path. Decode it as the
-		// parsed path would (an invalid escape is left as it is).
-		if unescaped, err := url.PathUnescape(string(target)); err == nil {
-			target = []byte(unescaped)
-		}
-	}
-	cmd := callback.Command(target)
+	cmd := command(ctx.Request.Header.RequestURI())
 	if string(cmd) != callback.JoinGroupCommand {
 		if callback.IsCommand(cmd) {
 			// A callback we hold no policy for: allowed here, no NATS hop.
@@ -280,6 +269,24 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	g.joinGroup(ctx)
+}
+
+// command is the callback command a request target names: its last path
+// segment. It routes on the raw target cut at the query: fasthttp's parsed
+// Path reads "//callback...?x=http://y" (a base URL ending in "/" and a
+// "://" in the query) as an absolute URL, and loses the command.
+func command(target []byte) []byte {
+	if i := bytes.IndexByte(target, '?'); i >= 0 {
+		target = target[:i]
+	}
+	if bytes.IndexByte(target, '%') >= 0 {
+		// Rare: percent-encoding in a webhook path. Decode it as the
+		// parsed path would (an invalid escape is left as it is).
+		if unescaped, err := url.PathUnescape(string(target)); err == nil {
+			target = []byte(unescaped)
+		}
+	}
+	return callback.Command(target)
 }
 
 func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {

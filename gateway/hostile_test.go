@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -389,9 +388,46 @@ func testSlowClients(t *testing.T, e *edge, addr string) {
 	}
 }
 
-// Beyond gateway.max_conns a new connection is answered 503 with a JSON
-// failure, counted, and closed, whatever it sends; the edge serves again
-// once connections free up.
+// Beyond gateway.max_conns a new connection is answered as a callback that
+// cannot be decided (status 503, gateway.fallback: allow here), counted,
+// and closed; the edge serves again once connections free up.
+// With gateway.fallback deny, a join callback over max_conns is refused
+// with gateway.fallback_refusal, and another command still allowed.
+func TestConnectionLimitAnswersFallback(t *testing.T) {
+	ns := testenv.NATS(t)
+	refusal := callback.AppendRefusal(nil, 5099, "busy, try later", "")
+	e := startGateway(t, ns, func(o *gateway.Options) { o.MaxConns, o.FallbackBody = 1, refusal })
+	addr := strings.TrimPrefix(e.url, "http://")
+	held, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for _, c := range []struct{ req, want string }{
+		{joinReq(joinBody("u", "g")), string(refusal)},
+		{"POST /callbackExample/callbackAfterJoinGroupCommand HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", callback.AllowJSON},
+	} {
+		over, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		over.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := over.Write([]byte(c.req)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(over), nil)
+		if err != nil {
+			t.Fatalf("connection over max_conns: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		over.Close()
+		if resp.StatusCode != 503 || string(body) != c.want {
+			t.Fatalf("%q over max_conns: %d %s; want 503 %s", c.req[:40], resp.StatusCode, body, c.want)
+		}
+	}
+	testenv.WantValue(t, e.reg, 2, "joingate_gateway_connections_refused_total")
+}
+
 func TestHostileConnectionFlood(t *testing.T) {
 	ns := testenv.NATS(t)
 	startWorker(t, ns, ratelimit.NewMemory(), policyConfig())
@@ -426,10 +462,8 @@ func TestHostileConnectionFlood(t *testing.T) {
 		t.Fatalf("connection over max_conns: %v", err)
 	}
 	body, _ := io.ReadAll(resp.Body)
-	var failure answer
-	if resp.StatusCode != 503 || resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal(body, &failure) != nil ||
-		failure.ActionCode != 1 || !strings.Contains(failure.ErrMsg, "max_conns") {
-		t.Fatalf("connection over max_conns: %d %q %q; want 503 with a JSON failure naming max_conns", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	if resp.StatusCode != 503 || resp.Header.Get("Content-Type") != "application/json" || string(body) != callback.AllowJSON {
+		t.Fatalf("connection over max_conns: %d %q %q; want 503 with the fallback, allow", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
 	wantClosed(t, over, br)
 	if got := counts(t, e.reg); got != before {

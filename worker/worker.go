@@ -309,11 +309,13 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	d, err := w.policy.Load().Decide(ctx, req, w.store, s)
 	cancel()
-	if err != nil && (errors.Is(err, context.DeadlineExceeded) || !time.Now().Before(deadline)) {
+	if err != nil && !time.Now().Before(deadline) {
 		// The store was too slow for this request's budget (go-redis says
 		// "i/o timeout" when the deadline cuts a read): the gateway has
 		// answered already, so no reply, and not a store failure (the
-		// breaker still counts the slowness).
+		// breaker still counts the slowness). A store that says the
+		// deadline passed while this clock says it has not (Redis's clock
+		// ahead of this host's) is a store failure, answered at once.
 		w.metrics.requests.WithLabelValues(outcomeExpired).Inc()
 		w.log.Debug("deadline passed during the store call", "operationID", opID)
 		return

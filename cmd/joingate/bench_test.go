@@ -13,6 +13,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/ceiling"
 	"github.com/joingate/joingate/pkg/loadgen"
+	"github.com/joingate/joingate/pkg/testenv"
 )
 
 func TestBenchCommandLine(t *testing.T) {
@@ -94,7 +95,7 @@ func TestBenchSuite(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "suite.json")
 	cmd := exec.Command(joingate, "bench", "suite", "--nats-server", natsServer,
 		"--duration", "400ms", "--warmup", "100ms", "-c", "8", "--open-factor", "0.2", "--json", out)
-	cmd.Env = childEnv()
+	cmd.Env = testenv.ChildEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

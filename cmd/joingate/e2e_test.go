@@ -84,18 +84,6 @@ func startProcess(t *testing.T, logDir, name, bin string, args ...string) *teste
 	return testenv.StartProcess(t, logDir, name, nil, bin, args...)
 }
 
-// childEnv is this process's environment without JOINGATE_* variables: the
-// test's configuration is the file and the flags it passes.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "JOINGATE_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // waitNATS waits until a NATS server accepts connections on addr: it
 // greets every client with an INFO line.
 func waitNATS(t *testing.T, p *testenv.Process, addr string) {

@@ -334,7 +334,28 @@ func newStore(cfg config.Config, log *slog.Logger) (store, func(), error) {
 		return nil, nil, err
 	}
 	log.Info("limits kept in redis", "mode", cfg.Redis.Mode, "addrs", redisconn.Addrs(cfg.Redis.URL, cfg.Redis.Mode))
-	return ratelimit.NewRedis(client), func() { client.Close() }, nil
+	r := ratelimit.NewRedis(client)
+	checkClock(r, cfg.Redis.Timeout, log)
+	return r, func() { client.Close() }, nil
+}
+
+// maxClockOffset is the difference between Redis's clock and this host's
+// that start-up warns about.
+const maxClockOffset = 50 * time.Millisecond
+
+// checkClock warns when Redis's clock is far from this host's: decisions
+// carry deadlines that the Redis script compares with its own clock. Redis
+// may not be up yet: then nothing is said.
+func checkClock(r *ratelimit.Redis, timeout time.Duration, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	offset, err := r.ClockOffset(ctx)
+	if err != nil || offset.Abs() <= maxClockOffset {
+		return
+	}
+	log.Warn("redis clock differs from this host's: synchronise both (NTP); "+
+		"ahead, decisions fail as reaching Redis after their deadline; behind, late decisions may consume quota",
+		"offset", offset.Round(time.Millisecond))
 }
 
 // redisLogger sends go-redis's own messages (dial failures, pool trouble)

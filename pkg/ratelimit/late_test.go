@@ -104,3 +104,98 @@ func scriptCalls(t *testing.T, c *redis.Client) int {
 	}
 	return 0
 }
+
+// A query whose deadline has passed by Redis's clock is answered errLate
+// (ErrStore, context.DeadlineExceeded) and consumes nothing, and the
+// queries after it in the same batch are read from the right place of the
+// reply and decided as if it had not been sent. Alone, too.
+func TestLateQueryInBatch(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	r := NewRedis(srv.Client)
+	if err := r.ListAdd(ctx, "idx", "x", "g1"); err != nil {
+		t.Fatal(err)
+	}
+	one := Limit{Rate: 1, Period: time.Hour, Burst: 1}
+	future := time.Now().Add(time.Hour).UnixMicro()
+	qs := []struct {
+		q        Query
+		deadline int64
+		late     bool
+	}{
+		{Query{Checks: []Check{{Key: "a", Limit: one}}}, 0, false},
+		{Query{Guards: []string{"g0"}, Checks: []Check{{Key: "b", Limit: one}, {Key: "c", Limit: one}}}, 1, true},
+		{Query{Checks: []Check{{Key: "b", Limit: one}}}, future, false},
+		{Query{Guards: []string{"g1"}, Checks: []Check{{Key: "d", Limit: one}}}, 0, false},
+		{Query{Guards: []string{"g0"}, Mode: GuardsOnly}, 1, true},
+		{Query{Checks: []Check{{Key: "c", Limit: one}}, Mode: Peek}, future, false},
+	}
+	f := &flusher{b: NewBatcher(r, 0, 0)}
+	nchecks := make([]int, len(qs))
+	for i := range qs {
+		nchecks[i] = f.add(&qs[i].q, qs[i].deadline)
+	}
+	vals, err := f.exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers := make([]Answer, len(qs))
+	for i := range qs {
+		var this []int64
+		if this, vals, err = splitReply(vals, nchecks[i]); err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		answers[i].reset(&qs[i].q)
+		err := readAnswer(this, &qs[i].q, nil, &answers[i])
+		if late := errors.Is(err, ErrStore) && errors.Is(err, context.DeadlineExceeded); late != qs[i].late || (!late && err != nil) {
+			t.Fatalf("query %d: %v; want late %v", i, err, qs[i].late)
+		}
+	}
+	if len(vals) != 0 {
+		t.Fatalf("%d values left over", len(vals))
+	}
+	if a := answers[0]; !a.Results[0].Allowed {
+		t.Fatalf("a: %+v", a)
+	}
+	if a := answers[2]; !a.Results[0].Allowed || a.Results[0].Remaining != 0 {
+		t.Fatalf("b after the late query: %+v; want allowed (the late one took nothing)", a)
+	}
+	if a := answers[3]; a.Guard != 0 {
+		t.Fatalf("guarded query: %+v; want guard 0", a)
+	}
+	if a := answers[5]; !a.Results[0].Allowed {
+		t.Fatalf("c peeked after the late query: %+v; want allowed", a)
+	}
+	for _, key := range []string{"c", "d"} {
+		if n, err := srv.Client.Exists(ctx, key).Result(); err != nil || n != 0 {
+			t.Fatalf("EXISTS %s = %d, %v: want nothing consumed", key, n, err)
+		}
+	}
+
+	// Alone: Redis.Decide's own call, with a deadline long past.
+	keys, args := scriptArgs(&qs[1].q, nil, 1)
+	got, err := decideScript.Run(ctx, srv.Client, keys, args...).Int64Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := readOne(got, &qs[1].q, nil, &Answer{}); !errors.Is(err, ErrStore) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("alone: %v; want ErrStore wrapping context.DeadlineExceeded", err)
+	}
+}
+
+// Redis on this host has this host's clock: the offset is within the
+// round trip, not off by a unit.
+func TestClockOffset(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	offset, err := NewRedis(srv.Client).ClockOffset(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if offset.Abs() > 50*time.Millisecond {
+		t.Fatalf("offset %s between Redis and this host, on the same host", offset)
+	}
+	srv.Stop()
+	if _, err := NewRedis(srv.Client).ClockOffset(context.Background()); !errors.Is(err, ErrStore) {
+		t.Fatalf("with Redis down: %v, want ErrStore", err)
+	}
+}

@@ -129,6 +129,7 @@ type rediser interface {
 	redis.Scripter
 	Pipeline() redis.Pipeliner
 	Process(ctx context.Context, cmd redis.Cmder) error
+	Time(ctx context.Context) *redis.TimeCmd
 	Ping(ctx context.Context) *redis.StatusCmd
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
 	SMembers(ctx context.Context, key string) *redis.StringSliceCmd
@@ -491,6 +492,19 @@ func (r *Redis) ListMembers(ctx context.Context, index string) ([]string, error)
 	}
 	slices.Sort(members)
 	return members, nil
+}
+
+// ClockOffset is how far Redis's clock is ahead of this host's (negative:
+// behind), within half a round trip. The script compares each request's
+// deadline, set by the gateway's clock, with Redis's.
+func (r *Redis) ClockOffset(ctx context.Context) (time.Duration, error) {
+	before := time.Now()
+	t, err := r.client.Time(ctx).Result()
+	if err != nil {
+		return 0, fmt.Errorf("%w: time: %w", ErrStore, err)
+	}
+	after := time.Now()
+	return t.Sub(before.Add(after.Sub(before) / 2)), nil
 }
 
 // Ping checks that Redis answers.

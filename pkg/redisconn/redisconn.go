@@ -98,8 +98,9 @@ func newStandalone(url string, t TLS, timeout time.Duration, poolSize int) (*red
 	if err != nil {
 		return nil, err
 	}
-	if err := tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
-		&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName, &opts.TLSConfig}, t, timeout, poolSize); err != nil {
+	if err := tune(fields{dial: &opts.DialTimeout, read: &opts.ReadTimeout, write: &opts.WriteTimeout, pool: &opts.PoolTimeout,
+		contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, minBackoff: &opts.MinRetryBackoff,
+		maxBackoff: &opts.MaxRetryBackoff, poolSize: &opts.PoolSize, name: &opts.ClientName, tlsConfig: &opts.TLSConfig}, t, timeout, poolSize); err != nil {
 		return nil, err
 	}
 	return redis.NewClient(opts), nil
@@ -126,8 +127,9 @@ func NewUniversal(url, mode string, t TLS, timeout time.Duration, poolSize int) 
 		if err != nil {
 			return nil, err
 		}
-		if err := tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
-			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName, &opts.TLSConfig}, t, timeout, poolSize); err != nil {
+		if err := tune(fields{dial: &opts.DialTimeout, read: &opts.ReadTimeout, write: &opts.WriteTimeout, pool: &opts.PoolTimeout,
+			contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, minBackoff: &opts.MinRetryBackoff,
+			maxBackoff: &opts.MaxRetryBackoff, poolSize: &opts.PoolSize, name: &opts.ClientName, tlsConfig: &opts.TLSConfig}, t, timeout, poolSize); err != nil {
 			return nil, err
 		}
 		return redis.NewFailoverClient(opts), nil
@@ -136,8 +138,9 @@ func NewUniversal(url, mode string, t TLS, timeout time.Duration, poolSize int) 
 		if err != nil {
 			return nil, err
 		}
-		if err := tune(fields{&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.PoolTimeout, &opts.ContextTimeoutEnabled,
-			&opts.MaxRetries, &opts.MinRetryBackoff, &opts.MaxRetryBackoff, &opts.PoolSize, &opts.ClientName, &opts.TLSConfig}, t, timeout, poolSize); err != nil {
+		if err := tune(fields{dial: &opts.DialTimeout, read: &opts.ReadTimeout, write: &opts.WriteTimeout, pool: &opts.PoolTimeout,
+			contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, minBackoff: &opts.MinRetryBackoff,
+			maxBackoff: &opts.MaxRetryBackoff, poolSize: &opts.PoolSize, name: &opts.ClientName, tlsConfig: &opts.TLSConfig}, t, timeout, poolSize); err != nil {
 			return nil, err
 		}
 		// The cluster client retries a timed-out command within its redirect

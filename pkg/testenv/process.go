@@ -38,12 +38,7 @@ func StartProcess(t testing.TB, logDir, name string, env []string, bin string, a
 	defer f.Close() // the child has its own descriptor
 	p.Cmd = exec.Command(bin, args...)
 	p.Cmd.Stdout, p.Cmd.Stderr = f, f
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "JOINGATE_") {
-			p.Cmd.Env = append(p.Cmd.Env, kv)
-		}
-	}
-	p.Cmd.Env = append(p.Cmd.Env, env...)
+	p.Cmd.Env = append(ChildEnv(), env...)
 	if err := p.Cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -61,6 +56,18 @@ func StartProcess(t testing.TB, logDir, name string, env []string, bin string, a
 		}
 	})
 	return p
+}
+
+// ChildEnv is this process's environment without JOINGATE_* variables: a
+// child joingate's configuration is what its test passes.
+func ChildEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "JOINGATE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // Exited reports whether the process has ended; Cmd.ProcessState is then
