@@ -328,6 +328,10 @@ func (f *flusher) flush(batch []*call) {
 	vals, err := f.exec(ctx)
 	if err != nil {
 		err = fmt.Errorf("%w: %w", ErrStore, err)
+	} else if want := replyLen(calls); len(vals) != want {
+		// Not the script this flusher built the call for: no answer in it
+		// can be trusted.
+		err = fmt.Errorf("%w: script returned %d values for %d queries, want %d", ErrStore, len(vals), len(calls), want)
 	}
 	for _, c := range calls {
 		var this []int64
@@ -357,6 +361,15 @@ func (f *flusher) flush(batch []*call) {
 	}
 	clear(calls)
 	clear(f.keys) // the callers' strings
+}
+
+// replyLen is the length of the script's reply to calls.
+func replyLen(calls []*call) int {
+	n := 0
+	for _, c := range calls {
+		n += queryReplyLen(c.nchecks)
+	}
+	return n
 }
 
 // add appends q, with its caller's deadline (deadlineArg), to the script

@@ -272,10 +272,14 @@ func readOne(vals []int64, q *Query, p *part, a *Answer) error {
 	return readAnswer(this, q, p, a)
 }
 
+// queryReplyLen is the length of the script's reply to one query with
+// nchecks checks: guard, admitted, three numbers per check.
+func queryReplyLen(nchecks int) int { return 2 + 3*nchecks }
+
 // splitReply takes the reply of a query with nchecks checks off the front of
 // a script's reply: this, for readAnswer, and the rest.
 func splitReply(vals []int64, nchecks int) (this, rest []int64, err error) {
-	n := 2 + 3*nchecks
+	n := queryReplyLen(nchecks)
 	if len(vals) < n {
 		return nil, nil, fmt.Errorf("%w: script returned %d values, want at least %d", ErrStore, len(vals), n)
 	}
