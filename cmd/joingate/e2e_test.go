@@ -525,6 +525,53 @@ func TestAllWithRedisAndOutsideWorker(t *testing.T) {
 // The policy follows the config file without a restart: a change of the
 // file applies, a bad file keeps the old policy and is counted, SIGHUP
 // reloads.
+// `joingate all` keeps its limits in a TLS-only, password-protected Redis
+// through redis.tls.ca_file (the configuration reaches the client), and is
+// not ready without the CA file: the server's certificate is not trusted.
+func TestAllWithTLSRedis(t *testing.T) {
+	joingate, _ := binaries(t)
+	config, err := filepath.Abs("testdata/joingate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, _ := testenv.SelfSigned(t)
+	port := testenv.StartRedisServer(t, true, "--tls-cert-file", cert, "--tls-key-file", key,
+		"--tls-ca-cert-file", cert, "--tls-auth-clients", "no", "--requirepass", "tls-s3cret")
+	redisURL := fmt.Sprintf("rediss://:tls-s3cret@127.0.0.1:%d", port)
+	logs := t.TempDir()
+
+	gwAddr, admin := testenv.Loopback(t), testenv.Loopback(t)
+	all := testenv.StartProcess(t, logs, "all", []string{"JOINGATE_REDIS_TLS_CA_FILE=" + cert}, joingate, "all",
+		"--config", config, "--redis", redisURL, "--listen", gwAddr, "--admin-listen", admin)
+	waitReady(t, all, admin) // the worker's readiness pings Redis
+	for i := 1; i <= 4; i++ {
+		_, _, a := postCallback(t, gwAddr, joinCommand, fmt.Sprint("tls-", i), joinBody("g1", "u1"))
+		if a.allowed() != (i <= 3) {
+			t.Fatalf("request %d of u1 (limit 3, kept in Redis): %s", i, a)
+		}
+	}
+	if got := metricValue(t, metrics(t, admin), "joingate_worker_store_errors_total"); got != 0 {
+		t.Fatalf("%v store errors", got)
+	}
+
+	untrusted, untrustedAdmin := testenv.Loopback(t), testenv.Loopback(t)
+	bad := startProcess(t, logs, "all-untrusted", joingate, "all",
+		"--config", config, "--redis", redisURL, "--listen", untrusted, "--admin-listen", untrustedAdmin)
+	testenv.WaitHTTP(t, bad, "http://"+untrustedAdmin+"/healthz", 15*time.Second)
+	resp, err := client.Get("http://" + untrustedAdmin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "certificate") {
+		t.Fatalf("readyz without the CA file: %d %s; want 503 naming the certificate", resp.StatusCode, body)
+	}
+	if strings.Contains(string(body), "tls-s3cret") || strings.Contains(bad.Output(), "tls-s3cret") {
+		t.Fatal("the Redis password is in readyz or the log")
+	}
+}
+
 func TestReloadPolicy(t *testing.T) {
 	joingate, _ := binaries(t)
 	dir := t.TempDir()

@@ -3,7 +3,6 @@ package redisconn_test
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -14,25 +13,6 @@ import (
 	"github.com/joingate/joingate/pkg/redisconn"
 	"github.com/joingate/joingate/pkg/testenv"
 )
-
-// startRedis runs a redis-server with args on a free loopback port (a TLS
-// port when tlsPort), and returns the port.
-func startRedis(t *testing.T, tlsPort bool, args ...string) int {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatal("redis-server not found in PATH: run `make test` (installs it) or `apt-get install redis-server`")
-	}
-	port := testenv.FreePort(t)
-	portArgs := []string{"--port", fmt.Sprint(port)}
-	if tlsPort {
-		portArgs = []string{"--port", "0", "--tls-port", fmt.Sprint(port)}
-	}
-	dir := t.TempDir()
-	args = append(append(portArgs, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir), args...)
-	testenv.StartProcess(t, dir, "redis-server", nil, bin, args...)
-	return port
-}
 
 // client is NewUniversal in standalone mode, closed when the test ends.
 func client(t *testing.T, url string, tl redisconn.TLS) redis.UniversalClient {
@@ -87,7 +67,7 @@ func pingFails(t *testing.T, c redis.UniversalClient, want string) {
 // A password in the URL (redis://:password@host) authenticates; a wrong
 // or missing one is refused by the server, and said so.
 func TestPassword(t *testing.T) {
-	port := startRedis(t, false, "--requirepass", "s3cret-pw")
+	port := testenv.StartRedisServer(t, false, "--requirepass", "s3cret-pw")
 	good := client(t, fmt.Sprintf("redis://:s3cret-pw@127.0.0.1:%d", port), redisconn.TLS{})
 	waitUp(t, good)
 	decides(t, good)
@@ -100,7 +80,7 @@ func TestPassword(t *testing.T) {
 // not trusted, and a plain redis:// URL gets no answer.
 func TestTLS(t *testing.T) {
 	cert, key, _ := testenv.SelfSigned(t)
-	port := startRedis(t, true, "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
+	port := testenv.StartRedisServer(t, true, "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
 		"--tls-auth-clients", "no", "--requirepass", "s3cret-pw")
 	url := fmt.Sprintf("rediss://:s3cret-pw@127.0.0.1:%d", port)
 	good := client(t, url, redisconn.TLS{CAFile: cert})
@@ -117,7 +97,7 @@ func TestTLS(t *testing.T) {
 // without them.
 func TestTLSClientCertificate(t *testing.T) {
 	cert, key, _ := testenv.SelfSigned(t)
-	port := startRedis(t, true, "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
+	port := testenv.StartRedisServer(t, true, "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
 		"--tls-auth-clients", "yes")
 	url := fmt.Sprintf("rediss://127.0.0.1:%d", port)
 	good := client(t, url, redisconn.TLS{CAFile: cert, CertFile: cert, KeyFile: key})

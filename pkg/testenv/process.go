@@ -126,6 +126,25 @@ func WaitHTTP(t testing.TB, p *Process, url string, timeout time.Duration) {
 	}
 }
 
+// StartRedisServer runs redis-server without persistence on a free
+// loopback port, a TLS-only one when tlsPort (args then name the
+// certificate files), with args added, until the test ends; it returns the
+// port. Unlike StartRedis it does not wait: the caller's own client, with
+// the server's password or TLS, knows when it answers.
+func StartRedisServer(t testing.TB, tlsPort bool, args ...string) int {
+	t.Helper()
+	bin := lookRedis(t, "redis-server")
+	port := FreePort(t)
+	all := []string{"--port", strconv.Itoa(port)}
+	if tlsPort {
+		all = []string{"--port", "0", "--tls-port", strconv.Itoa(port)}
+	}
+	dir := t.TempDir()
+	all = append(all, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	StartProcess(t, dir, "redis-server", nil, bin, append(all, args...)...)
+	return port
+}
+
 // Loopback returns a free address on 127.0.0.1.
 func Loopback(t testing.TB) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))

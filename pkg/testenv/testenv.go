@@ -73,10 +73,7 @@ type Redis struct {
 // redis-server fails the test with what to install: it is never skipped.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatal("redis-server not found in PATH: run `make test` (installs it) or `apt-get install redis-server`")
-	}
+	bin := lookRedis(t, "redis-server")
 	// A unix socket path must stay under ~100 bytes; TempDir may be long.
 	sockDir, err := os.MkdirTemp("", "jg-redis")
 	if err != nil {
