@@ -356,6 +356,7 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 		"JoingateStoreBreakerOpen":    false,
 		"JoingateExpiredRequests":     false,
 		"JoingateWorkerSaturated":     false,
+		"JoingateConnectionsRefused":  false,
 	}
 	for _, q := range queries {
 		if alert, ok := strings.CutPrefix(q.Where, "alert "); ok {
