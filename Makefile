@@ -79,7 +79,7 @@ bench: test-deps
 	exit $$status
 
 # Fault scenarios under load (kill a worker, restart NATS, stop and pause
-# Redis, SIGTERM): every answer checked, each scenario's counts printed and
+# Redis, a busy Redis, SIGTERM): every answer checked, each scenario's counts printed and
 # appended to $(CHAOS_REPORT) when set (RELIABILITY.md quotes them).
 CHAOS_REPORT ?=
 chaos: test-deps

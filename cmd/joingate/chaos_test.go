@@ -18,12 +18,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/joingate/joingate/pkg/redisconn"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -313,6 +315,115 @@ func TestChaosRedis(t *testing.T) {
 	got := l.stop()
 	report(t, "stop Redis, then pause it 2s", got, fmt.Sprintf("store errors while stopped %v; fallbacks: timeout %v", stoppedErrors, c.fallbacks("timeout")))
 	expectClean(t, got)
+}
+
+// busyScript keeps Redis's one thread busy for ARGV[1] µs, as a slow
+// command of another client does.
+const busyScript = `
+local t = redis.call("TIME")
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+repeat
+  t = redis.call("TIME")
+until tonumber(t[1]) * 1000000 + tonumber(t[2]) - start > tonumber(ARGV[1])
+return 0`
+
+// busy keeps Redis busy for d and returns once Redis is (a PING gets no
+// answer within 20ms); the channel gets the script's error when it ends.
+func (c *cluster) busy(d time.Duration) <-chan error {
+	c.t.Helper()
+	long, err := redisconn.New(c.redis.URL, 10*time.Second, 1)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	probe, err := redisconn.New(c.redis.URL, 20*time.Millisecond, 1)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer probe.Close()
+	done := make(chan error, 1)
+	go func() {
+		defer long.Close()
+		done <- long.Eval(context.Background(), busyScript, nil, d.Microseconds()).Err()
+	}()
+	if !testenv.Eventually(5*time.Second, func() bool { return probe.Ping(context.Background()).Err() != nil }) {
+		c.t.Fatal("Redis never got busy")
+	}
+	return done
+}
+
+// scriptCalls is the number of EVALSHA commands Redis has run.
+func (c *cluster) scriptCalls() int {
+	c.t.Helper()
+	var info string
+	if !testenv.Eventually(10*time.Second, func() bool {
+		var err error
+		info, err = c.redis.Client.Info(context.Background(), "commandstats").Result()
+		return err == nil
+	}) {
+		c.t.Fatal("INFO commandstats: no answer")
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+	}
+	return 0
+}
+
+// A Redis that another client's slow command keeps busy (the worker
+// slower than the decision timeout of issue 6): under load every answer
+// stays JSON and in time (the gateway falls back at its timeout, the
+// breakers open, then answer at once); and decisions that reach Redis
+// after their deadline consume nothing. For the second, with the load
+// stopped and the breakers closed, two callbacks of one applicant reach
+// the busy Redis, fall back at the gateway, and run when Redis is free:
+// that applicant has no key in Redis afterwards.
+func TestChaosSlowRedis(t *testing.T) {
+	c := startCluster(t)
+	l := startLoad(c.gwAddr)
+	c.waitDecisions("before", 200)
+	breakers := func(state float64) bool {
+		return c.metric(c.workerAdmins[0], "joingate_worker_store_breaker_state") == state &&
+			c.metric(c.workerAdmins[1], "joingate_worker_store_breaker_state") == state
+	}
+	if err := <-c.busy(1500 * time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	c.waitDecisions("after Redis was busy", 200)
+	got := l.stop()
+	report(t, "Redis busy 1.5s (a slow command)", got, fmt.Sprintf("fallbacks: timeout %v", c.fallbacks("timeout")))
+	expectClean(t, got)
+
+	if !testenv.Eventually(10*time.Second, func() bool { return breakers(0) }) {
+		t.Fatal("the breakers did not close after Redis was free")
+	}
+	before := c.scriptCalls()
+	done := c.busy(time.Second)
+	timeouts := c.fallbacks("timeout")
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			_, _, a, err := tryCallback(c.gwAddr, joinCommand, fmt.Sprint("late-", i), joinBody("g-late", "late-applicant"))
+			if err != nil || !a.allowed() {
+				t.Errorf("callback %d while Redis is busy: %s, %v; want the fallback, allow", i, a, err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := c.fallbacks("timeout") - timeouts; got != 2 {
+		t.Fatalf("%v timeout fallbacks for the 2 callbacks; want 2: they did not wait on Redis", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !testenv.Eventually(10*time.Second, func() bool { return c.scriptCalls() > before }) {
+		t.Fatal("the late decisions never ran in Redis: the scenario proves nothing")
+	}
+	keys, err := c.redis.Client.Keys(context.Background(), "*late-applicant*").Result()
+	if err != nil || len(keys) != 0 {
+		t.Fatalf("keys of the applicant whose decisions came late: %v, %v; want none (nothing consumed)", keys, err)
+	}
 }
 
 func TestChaosSIGTERM(t *testing.T) {
