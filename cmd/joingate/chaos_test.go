@@ -18,14 +18,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/joingate/joingate/pkg/redisconn"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -317,60 +315,6 @@ func TestChaosRedis(t *testing.T) {
 	expectClean(t, got)
 }
 
-// busyScript keeps Redis's one thread busy for ARGV[1] µs, as a slow
-// command of another client does.
-const busyScript = `
-local t = redis.call("TIME")
-local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
-repeat
-  t = redis.call("TIME")
-until tonumber(t[1]) * 1000000 + tonumber(t[2]) - start > tonumber(ARGV[1])
-return 0`
-
-// busy keeps Redis busy for d and returns once Redis is (a PING gets no
-// answer within 20ms); the channel gets the script's error when it ends.
-func (c *cluster) busy(d time.Duration) <-chan error {
-	c.t.Helper()
-	long, err := redisconn.New(c.redis.URL, 10*time.Second, 1)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	probe, err := redisconn.New(c.redis.URL, 20*time.Millisecond, 1)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer probe.Close()
-	done := make(chan error, 1)
-	go func() {
-		defer long.Close()
-		done <- long.Eval(context.Background(), busyScript, nil, d.Microseconds()).Err()
-	}()
-	if !testenv.Eventually(5*time.Second, func() bool { return probe.Ping(context.Background()).Err() != nil }) {
-		c.t.Fatal("Redis never got busy")
-	}
-	return done
-}
-
-// scriptCalls is the number of EVALSHA commands Redis has run.
-func (c *cluster) scriptCalls() int {
-	c.t.Helper()
-	var info string
-	if !testenv.Eventually(10*time.Second, func() bool {
-		var err error
-		info, err = c.redis.Client.Info(context.Background(), "commandstats").Result()
-		return err == nil
-	}) {
-		c.t.Fatal("INFO commandstats: no answer")
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
-			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
-			return n
-		}
-	}
-	return 0
-}
-
 // A Redis that another client's slow command keeps busy (the worker
 // slower than the decision timeout of issue 6): under load every answer
 // stays JSON and in time (the gateway falls back at its timeout, the
@@ -387,7 +331,7 @@ func TestChaosSlowRedis(t *testing.T) {
 		return c.metric(c.workerAdmins[0], "joingate_worker_store_breaker_state") == state &&
 			c.metric(c.workerAdmins[1], "joingate_worker_store_breaker_state") == state
 	}
-	if err := <-c.busy(1500 * time.Millisecond); err != nil {
+	if err := <-testenv.BusyRedis(t, c.redis.URL, 1500*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	c.waitDecisions("after Redis was busy", 200)
@@ -398,8 +342,8 @@ func TestChaosSlowRedis(t *testing.T) {
 	if !testenv.Eventually(10*time.Second, func() bool { return breakers(0) }) {
 		t.Fatal("the breakers did not close after Redis was free")
 	}
-	before := c.scriptCalls()
-	done := c.busy(time.Second)
+	before := testenv.ScriptCalls(t, c.redis.Client)
+	done := testenv.BusyRedis(t, c.redis.URL, time.Second)
 	timeouts := c.fallbacks("timeout")
 	var wg sync.WaitGroup
 	for i := range 2 {
@@ -417,7 +361,7 @@ func TestChaosSlowRedis(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if !testenv.Eventually(10*time.Second, func() bool { return c.scriptCalls() > before }) {
+	if !testenv.Eventually(10*time.Second, func() bool { return testenv.ScriptCalls(t, c.redis.Client) > before }) {
 		t.Fatal("the late decisions never ran in Redis: the scenario proves nothing")
 	}
 	keys, err := c.redis.Client.Keys(context.Background(), "*late-applicant*").Result()

@@ -3,26 +3,11 @@ package ratelimit
 import (
 	"context"
 	"errors"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/joingate/joingate/pkg/redisconn"
 	"github.com/joingate/joingate/pkg/testenv"
 )
-
-// busyScript keeps Redis's one thread busy for ARGV[1] µs: what a slow
-// command of another client does to every other one.
-const busyScript = `
-local t = redis.call("TIME")
-local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
-repeat
-  t = redis.call("TIME")
-until tonumber(t[1]) * 1000000 + tonumber(t[2]) - start > tonumber(ARGV[1])
-return 0`
 
 // A query that Redis runs after its caller's deadline consumes nothing:
 // while another client's command keeps Redis busy, the caller gives up
@@ -31,16 +16,6 @@ return 0`
 func TestLateQueryConsumesNothing(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	ctx := context.Background()
-	other := func(timeout time.Duration) *redis.Client {
-		t.Helper()
-		c, err := redisconn.New(srv.URL, timeout, 2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	busy, probe := other(5*time.Second), other(20*time.Millisecond)
 	for _, v := range []struct {
 		name string
 		s    store
@@ -51,13 +26,8 @@ func TestLateQueryConsumesNothing(t *testing.T) {
 			if a := decide(t, v.s, Query{Checks: []Check{{Key: "on-time:" + v.name, Limit: q.Checks[0].Limit}}}); !a.Results[0].Allowed {
 				t.Fatalf("on time: %+v", a)
 			}
-			before := scriptCalls(t, probe)
-			done := make(chan error, 1)
-			go func() { done <- busy.Eval(ctx, busyScript, nil, 600_000).Err() }()
-			// Redis is busy when a PING gets no answer within 20ms.
-			if !testenv.Eventually(5*time.Second, func() bool { return probe.Ping(ctx).Err() != nil }) {
-				t.Fatal("Redis never got busy")
-			}
+			before := testenv.ScriptCalls(t, srv.Client)
+			done := testenv.BusyRedis(t, srv.URL, 600*time.Millisecond)
 			short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 			defer cancel()
 			err := v.s.Decide(short, &q, &Answer{})
@@ -70,8 +40,8 @@ func TestLateQueryConsumesNothing(t *testing.T) {
 				t.Fatalf("Decide while Redis is busy: %v, want ErrStore", err)
 			}
 			// The query ran once Redis was free (so it would have charged)...
-			if !testenv.Eventually(5*time.Second, func() bool { return scriptCalls(t, probe) > before }) {
-				t.Fatalf("the late query never ran (EVALSHA calls %d before, %d now): the test proves nothing", before, scriptCalls(t, probe))
+			if !testenv.Eventually(5*time.Second, func() bool { return testenv.ScriptCalls(t, srv.Client) > before }) {
+				t.Fatalf("the late query never ran (EVALSHA calls %d before, %d now): the test proves nothing", before, testenv.ScriptCalls(t, srv.Client))
 			}
 			// ...and consumed nothing.
 			if n, err := srv.Client.Exists(ctx, q.Checks[0].Key).Result(); err != nil || n != 0 {
@@ -79,30 +49,6 @@ func TestLateQueryConsumesNothing(t *testing.T) {
 			}
 		})
 	}
-}
-
-// scriptCalls is the number of EVALSHA commands Redis has run (with the
-// one of the on-time query, and the busy script's EVAL not counted).
-func scriptCalls(t *testing.T, c *redis.Client) int {
-	t.Helper()
-	var info string
-	if !testenv.Eventually(5*time.Second, func() bool {
-		var err error
-		info, err = c.Info(context.Background(), "commandstats").Result()
-		return err == nil
-	}) {
-		t.Fatal("INFO commandstats: no answer")
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
-			n, err := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
-			if err != nil {
-				t.Fatalf("%q: %v", line, err)
-			}
-			return n
-		}
-	}
-	return 0
 }
 
 // A query whose deadline has passed by Redis's clock is answered errLate

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -206,4 +207,63 @@ func Run(t testing.TB, run func(context.Context) error) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// busyScript keeps Redis's one thread busy for ARGV[1] µs, as a slow
+// command of another client does.
+const busyScript = `
+local t = redis.call("TIME")
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+repeat
+  t = redis.call("TIME")
+until tonumber(t[1]) * 1000000 + tonumber(t[2]) - start > tonumber(ARGV[1])
+return 0`
+
+// BusyRedis keeps the Redis at url busy for d, from a connection of its
+// own, and returns once Redis is busy (a PING gets no answer within
+// 20ms); the channel gets the busy script's error when it ends.
+func BusyRedis(t testing.TB, url string, d time.Duration) <-chan error {
+	t.Helper()
+	long, err := redisconn.New(url, d+10*time.Second, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := redisconn.New(url, 20*time.Millisecond, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	done := make(chan error, 1)
+	go func() {
+		defer long.Close()
+		done <- long.Eval(context.Background(), busyScript, nil, d.Microseconds()).Err()
+	}()
+	if !Eventually(5*time.Second, func() bool { return probe.Ping(context.Background()).Err() != nil }) {
+		t.Fatal("Redis never got busy")
+	}
+	return done
+}
+
+// ScriptCalls is the number of EVALSHA commands the Redis of c has run
+// (INFO commandstats), polled until Redis answers.
+func ScriptCalls(t testing.TB, c *redis.Client) int {
+	t.Helper()
+	var info string
+	if !Eventually(10*time.Second, func() bool {
+		var err error
+		info, err = c.Info(context.Background(), "commandstats").Result()
+		return err == nil
+	}) {
+		t.Fatal("INFO commandstats: no answer")
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
+			n, err := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			if err != nil {
+				t.Fatalf("%q: %v", line, err)
+			}
+			return n
+		}
+	}
+	return 0
 }
