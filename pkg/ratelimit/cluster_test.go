@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -222,6 +223,32 @@ func TestCluster(t *testing.T) {
 		}
 		if r := peek(t, s, checks[1], checks[2]); r[0].Remaining != 0 || r[1].Remaining != 1 {
 			t.Fatalf("group and global after peeks: %+v, want 0 and 1 left after one more", r)
+		}
+	})
+
+	t.Run("late parts consume nothing", func(t *testing.T) {
+		s := fresh(t)
+		q := Query{Guards: guards, Checks: []Check{hourly(app.rule(), 2, 2), hourly(grp.rule(), 3, 3), hourly(glob.rule(), 4, 4)}}
+		parts := slotParts(&q)
+		if len(parts) < 3 {
+			t.Fatalf("%d parts: the keys are not spread", len(parts))
+		}
+		// Every part's script runs with a deadline long past by Redis's
+		// clock, as when a busy shard runs them after the worker gave up.
+		var a Answer
+		a.reset(&q)
+		err := s.decideSplit(ctx, &q, &a, parts, 1)
+		if !errors.Is(err, ErrStore) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("late parts: %v; want ErrStore wrapping context.DeadlineExceeded", err)
+		}
+		for _, ch := range q.Checks {
+			if exists(t, ch.Key) {
+				t.Fatalf("%s holds quota after a late request", ch.Key)
+			}
+		}
+		// The same request in time is decided and charged.
+		if a := decide(t, s, q); !a.Admitted(&q) {
+			t.Fatalf("in time: %+v", a)
 		}
 	})
 

@@ -162,7 +162,7 @@ func (r *Redis) Decide(ctx context.Context, q *Query, a *Answer) error {
 	}
 	if r.cluster {
 		if parts := slotParts(q); len(parts) > 1 {
-			return r.decideSplit(ctx, q, a, parts)
+			return r.decideSplit(ctx, q, a, parts, deadlineArg(ctx))
 		}
 	}
 	keys, args := scriptArgs(q, nil, deadlineArg(ctx))
@@ -369,12 +369,11 @@ func slotParts(q *Query) []*part {
 // somewhere, or a check refused somewhere. Between the two round trips
 // other requests may see the refunded quota as used: a brief, conservative
 // over-count, never an over-admission.
-func (r *Redis) decideSplit(ctx context.Context, q *Query, a *Answer, parts []*part) error {
+func (r *Redis) decideSplit(ctx context.Context, q *Query, a *Answer, parts []*part, deadline int64) error {
 	pipe := r.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(parts))
 	keys := make([][]string, len(parts))
 	args := make([][]any, len(parts))
-	deadline := deadlineArg(ctx)
 	for i, p := range parts {
 		keys[i], args[i] = scriptArgs(q, p, deadline)
 		cmds[i] = decideScript.EvalSha(ctx, pipe, keys[i], args[i]...)
