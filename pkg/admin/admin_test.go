@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/joingate/joingate/pkg/testenv"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -40,9 +42,7 @@ func TestEndpoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	stop := testenv.Run(t, s.Run)
 	base := "http://" + s.Addr()
 
 	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "joingate_test_total 3") {
@@ -66,10 +66,7 @@ func TestEndpoints(t *testing.T) {
 	if code, body := get(t, base+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
 		t.Fatalf("/debug/pprof/: %d", code)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	stop() // fails the test if Run returns an error
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Fatal("admin server still serving after Run returned")
 	}

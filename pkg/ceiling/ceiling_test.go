@@ -1,7 +1,6 @@
 package ceiling
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -9,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/testenv"
 )
 
 func TestReferenceAnswers(t *testing.T) {
@@ -18,15 +18,7 @@ func TestReferenceAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	testenv.Run(t, srv.Run)
 
 	join := `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":""}`
 	f := func(method, path, body string, wantStatus int, wantBody string) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/ceiling"
+	"github.com/joingate/joingate/pkg/testenv"
 )
 
 // serve runs handler on a loopback port until the test ends and returns
@@ -243,15 +244,7 @@ func TestAgainstReferenceServer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- srv.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Error(err)
-				}
-			}()
+			testenv.Run(t, srv.Run)
 
 			opts := testOptions("http://" + srv.Addr() + "/callbackExample")
 			opts.Connections = 8

@@ -17,6 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/joingate/joingate/pkg/testenv"
 )
 
 const (
@@ -31,12 +33,8 @@ const (
 // waitFor polls cond until it holds, failing the test after waitTimeout.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !testenv.Eventually(waitTimeout, cond) {
+		t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
 	}
 }
 
@@ -150,7 +148,7 @@ func (h *harness) calls() []string {
 
 func (h *harness) metric(name string, labels ...string) float64 {
 	h.t.Helper()
-	return metricValue(h.t, h.reg, name, labels...)
+	return testenv.Value(h.t, h.reg, name, labels...)
 }
 
 // waitReloads waits until the success and failure counters reach the values.
@@ -169,37 +167,6 @@ func (h *harness) settle() {
 	n := h.logs.count(msgUnchanged)
 	writeFile(h.t, filepath.Join(filepath.Dir(h.path), "unrelated.txt"), fmt.Sprint(time.Now().UnixNano()))
 	waitFor(h.t, "a check after an unrelated write", func() bool { return h.logs.count(msgUnchanged) > n })
-}
-
-// metricValue reads one series of reg; labels are its label values in order.
-func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for i, l := range m.GetLabel() {
-				if l.GetValue() != labels[i] {
-					continue series
-				}
-			}
-			if m.Counter != nil {
-				return m.Counter.GetValue()
-			}
-			return m.Gauge.GetValue()
-		}
-	}
-	t.Fatalf("no series %s%q", name, labels)
-	return 0
 }
 
 func writeFile(t *testing.T, path, content string) {
