@@ -2,8 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runCmd runs the command line in process with an empty environment, so
@@ -92,5 +96,31 @@ func TestVersionOutput(t *testing.T) {
 	code, out, errOut := runCmd(t, "version")
 	if code != 0 || !strings.HasPrefix(out, "joingate ") || errOut != "" {
 		t.Fatalf("version: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+// Start-up warns about a Redis clock more than maxClockOffset away, ahead
+// or behind, and says nothing when it is close or Redis does not answer.
+func TestCheckClock(t *testing.T) {
+	for _, c := range []struct {
+		offset time.Duration
+		err    error
+		warn   bool
+	}{
+		{10 * time.Millisecond, nil, false},
+		{-maxClockOffset, nil, false},
+		{maxClockOffset + time.Millisecond, nil, true},
+		{-300 * time.Millisecond, nil, true},
+		{time.Hour, errors.New("redis down"), false},
+	} {
+		var buf bytes.Buffer
+		checkClock(func(context.Context) (time.Duration, error) { return c.offset, c.err }, time.Second, slog.New(slog.NewTextHandler(&buf, nil)))
+		warned := strings.Contains(buf.String(), "redis clock differs")
+		if warned != c.warn {
+			t.Errorf("offset %s, error %v: warned %v (%q), want %v", c.offset, c.err, warned, buf.String(), c.warn)
+		}
+		if warned && !strings.Contains(buf.String(), "offset="+c.offset.Round(time.Millisecond).String()) {
+			t.Errorf("offset %s: the warning does not give it: %q", c.offset, buf.String())
+		}
 	}
 }

@@ -335,7 +335,7 @@ func newStore(cfg config.Config, log *slog.Logger) (store, func(), error) {
 	}
 	log.Info("limits kept in redis", "mode", cfg.Redis.Mode, "addrs", redisconn.Addrs(cfg.Redis.URL, cfg.Redis.Mode))
 	r := ratelimit.NewRedis(client)
-	checkClock(r, cfg.Redis.Timeout, log)
+	checkClock(r.ClockOffset, cfg.Redis.Timeout, log)
 	return r, func() { client.Close() }, nil
 }
 
@@ -343,13 +343,14 @@ func newStore(cfg config.Config, log *slog.Logger) (store, func(), error) {
 // that start-up warns about.
 const maxClockOffset = 50 * time.Millisecond
 
-// checkClock warns when Redis's clock is far from this host's: decisions
-// carry deadlines that the Redis script compares with its own clock. Redis
-// may not be up yet: then nothing is said.
-func checkClock(r *ratelimit.Redis, timeout time.Duration, log *slog.Logger) {
+// checkClock warns when Redis's clock (offset: Redis.ClockOffset) is far
+// from this host's: decisions carry deadlines that the Redis script
+// compares with its own clock. Redis may not be up yet: then nothing is
+// said.
+func checkClock(clockOffset func(context.Context) (time.Duration, error), timeout time.Duration, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	offset, err := r.ClockOffset(ctx)
+	offset, err := clockOffset(ctx)
 	if err != nil || offset.Abs() <= maxClockOffset {
 		return
 	}
