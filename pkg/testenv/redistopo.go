@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -37,28 +38,34 @@ func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	bin := lookRedis(t, "redis-server")
 	cli := lookRedis(t, "redis-cli")
-	dir := t.TempDir()
+	c := &Cluster{}
 	// Each node needs a client port and a cluster bus port; the default
 	// bus port (port+10000) may be out of range or taken.
-	ports := freePorts(t, 6)
-	c := &Cluster{}
-	for i := range 3 {
-		port, bus := ports[2*i], ports[2*i+1]
-		ndir := filepath.Join(dir, fmt.Sprint("node", i))
-		if err := os.Mkdir(ndir, 0o700); err != nil {
-			t.Fatal(err)
+	withFreePorts(t, 6, func(ports []int) error {
+		dir := t.TempDir()
+		c.Addrs = c.Addrs[:0]
+		for i := range 3 {
+			port, bus := ports[2*i], ports[2*i+1]
+			ndir := filepath.Join(dir, fmt.Sprint("node", i))
+			if err := os.Mkdir(ndir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", port)
+			err := startProcess(t, bin, ndir, addr,
+				"--cluster-enabled", "yes",
+				"--cluster-config-file", filepath.Join(ndir, fmt.Sprintf("nodes-%d.conf", i)),
+				"--cluster-port", fmt.Sprint(bus),
+				"--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+				"--save", "", "--appendonly", "no", "--dir", ndir,
+				"--daemonize", "no", "--loglevel", "warning",
+				"--logfile", filepath.Join(ndir, "redis.log"))
+			if err != nil {
+				return err
+			}
+			c.Addrs = append(c.Addrs, addr)
 		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		startProcess(t, bin, ndir, addr,
-			"--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(ndir, fmt.Sprintf("nodes-%d.conf", i)),
-			"--cluster-port", fmt.Sprint(bus),
-			"--port", fmt.Sprint(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", ndir,
-			"--daemonize", "no", "--loglevel", "warning",
-			"--logfile", filepath.Join(ndir, "redis.log"))
-		c.Addrs = append(c.Addrs, addr)
-	}
+		return nil
+	})
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
@@ -133,38 +140,39 @@ type Sentinel struct {
 func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
 	bin := lookRedis(t, "redis-server")
-	dir := t.TempDir()
-	ports := freePorts(t, 2)
-	s := &Sentinel{
-		MasterAddr:   fmt.Sprintf("127.0.0.1:%d", ports[0]),
-		SentinelAddr: fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		MasterName:   "mymaster",
-	}
-	mdir, sdir := filepath.Join(dir, "master"), filepath.Join(dir, "sentinel")
-	for _, d := range []string{mdir, sdir} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatal(err)
+	s := &Sentinel{MasterName: "mymaster"}
+	withFreePorts(t, 2, func(ports []int) error {
+		s.MasterAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+		s.SentinelAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+		dir := t.TempDir()
+		mdir, sdir := filepath.Join(dir, "master"), filepath.Join(dir, "sentinel")
+		for _, d := range []string{mdir, sdir} {
+			if err := os.Mkdir(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	startProcess(t, bin, mdir, s.MasterAddr,
-		"--port", fmt.Sprint(ports[0]), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", mdir,
-		"--daemonize", "no", "--loglevel", "warning",
-		"--logfile", filepath.Join(mdir, "redis.log"))
-	// Sentinel rewrites its configuration file, so it gets its own.
-	conf := filepath.Join(sdir, "sentinel.conf")
-	err := os.WriteFile(conf, fmt.Appendf(nil, `port %d
+		err := startProcess(t, bin, mdir, s.MasterAddr,
+			"--port", fmt.Sprint(ports[0]), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", mdir,
+			"--daemonize", "no", "--loglevel", "warning",
+			"--logfile", filepath.Join(mdir, "redis.log"))
+		if err != nil {
+			return err
+		}
+		// Sentinel rewrites its configuration file, so it gets its own.
+		conf := filepath.Join(sdir, "sentinel.conf")
+		if err := os.WriteFile(conf, fmt.Appendf(nil, `port %d
 bind 127.0.0.1
 daemonize no
 dir %s
 logfile %s
 loglevel warning
 sentinel monitor %s 127.0.0.1 %d 1
-`, ports[1], sdir, filepath.Join(sdir, "redis.log"), s.MasterName, ports[0]), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startProcess(t, bin, sdir, s.SentinelAddr, conf, "--sentinel")
+`, ports[1], sdir, filepath.Join(sdir, "redis.log"), s.MasterName, ports[0]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return startProcess(t, bin, sdir, s.SentinelAddr, conf, "--sentinel")
+	})
 
 	ctx := context.Background()
 	sc := redis.NewSentinelClient(&redis.Options{Addr: s.SentinelAddr, DialTimeout: time.Second, ReadTimeout: time.Second})
@@ -203,6 +211,24 @@ func lookRedis(t testing.TB, name string) string {
 	return bin
 }
 
+// withFreePorts calls start with n free loopback ports, and again with new
+// ones, up to three times in all, when a server it started exited at once
+// (errExited): a port chosen free was taken before the server bound it,
+// by another test's connection.
+func withFreePorts(t testing.TB, n int, start func(ports []int) error) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := start(freePorts(t, n))
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errExited) || attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying with other ports: %v", err)
+	}
+}
+
 // freePorts returns n distinct loopback TCP ports that were free a moment
 // ago (all held at once, so none repeats).
 func freePorts(t testing.TB, n int) []int {
@@ -219,12 +245,22 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-// startProcess starts bin with args, logging to dir/redis.log, waits until
-// addr answers PING and kills the process when the test ends. An early
-// exit fails the test with the log.
-func startProcess(t testing.TB, bin, dir, addr string, args ...string) {
+// errExited is a server that exited before it answered.
+var errExited = errors.New("exited before it answered")
+
+// startProcess starts bin with args, logging to dir/redis.log (its own
+// output to dir/output.log), waits until addr answers PING and kills the
+// process when the test ends. An early exit is an error wrapping errExited,
+// with the logs; not answering within 10s fails the test.
+func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
+	out, err := os.Create(filepath.Join(dir, "output.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close() // the child has its own descriptor
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
@@ -249,14 +285,18 @@ func startProcess(t testing.TB, bin, dir, addr string, args ...string) {
 		lastErr = c.Ping(context.Background()).Err()
 		return lastErr == nil
 	})
+	logs := func() string {
+		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+		output, _ := os.ReadFile(filepath.Join(dir, "output.log"))
+		return strings.TrimSpace(string(log) + string(output))
+	}
 	select {
 	case <-exited:
-		up = false
-		lastErr = fmt.Errorf("exited: %v", cmd.ProcessState)
+		return fmt.Errorf("%s %s on %s %w (%v):\n%s", bin, strings.Join(args, " "), addr, errExited, cmd.ProcessState, logs())
 	default:
 	}
 	if !up {
-		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-		t.Fatalf("%s %s did not answer on %s within 10s: %v\n%s", bin, strings.Join(args, " "), addr, lastErr, strings.TrimSpace(string(log)))
+		t.Fatalf("%s %s did not answer on %s within 10s: %v\n%s", bin, strings.Join(args, " "), addr, lastErr, logs())
 	}
+	return nil
 }
