@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func StartCluster(t testing.TB) *Cluster {
 				t.Fatal(err)
 			}
 			addr := fmt.Sprintf("127.0.0.1:%d", port)
-			err := startProcess(t, bin, ndir, addr,
+			_, err := startProcess(t, bin, ndir, addr,
 				"--cluster-enabled", "yes",
 				"--cluster-config-file", filepath.Join(ndir, fmt.Sprintf("nodes-%d.conf", i)),
 				"--cluster-port", fmt.Sprint(bus),
@@ -151,7 +152,7 @@ func StartSentinel(t testing.TB) *Sentinel {
 				t.Fatal(err)
 			}
 		}
-		err := startProcess(t, bin, mdir, s.MasterAddr,
+		_, err := startProcess(t, bin, mdir, s.MasterAddr,
 			"--port", fmt.Sprint(ports[0]), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", mdir,
 			"--daemonize", "no", "--loglevel", "warning",
@@ -171,7 +172,8 @@ sentinel monitor %s 127.0.0.1 %d 1
 `, ports[1], sdir, filepath.Join(sdir, "redis.log"), s.MasterName, ports[0]), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		return startProcess(t, bin, sdir, s.SentinelAddr, conf, "--sentinel")
+		_, err = startProcess(t, bin, sdir, s.SentinelAddr, conf, "--sentinel")
+		return err
 	})
 
 	ctx := context.Background()
@@ -250,9 +252,10 @@ var errExited = errors.New("exited before it answered")
 
 // startProcess starts bin with args, logging to dir/redis.log (its own
 // output to dir/output.log), waits until addr answers PING and kills the
-// process when the test ends. An early exit is an error wrapping errExited,
-// with the logs; not answering within 10s fails the test.
-func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
+// process when the test ends, or when stop is called. An early exit is an
+// error wrapping errExited, with the logs; not answering within 10s fails
+// the test.
+func startProcess(t testing.TB, bin, dir, addr string, args ...string) (stop func(), err error) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	out, err := os.Create(filepath.Join(dir, "output.log"))
@@ -269,10 +272,14 @@ func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
 		cmd.Wait()
 		close(exited)
 	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			<-exited
+		})
+	}
+	t.Cleanup(stop)
 	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
 	defer c.Close()
 	var lastErr error
@@ -292,11 +299,11 @@ func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
 	}
 	select {
 	case <-exited:
-		return fmt.Errorf("%s %s on %s %w (%v):\n%s", bin, strings.Join(args, " "), addr, errExited, cmd.ProcessState, logs())
+		return stop, fmt.Errorf("%s %s on %s %w (%v):\n%s", bin, strings.Join(args, " "), addr, errExited, cmd.ProcessState, logs())
 	default:
 	}
 	if !up {
 		t.Fatalf("%s %s did not answer on %s within 10s: %v\n%s", bin, strings.Join(args, " "), addr, lastErr, logs())
 	}
-	return nil
+	return stop, nil
 }

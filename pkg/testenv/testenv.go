@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -64,7 +63,7 @@ type Redis struct {
 	// Port is the loopback TCP port, for tools that need one.
 	Port   int
 	Client *redis.Client
-	cmd    *exec.Cmd
+	stop   func()
 	bin    string
 	dir    string
 }
@@ -81,15 +80,17 @@ func StartRedis(t testing.TB) *Redis {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	r := &Redis{Socket: filepath.Join(sockDir, "redis.sock"), Port: FreePort(t), bin: bin, dir: t.TempDir()}
+	r := &Redis{Socket: filepath.Join(sockDir, "redis.sock"), bin: bin, dir: t.TempDir()}
 	r.URL = "unix://" + r.Socket
 	// The client joingate builds, so tests see production's timeouts.
 	if r.Client, err = redisconn.New(r.URL, 250*time.Millisecond, 16); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Client.Close() })
-	r.Start(t)
-	t.Cleanup(r.Stop)
+	withFreePorts(t, 1, func(ports []int) error {
+		r.Port = ports[0]
+		return r.start(t)
+	})
 	return r
 }
 
@@ -97,30 +98,25 @@ func StartRedis(t testing.TB) *Redis {
 // and waits until it answers; its data is gone.
 func (r *Redis) Start(t testing.TB) {
 	t.Helper()
-	r.cmd = exec.Command(r.bin,
+	if err := r.start(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *Redis) start(t testing.TB) (err error) {
+	r.stop, err = startProcess(t, r.bin, r.dir, fmt.Sprintf("127.0.0.1:%d", r.Port),
 		"--port", fmt.Sprint(r.Port), "--bind", "127.0.0.1",
 		"--unixsocket", r.Socket, "--unixsocketperm", "700",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
 		"--daemonize", "no", "--loglevel", "warning",
 		"--logfile", filepath.Join(r.dir, "redis.log"))
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	var lastErr error
-	if !Eventually(10*time.Second, func() bool {
-		lastErr = r.Client.Ping(context.Background()).Err()
-		return lastErr == nil
-	}) {
-		log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
-		t.Fatalf("redis-server did not answer within 10s: %v\n%s", lastErr, strings.TrimSpace(string(log)))
-	}
+	return err
 }
 
 // Stop kills the server, for tests of a store outage.
 func (r *Redis) Stop() {
-	if r.cmd != nil && r.cmd.ProcessState == nil {
-		r.cmd.Process.Kill()
-		r.cmd.Wait()
+	if r.stop != nil {
+		r.stop()
 	}
 }
 
