@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -86,8 +87,9 @@ func call(t *testing.T, method, gateway, command, body string) (int, answer) {
 	return resp.StatusCode, a
 }
 
+// joinBody is the body IMServer posts, byte for byte (groupType "\u0002").
 func joinBody(group, applicant string) string {
-	return fmt.Sprintf(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":%q,"groupType":2,"applyID":%q,"reqMessage":"hi","ex":""}`, group, applicant)
+	return callback.IMServerJoinGroup(group, applicant, "hi")
 }
 
 // scrape fetches and parses the /metrics of an admin listener.

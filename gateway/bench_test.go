@@ -34,8 +34,7 @@ import (
 var benchBodies = func() [][]byte {
 	bodies := make([][]byte, 1024)
 	for i := range bodies {
-		bodies[i] = fmt.Appendf(nil, `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"%d","groupType":2,"applyID":"%d","reqMessage":"hello, please let me in","ex":""}`,
-			2_000_000_000+i%64, 1_000_000_000+i)
+		bodies[i] = []byte(callback.IMServerJoinGroup(fmt.Sprint(2_000_000_000+i%64), fmt.Sprint(1_000_000_000+i), "hello, please let me in"))
 	}
 	return bodies
 }()

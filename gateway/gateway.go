@@ -235,8 +235,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.srv.ShutdownWithContext(sctx); err != nil {
 		return fmt.Errorf("callback server shutdown: %w", err)
 	}
-	// Serve returns once the listener is closed; then no refusal starts,
-	// and the last ones end within a second.
+	// Shutdown closes only the listeners Serve has registered: one
+	// cancelled right after start would still be accepting. Serve returns
+	// once the listener is closed; then no refusal starts, and the last
+	// ones end within a second.
+	g.served.Close()
 	<-errc
 	g.served.refusing.Wait()
 	g.log.Info("gateway stopped")
@@ -444,6 +447,9 @@ func (g *Gateway) handleError(ctx *fasthttp.RequestCtx, err error) {
 	// On a kept connection the previous answer's write deadline may have
 	// passed: give this answer its own, or it is lost.
 	ctx.SetWriteDeadline(time.Now().Add(g.opts.ReadTimeout))
+	if g.unparsableTarget(ctx) {
+		return
+	}
 	status, msg := fasthttp.StatusBadRequest, "cannot parse HTTP request"
 	var small *fasthttp.ErrSmallBuffer
 	var netErr net.Error
@@ -460,6 +466,47 @@ func (g *Gateway) handleError(ctx *fasthttp.RequestCtx, err error) {
 		g.log.Warn("rejected request", "reason", msg, "remote", ctx.RemoteAddr().String(), "err", err, "suppressed", n)
 	}
 	g.fail(ctx, status, msg)
+}
+
+// unparsableTarget answers a POST whose headers fasthttp read but whose
+// target it could not parse as a URI: one that starts with "//" and holds
+// "://" reads to it as a scheme-relative URL with a host such as "::"
+// ("//a:b://x/callback..."), which a webhook base can produce. It routes on
+// the raw target like any callback; the body is not read, so a join
+// callback cannot be decided and gets the fallback. It reports whether it
+// answered.
+func (g *Gateway) unparsableTarget(ctx *fasthttp.RequestCtx) bool {
+	target := ctx.Request.Header.RequestURI()
+	if !ctx.IsPost() || len(target) < 2 || target[0] != '/' || target[1] != '/' {
+		return false
+	}
+	var u fasthttp.URI
+	if u.Parse(ctx.Request.Header.Host(), target) == nil {
+		return false // not why fasthttp failed
+	}
+	cmd := command(target)
+	switch {
+	case string(cmd) == callback.JoinGroupCommand:
+		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeFallback).Inc()
+		g.metrics.fallbacks.WithLabelValues(causeError).Inc()
+		answer := "allow"
+		if g.fallbackRefuses {
+			answer = "refuse"
+		}
+		g.metrics.answers.WithLabelValues(answer).Inc()
+		writeJSON(ctx, fasthttp.StatusOK, g.opts.FallbackBody)
+	case callback.IsCommand(cmd):
+		g.metrics.requests.WithLabelValues(commandOther, outcomeNoPolicy).Inc()
+		writeJSONString(ctx, fasthttp.StatusOK, callback.AllowJSON)
+	default:
+		return false
+	}
+	if ok, n := g.badInputLog.Allow(); ok {
+		g.log.Warn("request target is not a URI fasthttp can parse; routed on its last segment",
+			"target", string(target), "command", string(cmd), "remote", ctx.RemoteAddr().String(),
+			"operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)), "suppressed", n)
+	}
+	return true
 }
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, body []byte) {

@@ -102,8 +102,9 @@ func (a answer) refused() bool { return a.ActionCode == 0 && a.NextCode == 1 }
 
 const joinPath = "/callbackExample/callbackBeforeJoinGroupCommand"
 
+// joinBody is the body IMServer posts, byte for byte (groupType "\u0002").
 func joinBody(applicant, group string) string {
-	return fmt.Sprintf(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":%q,"groupType":2,"applyID":%q,"reqMessage":"hi","ex":""}`, group, applicant)
+	return callback.IMServerJoinGroup(group, applicant, "hi")
 }
 
 // post sends a request as IMServer does and decodes the JSON answer; a
@@ -238,10 +239,16 @@ func TestWireContract(t *testing.T) {
 		}
 	}
 
-	// groupType as a string and as a number, unknown fields ignored.
+	// groupType in every form (it plays no part in the decision), the
+	// docs' number among them; unknown fields ignored.
 	for i, body := range []string{
 		`{"groupID":"g","groupType":"2","applyID":"gt-%d","extra":{"nested":[1]}}`,
 		`{"groupID":"g","groupType":2,"applyID":"gt-%d","callbackCommand":"callbackBeforeJoinGroupCommand"}`,
+		`{"groupID":"g","groupType":"\u0002","applyID":"gt-%d"}`,
+		`{"groupID":"g","groupType":"x","applyID":"gt-%d"}`,
+		`{"groupID":"g","groupType":{"a":[true]},"applyID":"gt-%d"}`,
+		`{"groupID":"g","groupType":null,"applyID":"gt-%d"}`,
+		`{"groupID":"g","groupType":1.5,"applyID":"gt-%d"}`,
 	} {
 		body = fmt.Sprintf(body, i)
 		if code, a := post(t, e.url+joinPath, body); code != 200 || a != allow {
@@ -256,7 +263,7 @@ func TestWireContract(t *testing.T) {
 		`{"groupID":"g"}`:              "applyID",
 		`{"groupID":1,"applyID":"u"}`:  "groupID must be a string",
 		`{"groupID":"g","applyID":"u"`: "unexpected end",
-		`{"groupID":"g","applyID":"u","groupType":"x"}`: "groupType",
+		`{"groupID":"g","applyID":"u","groupType":tru}`: "invalid JSON",
 	} {
 		code, a := post(t, e.url+joinPath, body)
 		if code != 400 || a.ActionCode != 1 || !strings.Contains(a.ErrMsg, reason) {

@@ -65,7 +65,7 @@ type part struct {
 }
 
 // moved is how much each of the gateway's request counters must move.
-type moved struct{ rejected, invalid, decided, noPolicy float64 }
+type moved struct{ rejected, invalid, decided, noPolicy, fallback float64 }
 
 type hostileCase struct {
 	name  string
@@ -183,6 +183,13 @@ func TestHostileHTTP(t *testing.T) {
 		{name: "percent-encoded slash before the command", parts: one(request("POST", "/x%2F"+callback.JoinGroupCommand, "", normal), allowed), moved: moved{decided: 1}},
 		{name: "dot segments before the command", parts: one(request("POST", "/a/../../"+callback.JoinGroupCommand, "", normal), allowed), moved: moved{decided: 1}},
 		{name: "absolute-form target naming another host", parts: one(request("POST", "http://elsewhere"+joinPath, "", normal), allowed), moved: moved{decided: 1}},
+		// A webhook base such as "http://imserver//a:b://x" gives a target
+		// fasthttp reads as a URL with the host "a:b" and cannot parse
+		// (found by FuzzRoute): routed on its last segment all the same.
+		// The body is not read, so a join callback gets the fallback.
+		{name: "target fasthttp cannot parse, join command", parts: one(request("POST", "//a:b://x/"+callback.JoinGroupCommand, "", normal), allowed), closes: true, moved: moved{fallback: 1}},
+		{name: "target fasthttp cannot parse, other command", parts: one(request("POST", "//:://callbackAfterJoinGroupCommand?0", "", normal), allowed), closes: true, moved: moved{noPolicy: 1}},
+		{name: "target fasthttp cannot parse, no command", parts: one(request("POST", "//:://x", "", normal), failed(400, "cannot parse")), closes: true, moved: moved{rejected: 1}},
 		{name: "other command with a hostile body", parts: one(request("POST", "/callbackAfterJoinGroupCommand", "", "\x00\xff"+strings.Repeat("[", 20000)), allowed), moved: moved{noPolicy: 1}},
 
 		// Framing of the body.
@@ -201,8 +208,11 @@ func TestHostileHTTP(t *testing.T) {
 		// writes that 408 under the write deadline of the first answer,
 		// long past, so today the connection closes with no second answer
 		// (a 408 JSON answer would pass too).
-		{name: "Content-Length shorter than the body, nothing after it", parts: one(strings.Replace(joinReq(normal), fmt.Sprint("Content-Length: ", len(normal)), "Content-Length: 10", 1), failed(400, "unexpected end")), closes: true, lateTimeout: true, moved: moved{invalid: 1, rejected: 1}},
-		{name: "no Content-Length, body follows", parts: one(fmt.Sprintf("POST %s HTTP/1.1\r\nHost: imserver\r\n\r\n%s", joinPath, normal), failed(400, "empty body")), closes: true, lateTimeout: true, moved: moved{invalid: 1, rejected: 1}},
+		{name: "Content-Length shorter than the body, nothing after it", parts: one(strings.Replace(joinReq(normal), fmt.Sprint("Content-Length: ", len(normal)), "Content-Length: 10", 1), failed(400, "unexpected end"), failed(400, "cannot parse")), closes: true, moved: moved{invalid: 1, rejected: 1}},
+		// IMServer's body ends with a newline: the rest of it reads as a
+		// request line that fasthttp cannot parse.
+		{name: "no Content-Length, body follows", parts: one(fmt.Sprintf("POST %s HTTP/1.1\r\nHost: imserver\r\n\r\n%s", joinPath, normal), failed(400, "empty body"), failed(400, "cannot parse")), closes: true, moved: moved{invalid: 1, rejected: 1}},
+		{name: "no Content-Length, body without its newline follows", parts: one(fmt.Sprintf("POST %s HTTP/1.1\r\nHost: imserver\r\n\r\n%s", joinPath, strings.TrimSuffix(normal, "\n")), failed(400, "empty body")), closes: true, lateTimeout: true, moved: moved{invalid: 1, rejected: 1}},
 		{name: "Content-Encoding gzip", parts: one(request("POST", joinPath, "Content-Encoding: gzip\r\n", "\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"), failed(400, "not a JSON object")), moved: moved{invalid: 1}},
 
 		// Protocol.
@@ -281,11 +291,13 @@ func TestHostileHTTP(t *testing.T) {
 	if code, a := post(t, e.url+joinPath, joinBody("spammer", "g")); code != 200 || a.ErrCode != 5002 || !a.refused() {
 		t.Fatalf("after hostile input: %d %+v, want the deny refusal", code, a)
 	}
-	// Every join that reached the worker was decided, none fell back, and
-	// the worker's decoder agreed with the edge's on every body.
-	for _, cause := range []string{"timeout", "no_responders", "nats_unavailable", "error"} {
+	// Every join that reached the worker was decided, none fell back but
+	// the one whose target fasthttp could not parse, and the worker's
+	// decoder agreed with the edge's on every body.
+	for _, cause := range []string{"timeout", "no_responders", "nats_unavailable"} {
 		testenv.WantValue(t, e.reg, 0, "joingate_gateway_fallbacks_total", cause)
 	}
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "error")
 	testenv.WantValue(t, wreg, 0, "joingate_worker_requests_total", "invalid")
 }
 
@@ -580,6 +592,7 @@ func counts(t *testing.T, reg prometheus.Gatherer) moved {
 		invalid:  testenv.Value(t, reg, "joingate_gateway_requests_total", callback.JoinGroupCommand, "invalid"),
 		decided:  testenv.Value(t, reg, "joingate_gateway_requests_total", callback.JoinGroupCommand, "decided"),
 		noPolicy: testenv.Value(t, reg, "joingate_gateway_requests_total", "other", "no_policy"),
+		fallback: testenv.Value(t, reg, "joingate_gateway_requests_total", callback.JoinGroupCommand, "fallback"),
 	}
 }
 
@@ -588,10 +601,10 @@ func counts(t *testing.T, reg prometheus.Gatherer) moved {
 // rows may count after the client saw the close).
 func wantMoved(t *testing.T, reg prometheus.Gatherer, before, want moved) {
 	t.Helper()
-	want = moved{before.rejected + want.rejected, before.invalid + want.invalid, before.decided + want.decided, before.noPolicy + want.noPolicy}
+	want = moved{before.rejected + want.rejected, before.invalid + want.invalid, before.decided + want.decided, before.noPolicy + want.noPolicy, before.fallback + want.fallback}
 	var got moved
 	if !testenv.Eventually(2*time.Second, func() bool { got = counts(t, reg); return got == want }) {
-		t.Fatalf("requests_total{none,rejected / join,invalid / join,decided / other,no_policy} = %+v, want %+v", got, want)
+		t.Fatalf("requests_total{none,rejected / join,invalid / join,decided / other,no_policy / join,fallback} = %+v, want %+v", got, want)
 	}
 }
 

@@ -34,8 +34,7 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 	for i := range n {
 		m := nats.NewMsg("bench.requests")
 		m.Reply = "bench.replies" // nobody listens: the reply is published and dropped
-		m.Data = fmt.Appendf(nil, `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"%d","groupType":2,"applyID":"%d","reqMessage":"hello, please let me in","ex":""}`,
-			2_000_000_000+i%(n/16+1), 1_000_000_000+i)
+		m.Data = []byte(callback.IMServerJoinGroup(fmt.Sprint(2_000_000_000+i%(n/16+1)), fmt.Sprint(1_000_000_000+i), "hello, please let me in"))
 		m.Header.Set(natsconn.HeaderOperationID, fmt.Sprint("bench-operation-", i))
 		natsconn.SetDeadline(m, deadline)
 		if err := nc.PublishMsg(m); err != nil {

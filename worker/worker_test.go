@@ -74,8 +74,9 @@ func request(t *testing.T, nc *nats.Conn, body string, deadline time.Time) (*nat
 	return nc.RequestMsg(msg, time.Until(deadline))
 }
 
+// joinBody is the body IMServer posts, byte for byte (groupType "\u0002").
 func joinBody(applicant, group string) string {
-	return fmt.Sprintf(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":%q,"groupType":2,"applyID":%q,"reqMessage":"hi","ex":""}`, group, applicant)
+	return callback.IMServerJoinGroup(group, applicant, "hi")
 }
 
 func decode(t *testing.T, m *nats.Msg) answer {

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -192,8 +193,9 @@ func tryCallback(gateway, command, opID, body string) (int, []byte, answer, erro
 	return resp.StatusCode, raw, a, err
 }
 
+// joinBody is the body IMServer posts, byte for byte (groupType "\u0002").
 func joinBody(group, applicant string) string {
-	return fmt.Sprintf(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":%q,"groupType":"2","applyID":%q,"reqMessage":"hi","ex":""}`, group, applicant)
+	return callback.IMServerJoinGroup(group, applicant, "hi")
 }
 
 // metrics fetches the Prometheus text of an admin listener.
@@ -308,7 +310,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("groupType as a number", func(t *testing.T) {
+	t.Run("groupType as the docs' number", func(t *testing.T) {
 		reached++
 		body := `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u-number","reqMessage":"","ex":"","unknownField":[1,{"a":null}]}`
 		status, _, a := postCallback(t, gwAddr, joinCommand, "e2e-number", body)

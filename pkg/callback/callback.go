@@ -77,8 +77,9 @@ func AppendFailure(dst []byte, msg string) []byte {
 	return append(dst, `,"errDlt":"","nextCode":0}`...)
 }
 
-// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD so
-// the body stays valid JSON whatever a client sent.
+// AppendString appends s as a JSON string, byte for byte as encoding/json
+// writes it (HTML characters escaped). Invalid UTF-8 becomes U+FFFD so the
+// body stays valid JSON whatever a client sent.
 func AppendString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
@@ -100,6 +101,10 @@ func AppendString(dst []byte, s string) []byte {
 				dst = append(dst, '\\', 'r')
 			case '\t':
 				dst = append(dst, '\\', 't')
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
 			default:
 				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 			}

@@ -3,7 +3,6 @@ package callback
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
 	"unsafe"
@@ -14,11 +13,20 @@ import (
 type JoinGroup struct {
 	CallbackCommand string
 	GroupID         string
-	GroupType       int32
-	ApplyID         string
-	ReqMessage      string
-	Ex              string
+	// GroupType is the group type the sender meant, for logs and `ctl
+	// explain` only: it plays no part in any decision. IMServer writes it
+	// with Go's string(int32), so a WorkingGroup (2) arrives as "\u0002";
+	// OpenIM's docs show the number 2. See groupType for every reading;
+	// GroupTypeUnknown when the value has none.
+	GroupType  int32
+	ApplyID    string
+	ReqMessage string
+	Ex         string
 }
+
+// GroupTypeUnknown is JoinGroup.GroupType for a groupType value that names
+// no number (an object, a word, a fraction): accepted all the same.
+const GroupTypeUnknown = -1
 
 // ErrMalformed is wrapped by every error DecodeJoinGroup returns: the body is
 // not a callback joingate can judge, and the edge answers actionCode 1.
@@ -33,8 +41,8 @@ const maxDepth = 10000
 // It is a hand-written scanner rather than encoding/json because it runs on
 // every callback at both the edge and the worker; it accepts exactly what
 // encoding/json would accept into the fields below (keys matched exactly),
-// which the fuzz test checks. Unknown fields are skipped, groupType may be a
-// number or a string holding one, and groupID and applyID are required.
+// which the fuzz test checks. Unknown fields are skipped, groupType may be
+// any JSON value, and groupID and applyID are required.
 func DecodeJoinGroup(body []byte, r *JoinGroup) error {
 	return decodeJoinGroup(body, r, true)
 }
@@ -47,8 +55,9 @@ func ValidateJoinGroup(body []byte) error {
 	return decodeJoinGroup(body, &r, false)
 }
 
-// decodeJoinGroup fills r; with copy false its strings alias body and must
-// not outlive it.
+// decodeJoinGroup fills r. With copy false it only validates: its strings
+// are the raw JSON contents, still escaped, aliasing body (non-empty exactly
+// when the value is), groupType is not read, and nothing is allocated.
 func decodeJoinGroup(body []byte, r *JoinGroup, copy bool) error {
 	*r = JoinGroup{}
 	d := decoder{b: body, copy: copy}
@@ -63,7 +72,8 @@ func decodeJoinGroup(body []byte, r *JoinGroup, copy bool) error {
 	if !d.eat('}') {
 		for {
 			d.space()
-			key, ok := d.rawString()
+			var kb [32]byte
+			key, ok := d.rawString(kb[:0])
 			if !ok {
 				return d.syntax("object key")
 			}
@@ -79,7 +89,11 @@ func decodeJoinGroup(body []byte, r *JoinGroup, copy bool) error {
 			case "groupID":
 				r.GroupID, err = d.stringField("groupID")
 			case "groupType":
-				r.GroupType, err = d.groupType()
+				if d.copy {
+					r.GroupType, err = d.groupType()
+				} else {
+					err = d.skip(2)
+				}
 			case "applyID":
 				r.ApplyID, err = d.stringField("applyID")
 			case "reqMessage":
@@ -169,53 +183,101 @@ func (d *decoder) stringField(name string) (string, error) {
 	if d.i < len(d.b) && d.b[d.i] != '"' {
 		return "", malformed(name + " must be a string")
 	}
-	s, ok := d.rawString()
+	if !d.copy {
+		start := d.i + 1
+		if !d.scanString() {
+			return "", d.syntax("string value of " + name)
+		}
+		if raw := d.b[start : d.i-1]; len(raw) > 0 {
+			return unsafe.String(&raw[0], len(raw)), nil
+		}
+		return "", nil
+	}
+	s, ok := d.rawString(nil)
 	if !ok {
 		return "", d.syntax("string value of " + name)
-	}
-	if !d.copy && len(s) > 0 {
-		return unsafe.String(&s[0], len(s)), nil
 	}
 	return string(s), nil
 }
 
-// groupType decodes an int32 given as a JSON number or as a string holding
-// one: IMServer versions disagree. Null and "" read as 0.
+// groupType reads groupType, which never makes a callback malformed: any
+// JSON value is accepted. Its reading, for display: a number in int32 range
+// is itself; a string of decimal digits is that number (OpenIM's docs and
+// older servers); any other one-character string is its code point (what
+// IMServer's string(int32) wrote: "\u0002" is 2); null and "" are 0;
+// anything else is GroupTypeUnknown. Real group types are small, so the
+// digit and code-point readings never meet.
 func (d *decoder) groupType() (int32, error) {
-	if d.literal("null") {
-		return 0, nil
-	}
-	var lit []byte
 	if d.i < len(d.b) && d.b[d.i] == '"' {
-		s, ok := d.rawString()
+		// "\u0002" has an escape: unescaped on the stack, not the heap.
+		var buf [16]byte
+		s, ok := d.rawString(buf[:0])
 		if !ok {
 			return 0, d.syntax("string value of groupType")
 		}
 		if len(s) == 0 {
 			return 0, nil
 		}
-		lit = s
-	} else {
-		start := d.i
+		if n, ok := parseInt32(s); ok {
+			return n, nil
+		}
+		if r, size := utf8.DecodeRune(s); size == len(s) {
+			return r, nil
+		}
+		return GroupTypeUnknown, nil
+	}
+	if d.literal("null") {
+		return 0, nil
+	}
+	start := d.i
+	if d.i < len(d.b) && (d.b[d.i] == '-' || '0' <= d.b[d.i] && d.b[d.i] <= '9') {
 		if !d.number() {
-			if d.i < len(d.b) && (d.b[d.i] == '{' || d.b[d.i] == '[' || d.b[d.i] == 't' || d.b[d.i] == 'f') {
-				return 0, malformed("groupType must be a number or a numeric string")
-			}
 			return 0, d.syntax("value of groupType")
 		}
-		lit = d.b[start:d.i]
+		if n, ok := parseInt32(d.b[start:d.i]); ok {
+			return n, nil
+		}
+		return GroupTypeUnknown, nil
 	}
-	n, err := strconv.ParseInt(string(lit), 10, 32)
-	if err != nil {
-		return 0, malformed("groupType must be an integer in int32 range")
+	if err := d.skip(2); err != nil {
+		return 0, err
 	}
-	return int32(n), nil
+	return GroupTypeUnknown, nil
+}
+
+// parseInt32 reads an optionally signed decimal integer in int32 range
+// ("-0" and leading zeros too, as strconv does).
+func parseInt32(s []byte) (int32, bool) {
+	neg := len(s) > 0 && s[0] == '-'
+	if neg {
+		s = s[1:]
+	}
+	if len(s) == 0 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n = n*10 + int64(c-'0'); n > 1<<31 {
+			return 0, false
+		}
+	}
+	if neg {
+		n = -n
+	}
+	if n > 1<<31-1 {
+		return 0, false
+	}
+	return int32(n), true
 }
 
 // rawString reads a JSON string at the cursor and returns its unescaped
-// bytes. Without escapes or invalid UTF-8 the result aliases the input.
-// Invalid UTF-8 and lone surrogates become U+FFFD, as in encoding/json.
-func (d *decoder) rawString() ([]byte, bool) {
+// bytes. Without escapes or invalid UTF-8 the result aliases the input;
+// otherwise it is built in buf (grown as needed). Invalid UTF-8 and lone
+// surrogates become U+FFFD, as in encoding/json.
+func (d *decoder) rawString(buf []byte) ([]byte, bool) {
 	if !d.eat('"') {
 		return nil, false
 	}
@@ -228,7 +290,7 @@ func (d *decoder) rawString() ([]byte, bool) {
 			d.i++
 			return s, true
 		case c == '\\':
-			return d.slowString(start)
+			return d.slowString(start, buf)
 		case c < 0x20:
 			return nil, false
 		case c < utf8.RuneSelf:
@@ -236,7 +298,7 @@ func (d *decoder) rawString() ([]byte, bool) {
 		default:
 			r, size := utf8.DecodeRune(d.b[d.i:])
 			if r == utf8.RuneError && size == 1 {
-				return d.slowString(start)
+				return d.slowString(start, buf)
 			}
 			d.i += size
 		}
@@ -244,11 +306,45 @@ func (d *decoder) rawString() ([]byte, bool) {
 	return nil, false
 }
 
+// scanString passes over a JSON string at the cursor, validating it as
+// rawString would, without unescaping anything.
+func (d *decoder) scanString() bool {
+	if !d.eat('"') {
+		return false
+	}
+	for d.i < len(d.b) {
+		c := d.b[d.i]
+		d.i++
+		switch {
+		case c == '"':
+			return true
+		case c < 0x20:
+			return false
+		case c == '\\':
+			if d.i >= len(d.b) {
+				return false
+			}
+			e := d.b[d.i]
+			d.i++
+			switch e {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if _, ok := d.hex4(); !ok {
+					return false
+				}
+			default:
+				return false
+			}
+		}
+	}
+	return false
+}
+
 // slowString finishes a string that holds escapes or invalid UTF-8 by
-// copying it; the cursor is inside the string, start is its first byte.
-func (d *decoder) slowString(start int) ([]byte, bool) {
-	out := make([]byte, d.i-start, d.i-start+16)
-	copy(out, d.b[start:d.i])
+// copying it into buf; the cursor is inside the string, start is its first
+// byte.
+func (d *decoder) slowString(start int, buf []byte) ([]byte, bool) {
+	out := append(buf[:0], d.b[start:d.i]...)
 	for d.i < len(d.b) {
 		c := d.b[d.i]
 		switch {
@@ -380,7 +476,7 @@ func (d *decoder) skip(depth int) error {
 	}
 	switch c := d.b[d.i]; {
 	case c == '"':
-		if _, ok := d.rawString(); !ok {
+		if !d.scanString() {
 			return d.syntax("a string")
 		}
 	case c == '{' || c == '[':
@@ -399,7 +495,7 @@ func (d *decoder) skip(depth int) error {
 		for {
 			d.space()
 			if c == '{' {
-				if _, ok := d.rawString(); !ok {
+				if !d.scanString() {
 					return d.syntax("object key")
 				}
 				d.space()

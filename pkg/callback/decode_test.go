@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestDecodeJoinGroup(t *testing.T) {
@@ -36,13 +37,21 @@ func TestDecodeJoinGroup(t *testing.T) {
 		}
 	}
 
-	// What IMServer sends, with groupType as a number and as a string.
-	ok(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":""}`,
-		JoinGroup{CallbackCommand: JoinGroupCommand, GroupID: "g1", GroupType: 2, ApplyID: "u1", ReqMessage: "hi"})
-	ok(`{"groupID":"g1","groupType":"2","applyID":"u1"}`, JoinGroup{GroupID: "g1", GroupType: 2, ApplyID: "u1"})
-	ok(`{"groupID":"g1","groupType":"","applyID":"u1"}`, JoinGroup{GroupID: "g1", ApplyID: "u1"})
-	ok(`{"groupID":"g1","groupType":null,"applyID":"u1","ex":null}`, JoinGroup{GroupID: "g1", ApplyID: "u1"})
-	ok(`{"groupID":"g1","groupType":-7,"applyID":"u1"}`, JoinGroup{GroupID: "g1", GroupType: -7, ApplyID: "u1"})
+	// What IMServer really sends: groupType is Go's string(int32) of the
+	// group type, "\u0002" for a WorkingGroup, and encoding/json's newline.
+	ok(IMServerJoinGroup("g1", "u1", "hi <&>"),
+		JoinGroup{CallbackCommand: JoinGroupCommand, GroupID: "g1", GroupType: 2, ApplyID: "u1", ReqMessage: "hi <&>"})
+	// groupType plays no part in a decision: every form is accepted, and
+	// read as a number where it names one.
+	for body, want := range map[string]int32{
+		`2`: 2, `"2"`: 2, `"\u0002"`: 2, `"\u0000"`: 0, `""`: 0, `null`: 0, `-7`: -7, `"-7"`: -7,
+		`"é"`: 'é', `"\ufffd"`: 0xfffd, "\"\xff\"": 0xfffd, `2147483647`: 1<<31 - 1, `-2147483648`: -1 << 31,
+		`"two"`: GroupTypeUnknown, `1.5`: GroupTypeUnknown, `1e2`: GroupTypeUnknown, `99999999999`: GroupTypeUnknown,
+		`"99999999999"`: GroupTypeUnknown, `true`: GroupTypeUnknown, `false`: GroupTypeUnknown, `{"a":[1]}`: GroupTypeUnknown,
+		`[]`: GroupTypeUnknown, `"+1"`: GroupTypeUnknown, `" 1"`: GroupTypeUnknown,
+	} {
+		ok(`{"groupID":"g1","groupType":`+body+`,"applyID":"u1","ex":null}`, JoinGroup{GroupID: "g1", GroupType: want, ApplyID: "u1"})
+	}
 	// Unknown fields of every shape are ignored.
 	ok(` {"x":{"a":[1,2.5e3,{"b":null}],"c":true},"y":[],"z":"\u00e9","groupID":"g","applyID":"a","w":false} `,
 		JoinGroup{GroupID: "g", ApplyID: "a"})
@@ -65,10 +74,11 @@ func TestDecodeJoinGroup(t *testing.T) {
 	bad(`{"groupID":"","applyID":"a"}`, "groupID is missing")
 	bad(`{"groupID":12,"applyID":"a"}`, "groupID must be a string")
 	bad(`{"groupID":"g","applyID":["a"]}`, "applyID must be a string")
-	bad(`{"groupID":"g","applyID":"a","groupType":"two"}`, "groupType must be an integer")
-	bad(`{"groupID":"g","applyID":"a","groupType":1.5}`, "groupType must be an integer")
-	bad(`{"groupID":"g","applyID":"a","groupType":99999999999}`, "groupType must be an integer")
-	bad(`{"groupID":"g","applyID":"a","groupType":true}`, "groupType must be a number")
+	// groupType is accepted in any form, but it must still be JSON.
+	bad(`{"groupID":"g","applyID":"a","groupType":tru}`, "invalid JSON")
+	bad(`{"groupID":"g","applyID":"a","groupType":01}`, "invalid JSON")
+	bad(`{"groupID":"g","applyID":"a","groupType":"\u00"}`, "invalid JSON")
+	bad(`{"groupID":"g","applyID":"a","groupType":{"a"}}`, "invalid JSON")
 	bad(`{"groupID":"g","applyID":"a","x":01}`, "invalid JSON")
 	bad(`{"groupID":"g","applyID":"a","x":tru}`, "invalid JSON")
 	bad("{\"groupID\":\"g\x01\",\"applyID\":\"a\"}", "invalid JSON")
@@ -79,7 +89,7 @@ func TestDecodeJoinGroup(t *testing.T) {
 }
 
 func TestDecodeJoinGroupAllocs(t *testing.T) {
-	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":"","extra":{"a":[1,2]}}`)
+	body := []byte(IMServerJoinGroup("g1", "u1", "hi"))
 	var r JoinGroup
 	allocs := testing.AllocsPerRun(100, func() {
 		if err := DecodeJoinGroup(body, &r); err != nil {
@@ -136,23 +146,7 @@ func referenceDecode(body []byte) (JoinGroup, bool) {
 		case "ex":
 			good = str(&r.Ex)
 		case "groupType":
-			lit := string(raw)
-			if lit == "null" {
-				r.GroupType = 0
-				break
-			}
-			if raw[0] == '"' {
-				if json.Unmarshal(raw, &lit) != nil {
-					return r, false
-				}
-				if lit == "" {
-					r.GroupType = 0
-					break
-				}
-			}
-			n, err := strconv.ParseInt(lit, 10, 32)
-			good = err == nil
-			r.GroupType = int32(n)
+			r.GroupType = referenceGroupType(raw)
 		}
 		if !good {
 			return r, false
@@ -167,10 +161,46 @@ func referenceDecode(body []byte) (JoinGroup, bool) {
 	return r, r.GroupID != "" && r.ApplyID != ""
 }
 
+// referenceGroupType is groupType's reading of a valid JSON value, built on
+// encoding/json and strconv.
+func referenceGroupType(raw json.RawMessage) int32 {
+	integer := func(s string) (int32, bool) {
+		if strings.TrimLeft(strings.TrimPrefix(s, "-"), "0123456789") != "" || strings.TrimPrefix(s, "-") == "" {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(s, 10, 32)
+		return int32(n), err == nil
+	}
+	switch raw[0] {
+	case 'n':
+		return 0
+	case '"':
+		var s string
+		json.Unmarshal(raw, &s)
+		if s == "" {
+			return 0
+		}
+		if n, ok := integer(s); ok {
+			return n
+		}
+		if utf8.RuneCountInString(s) == 1 {
+			return []rune(s)[0]
+		}
+	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+		if n, ok := integer(string(raw)); ok {
+			return n
+		}
+	}
+	return GroupTypeUnknown
+}
+
 func FuzzDecodeJoinGroup(f *testing.F) {
 	for _, seed := range []string{
+		IMServerJoinGroup("g1", "u1", "hi <&>"),
 		`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":""}`,
 		`{"groupID":"g1","groupType":"2","applyID":"u1"}`,
+		`{"groupID":"g1","groupType":{"x":[true]},"applyID":"u1"}`,
+		`{"groupID":"g1","groupType":"\ud800","applyID":"u1"}`,
 		`{"groupID":"g\u00e9\ud83d\ude00","applyID":"a","x":[{"y":null},true,-1.5e-3]}`,
 		`{"groupID":"g","applyID":"a","groupType":"x"}`,
 		`{"groupID":"g","applyID":"a"} `,
@@ -203,7 +233,7 @@ func FuzzDecodeJoinGroup(f *testing.F) {
 }
 
 func TestValidateJoinGroupAllocs(t *testing.T) {
-	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":"2","applyID":"u1","reqMessage":"hi","ex":"","extra":{"a":[1,2]}}`)
+	body := []byte(IMServerJoinGroup("g1", "u1", "hi"))
 	allocs := testing.AllocsPerRun(100, func() {
 		if err := ValidateJoinGroup(body); err != nil {
 			t.Fatal(err)
@@ -218,7 +248,7 @@ func TestValidateJoinGroupAllocs(t *testing.T) {
 }
 
 func BenchmarkValidateJoinGroup(b *testing.B) {
-	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"3458719384","groupType":2,"applyID":"8129374651","reqMessage":"hello, let me in","ex":""}`)
+	body := []byte(IMServerJoinGroup("3458719384", "8129374651", "hello, let me in"))
 	b.ReportAllocs()
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
@@ -229,7 +259,7 @@ func BenchmarkValidateJoinGroup(b *testing.B) {
 }
 
 func BenchmarkDecodeJoinGroup(b *testing.B) {
-	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"3458719384","groupType":2,"applyID":"8129374651","reqMessage":"hello, let me in","ex":""}`)
+	body := []byte(IMServerJoinGroup("3458719384", "8129374651", "hello, let me in"))
 	b.ReportAllocs()
 	b.SetBytes(int64(len(body)))
 	var r JoinGroup

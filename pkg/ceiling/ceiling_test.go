@@ -20,7 +20,7 @@ func TestReferenceAnswers(t *testing.T) {
 	}
 	testenv.Run(t, srv.Run)
 
-	join := `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"g1","groupType":2,"applyID":"u1","reqMessage":"hi","ex":""}`
+	join := callback.IMServerJoinGroup("g1", "u1", "hi")
 	f := func(method, path, body string, wantStatus int, wantBody string) {
 		t.Helper()
 		req, err := http.NewRequest(method, "http://"+srv.Addr()+path, strings.NewReader(body))

@@ -643,16 +643,19 @@ func (w *worker) send(due, sent time.Time) {
 }
 
 // fill writes the next callback body and Operationid into the request.
+// The body is byte for byte what IMServer sends
+// (callback.AppendIMServerJoinGroup, with groupType "\u0002"), written
+// without building strings.
 func (w *worker) fill() {
 	group := w.groups.pick()
 	applicant := w.apps.pick()
 	b := append(w.body[:0], `{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"`...)
 	b = strconv.AppendUint(b, 2_000_000_000+group, 10)
-	b = append(b, `","groupType":2,"applyID":"`...)
+	b = append(b, `","groupType":"\u0002","applyID":"`...)
 	b = strconv.AppendUint(b, 1_000_000_000+applicant, 10)
 	b = append(b, `","reqMessage":`...)
 	b = append(b, w.message...)
-	b = append(b, `,"ex":""}`...)
+	b = append(b, ",\"ex\":\"\"}\n"...)
 	w.body = b
 	w.req.SetBodyRaw(b)
 

@@ -136,9 +136,13 @@ func TestRequestsLookLikeIMServer(t *testing.T) {
 		}
 		applicant, _ := strconv.Atoi(req.ApplyID)
 		group, _ := strconv.Atoi(req.GroupID)
-		if req.CallbackCommand != callback.JoinGroupCommand || req.GroupType != 2 || req.ReqMessage != "let me in" ||
+		if req.CallbackCommand != callback.JoinGroupCommand || req.GroupType != 2 || req.ReqMessage != "let me in <3" ||
 			applicant < 1_000_000_000 || applicant >= 1_000_000_000+50 || group < 2_000_000_000 || group >= 2_000_000_000+7 {
 			complain("body %s", ctx.PostBody())
+		}
+		// Byte for byte what IMServer sends for the same callback.
+		if want := callback.AppendIMServerJoinGroup(nil, &req); string(ctx.PostBody()) != string(want) {
+			complain("body %q, IMServer sends %q", ctx.PostBody(), want)
 		}
 		ctx.SetContentType("application/json")
 		if applicant%2 == 0 {
@@ -148,7 +152,7 @@ func TestRequestsLookLikeIMServer(t *testing.T) {
 		}
 	})
 	opts := testOptions("http://" + addr + "/callbackExample/") // a base ending in '/', as operators write it
-	opts.Applicants, opts.Groups, opts.Message = 50, 7, "let me in"
+	opts.Applicants, opts.Groups, opts.Message = 50, 7, "let me in <3"
 	opts.Warmup = 100 * time.Millisecond
 	opts.MetricsURLs = []string{"http://" + addr + "/metrics"}
 	res := runLoad(t, opts)
