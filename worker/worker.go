@@ -346,7 +346,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
 	if w.log.Enabled(context.Background(), slog.LevelDebug) {
 		w.log.Debug("decided", "operationID", opID, "decision", decision, "reason", d.Reason, "rule", d.Rule,
-			"applyID", req.ApplyID, "groupID", req.GroupID)
+			"applyID", req.ApplyID, "groupID", req.GroupID, "groupType", req.GroupType)
 	}
 }
 

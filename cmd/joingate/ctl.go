@@ -10,9 +10,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/control"
 	"github.com/joingate/joingate/pkg/policy"
 )
@@ -168,6 +170,11 @@ func printCtl(w io.Writer, out any) {
 			fmt.Fprintf(w, "  exhausted: the next request is admitted in %.1fs\n", v.RetryAfter)
 		}
 	case control.ExplainResponse:
+		groupType := strconv.Itoa(int(v.Callback.GroupType))
+		if v.Callback.GroupType == callback.GroupTypeUnknown {
+			groupType = "not a number"
+		}
+		fmt.Fprintf(w, "callback: applicant %q, group %q (group type %s)\n", v.Callback.ApplyID, v.Callback.GroupID, groupType)
 		fmt.Fprintf(w, "decision: %s (%s", v.Decision, v.Reason)
 		if v.Rule != "" {
 			fmt.Fprintf(w, ", rule %s", v.Rule)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/joingate/joingate/pkg/admin"
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/config"
 	"github.com/joingate/joingate/pkg/control"
 	"github.com/joingate/joingate/pkg/policy"
@@ -60,9 +61,11 @@ func TestCtl(t *testing.T) {
 	f(0, "allow_applicants: 1\nvip\n", "allow", "list", "applicant")
 	f(0, "5 request(s) available now", "quota", "show", "applicant-per-minute", "u1")
 
-	body := `{"groupID":"g2","applyID":"u1","reqMessage":"hi"}`
+	// IMServer's own body: its groupType "\u0002" is shown as the number.
+	body := callback.IMServerJoinGroup("g2", "u1", "hi")
 	code, out, _ := ctl(body, "explain")
-	if code != 0 || !strings.Contains(out, "decision: allow (passed)") || !strings.Contains(out, "applicant-per-minute") {
+	if code != 0 || !strings.Contains(out, `callback: applicant "u1", group "g2" (group type 2)`) ||
+		!strings.Contains(out, "decision: allow (passed)") || !strings.Contains(out, "applicant-per-minute") {
 		t.Fatalf("explain from stdin: %d %q", code, out)
 	}
 	file := filepath.Join(t.TempDir(), "cb.json")

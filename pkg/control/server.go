@@ -77,12 +77,22 @@ type QuotaResponse struct {
 
 // ExplainResponse says how a callback would be decided now.
 type ExplainResponse struct {
+	Callback ExplainCallback `json:"callback"`
 	Decision string          `json:"decision"`
 	Reason   string          `json:"reason"`
 	Rule     string          `json:"rule,omitempty"`
 	Answer   json.RawMessage `json:"answer"`
 	Rules    []RuleVerdict   `json:"rules,omitempty"`
 	Error    string          `json:"store_error,omitempty"`
+}
+
+// ExplainCallback is the callback as joingate read it. GroupType is the
+// number the sender meant (IMServer's "\u0002" is 2; -1: none), shown and
+// never judged.
+type ExplainCallback struct {
+	GroupID   string `json:"groupID"`
+	ApplyID   string `json:"applyID"`
+	GroupType int32  `json:"groupType"`
 }
 
 // RuleVerdict is one limit rule's verdict in an explanation.
@@ -239,7 +249,10 @@ func (s *server) explain(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	d, err := p.Explain(ctx, &req, s.store, &scratch)
-	resp := ExplainResponse{Decision: "refuse", Reason: string(d.Reason), Rule: d.Rule, Answer: json.RawMessage(scratch.Body)}
+	resp := ExplainResponse{
+		Callback: ExplainCallback{GroupID: req.GroupID, ApplyID: req.ApplyID, GroupType: req.GroupType},
+		Decision: "refuse", Reason: string(d.Reason), Rule: d.Rule, Answer: json.RawMessage(scratch.Body),
+	}
 	if d.Allowed {
 		resp.Decision = "allow"
 	}
