@@ -1,0 +1,197 @@
+package conformance
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openimsdk/tools/log"
+
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// The harness runs joingate as an operator does, from binaries built from
+// this repository (with joingate's own go.mod, not this module's), and
+// points OpenIM's webhook client at it.
+
+var (
+	binDir    string
+	buildOnce sync.Once
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "joingate-conformance")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	// OpenIM's logger (every webhook call logs through it) writes to
+	// ./logs by default: keep it out of the source tree.
+	if err := log.InitLoggerFromConfig("conformance", "conformance", "", "", log.LevelWarn, false, false,
+		filepath.Join(dir, "openim-logs")+"/", 1, 24, "test", false); err != nil {
+		fmt.Fprintln(os.Stderr, "OpenIM logger:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// binaries builds joingate and nats-server once per run and returns their
+// paths.
+func binaries(t *testing.T) (joingate, natsServer string) {
+	t.Helper()
+	joingate, natsServer = filepath.Join(binDir, "joingate"), filepath.Join(binDir, "nats-server")
+	buildOnce.Do(func() {
+		var errs []error
+		for _, b := range []struct{ out, pkg string }{{joingate, "./cmd/joingate"}, {natsServer, "github.com/nats-io/nats-server/v2"}} {
+			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+			cmd.Dir = "../.." // the joingate module
+			if out, err := cmd.CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("go build -o %s %s: %v\n%s", b.out, b.pkg, err, out))
+			}
+		}
+		buildErr = errors.Join(errs...)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return joingate, natsServer
+}
+
+// deployment is a running joingate: the webhook base URL to configure in
+// IMServer (OpenIM's default shape, /callbackExample), and the admin
+// listeners.
+type deployment struct {
+	base        string
+	gatewayAdm  string
+	workerAdms  []string
+	nats        *testenv.Process // distributed only
+	workers     []*testenv.Process
+	redis       *testenv.Redis
+	adminToken  string
+	joingateBin string
+}
+
+const adminToken = "conformance-token"
+
+// writeConfig writes a joingate configuration file for the test.
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "joingate.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startAll runs `joingate all` (embedded NATS, gateway and worker in one
+// process) with Redis.
+func startAll(t *testing.T, config string) *deployment {
+	t.Helper()
+	bin, _ := binaries(t)
+	rdb := testenv.StartRedis(t)
+	listen, admin := testenv.Loopback(t), testenv.Loopback(t)
+	p := testenv.StartProcess(t, t.TempDir(), "all", nil, bin, "all", "--config", config,
+		"--redis", rdb.URL, "--listen", listen, "--admin-listen", admin)
+	testenv.WaitHTTP(t, p, "http://"+admin+"/readyz", 15*time.Second)
+	return &deployment{base: "http://" + listen + "/callbackExample", gatewayAdm: admin, workerAdms: []string{admin},
+		redis: rdb, adminToken: adminToken, joingateBin: bin}
+}
+
+// startDistributed runs the distributed set as separate processes: a
+// nats-server, one gateway and two workers sharing one Redis.
+func startDistributed(t *testing.T, config string) *deployment {
+	t.Helper()
+	bin, natsBin := binaries(t)
+	logs := t.TempDir()
+	rdb := testenv.StartRedis(t)
+	natsAddr := testenv.Loopback(t)
+	_, natsPort, _ := net.SplitHostPort(natsAddr)
+	ns := testenv.StartProcess(t, logs, "nats-server", nil, natsBin, "-a", "127.0.0.1", "-p", natsPort)
+	waitNATS(t, ns, natsAddr)
+	natsURL := "nats://" + natsAddr
+
+	listen, gwAdmin := testenv.Loopback(t), testenv.Loopback(t)
+	gw := testenv.StartProcess(t, logs, "gateway", nil, bin, "gateway", "--config", config,
+		"--nats", natsURL, "--listen", listen, "--admin-listen", gwAdmin)
+	d := &deployment{base: "http://" + listen + "/callbackExample", gatewayAdm: gwAdmin, nats: ns,
+		redis: rdb, adminToken: adminToken, joingateBin: bin}
+	for i := range 2 {
+		admin := testenv.Loopback(t)
+		w := testenv.StartProcess(t, logs, fmt.Sprintf("worker%d", i+1), nil, bin, "worker", "--config", config,
+			"--nats", natsURL, "--redis", rdb.URL, "--admin-listen", admin)
+		d.workers = append(d.workers, w)
+		d.workerAdms = append(d.workerAdms, admin)
+	}
+	testenv.WaitHTTP(t, gw, "http://"+gwAdmin+"/readyz", 15*time.Second)
+	for i, w := range d.workers {
+		testenv.WaitHTTP(t, w, "http://"+d.workerAdms[i]+"/readyz", 15*time.Second)
+	}
+	return d
+}
+
+// waitNATS waits until a NATS server greets clients on addr.
+func waitNATS(t *testing.T, p *testenv.Process, addr string) {
+	t.Helper()
+	ok := testenv.Eventually(10*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return p.Exited()
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.HasPrefix(line, "INFO ")
+	})
+	if !ok || p.Exited() {
+		t.Fatalf("nats-server not serving on %s", addr)
+	}
+}
+
+// ctl runs `joingate ctl` against the first worker's admin API, as an
+// operator would.
+func (d *deployment) ctl(t *testing.T, args ...string) string {
+	t.Helper()
+	all := append([]string{"ctl", "--admin", "http://" + d.workerAdms[0], "--token", d.adminToken}, args...)
+	out, err := exec.Command(d.joingateBin, all...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("joingate %s: %v\n%s", strings.Join(all, " "), err, out)
+	}
+	return string(out)
+}
+
+// metric returns the value of one series of the Prometheus text at admin
+// (written as in the text format, labels in name order), 0 when absent.
+func metric(t *testing.T, admin, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			return v
+		}
+	}
+	return 0
+}
