@@ -64,6 +64,7 @@ fuzz:
 		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
 		out=$$($(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) 2>&1); rc=$$?; \
 		printf '%s\n' "$$out" | grep -v '^fuzz: elapsed' ; \
+		printf '%s\n' "$$out" | grep '^fuzz: elapsed' | tail -n 1; \
 		if [ $$rc -ne 0 ]; then \
 			if printf '%s\n' "$$out" | grep -qx '    context deadline exceeded' && \
 				! printf '%s\n' "$$out" | grep -q 'Failing input written'; then \

@@ -129,7 +129,7 @@ func New(opts Options) (*Gateway, error) {
 	g := &Gateway{
 		opts:            opts,
 		log:             opts.Logger.With("component", "gateway"),
-		metrics:         newMetrics(opts.Registerer, opts.DecisionTimeout),
+		metrics:         newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Conn),
 		subject:         opts.Subject + "." + callback.JoinGroupCommand,
 		fallbackRefuses: isRefusal(opts.FallbackBody),
 		badInputLog:     throttle.New(time.Second),
@@ -204,14 +204,14 @@ func NewHTTPServer(h fasthttp.RequestHandler, opts Options) *fasthttp.Server {
 // Addr is the bound callback address.
 func (g *Gateway) Addr() string { return g.ln.Addr().String() }
 
-// Ready reports whether the gateway can get decisions: serving and
-// connected to NATS.
+// Ready reports whether the gateway can answer callbacks: serving and not
+// shutting down. NATS is not part of it: without NATS every join callback
+// gets gateway.fallback at once, while an unready gateway is taken out of
+// its Service and IMServer, reaching nobody, refuses every join.
+// joingate_gateway_nats_connected tells whether decisions can be had.
 func (g *Gateway) Ready(context.Context) error {
 	if g.stopping.Load() {
 		return errors.New("shutting down")
-	}
-	if !g.opts.Conn.IsConnected() {
-		return errors.New("nats not connected")
 	}
 	return nil
 }

@@ -421,9 +421,14 @@ func TestFallbacks(t *testing.T) {
 		if _, a := post(t, e.url+joinPath, joinBody("u", "g")); a != allow {
 			t.Fatalf("%+v", a)
 		}
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_nats_connected")
 		ns.Shutdown()
-		if !testenv.Eventually(5*time.Second, func() bool { return e.gw.Ready(context.Background()) != nil }) {
-			t.Fatal("gateway still ready with NATS down")
+		if !testenv.Eventually(5*time.Second, func() bool { return testenv.Value(t, e.reg, "joingate_gateway_nats_connected") == 0 }) {
+			t.Fatal("joingate_gateway_nats_connected still 1 with NATS down")
+		}
+		// Still ready: it answers every callback, with the fallback.
+		if err := e.gw.Ready(context.Background()); err != nil {
+			t.Fatalf("gateway not ready with NATS down (%v): its Service would lose it, and IMServer refuse every join", err)
 		}
 		if code, a := post(t, e.url+joinPath, joinBody("u", "g")); code != 200 || a != allow {
 			t.Fatalf("%d %+v, want the fallback allow", code, a)

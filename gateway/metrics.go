@@ -3,6 +3,7 @@ package gateway
 import (
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
@@ -45,7 +46,7 @@ type metrics struct {
 	connsRefused prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, timeout time.Duration) *metrics {
+func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn) *metrics {
 	f := promauto.With(reg)
 	buckets := admin.LatencyBuckets(timeout)
 	m := &metrics{
@@ -80,6 +81,16 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration) *metrics {
 			Help: "Connections refused because gateway.max_conns were open: each was answered 503 (a JSON failure) and closed.",
 		}),
 	}
+	// Not readiness (see Gateway.Ready): a metric and an alert.
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "joingate_gateway_nats_connected",
+		Help: "1 while the gateway is connected to NATS and can get decisions; 0 while it answers every join callback with gateway.fallback.",
+	}, func() float64 {
+		if nc.IsConnected() {
+			return 1
+		}
+		return 0
+	})
 	for _, o := range []string{outcomeDecided, outcomeFallback, outcomeInvalid} {
 		m.requests.WithLabelValues(commandJoinGroup, o)
 	}
