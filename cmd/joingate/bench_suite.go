@@ -56,7 +56,9 @@ type suiteOptions struct {
 // decision still makes its Redis round trip with two keys, as the default
 // policy does.
 const benchPolicy = `# joingate bench suite: limits too high to refuse, so that the bench
-# measures the decision path rather than refusals.
+# measures the decision path rather than refusals. pprof on: --profile
+# reads /debug/pprof/profile of 'all'.
+admin_pprof: true
 log:
   level: warn
 join_group:

@@ -485,6 +485,27 @@ func TestAllWithRedisAndOutsideWorker(t *testing.T) {
 		"--config", config, "--nats", "nats://"+natsAddr, "--redis", rdb.URL, "--admin-listen", workerAdmin)
 	waitReady(t, outside, workerAdmin)
 
+	// /debug/pprof/ is unauthenticated: off unless admin_pprof turns it on.
+	pprofStatus := func(admin string) int {
+		resp, err := client.Get("http://" + admin + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := pprofStatus(allAdmin); code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ by default: %d, want 404", code)
+	}
+	pprofAdmin := testenv.Loopback(t)
+	// On a subject of its own: it takes no share of the callbacks below.
+	profiled := testenv.StartProcess(t, logs, "worker-pprof", []string{"JOINGATE_ADMIN_PPROF=true", "JOINGATE_NATS_SUBJECT=pprof-check"}, joingate, "worker",
+		"--config", config, "--nats", "nats://"+natsAddr, "--redis", rdb.URL, "--admin-listen", pprofAdmin)
+	waitReady(t, profiled, pprofAdmin)
+	if code := pprofStatus(pprofAdmin); code != http.StatusOK {
+		t.Fatalf("/debug/pprof/ with JOINGATE_ADMIN_PPROF=true: %d, want 200", code)
+	}
+
 	// Applicant u1 gets 3 (the configured limit) whichever worker decides.
 	for i := 1; i <= 4; i++ {
 		_, _, a := postCallback(t, gwAddr, joinCommand, fmt.Sprint("all-", i), joinBody("g1", "u1"))

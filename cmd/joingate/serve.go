@@ -161,7 +161,10 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		if api != nil {
 			adm.HandleAPI(api, cfg.AdminToken)
 		}
-		log.Info("admin listening", "addr", adm.Addr(), "api", api != nil && cfg.AdminToken != "")
+		if cfg.AdminPprof {
+			adm.HandlePprof()
+		}
+		log.Info("admin listening", "addr", adm.Addr(), "api", api != nil && cfg.AdminToken != "", "pprof", cfg.AdminPprof)
 	}
 
 	// Each component gets its own context so that they stop in order.

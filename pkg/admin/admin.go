@@ -1,6 +1,6 @@
 // Package admin serves the operator endpoints of a joingate process:
-// /metrics, /healthz, /readyz and /debug/pprof/, on their own listener so
-// that the callback edge never serves them.
+// /metrics, /healthz, /readyz and, when asked for, /debug/pprof/, on their
+// own listener so that the callback edge never serves them.
 package admin
 
 import (
@@ -52,11 +52,6 @@ func New(addr string, gatherer prometheus.Gatherer, checks []Check, log *slog.Lo
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", s.ready)
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	s.mux = mux
 	s.srv = &http.Server{
 		Handler:           mux,
@@ -89,6 +84,18 @@ func (s *Server) HandleAPI(h http.Handler, token string) {
 		}
 		h.ServeHTTP(w, r)
 	}))
+}
+
+// HandlePprof serves /debug/pprof/. It is unauthenticated (anyone who
+// reaches the admin listener can read the process's memory and stall it
+// with a 30 s profile), so it is served only when admin_pprof asks for it.
+// Call it before Run.
+func (s *Server) HandlePprof() {
+	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
 // Addr is the bound address.

@@ -63,12 +63,25 @@ func TestEndpoints(t *testing.T) {
 	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "shutting down") {
 		t.Fatalf("/readyz while stopping: %d %q", code, body)
 	}
-	if code, body := get(t, base+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
-		t.Fatalf("/debug/pprof/: %d", code)
+	// Not served unless asked for: it is unauthenticated.
+	if code, _ := get(t, base+"/debug/pprof/"); code != 404 {
+		t.Fatalf("/debug/pprof/ without HandlePprof: %d, want 404", code)
 	}
 	stop() // fails the test if Run returns an error
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Fatal("admin server still serving after Run returned")
+	}
+}
+
+func TestPprof(t *testing.T) {
+	s, err := New("127.0.0.1:0", prometheus.NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.HandlePprof()
+	testenv.Run(t, s.Run)
+	if code, body := get(t, "http://"+s.Addr()+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Fatalf("/debug/pprof/ with HandlePprof: %d", code)
 	}
 }
 

@@ -18,7 +18,10 @@ type Config struct {
 	AdminListen string `yaml:"admin_listen"`
 	// AdminToken guards the admin API (/api/): `joingate ctl` sends it.
 	// Empty disables the API.
-	AdminToken      string        `yaml:"admin_token"`
+	AdminToken string `yaml:"admin_token"`
+	// AdminPprof serves /debug/pprof/ on the admin listener. Off by
+	// default: it is unauthenticated and shows the process's memory.
+	AdminPprof      bool          `yaml:"admin_pprof"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	ShutdownDelay   time.Duration `yaml:"shutdown_delay"`
 	Log             Log           `yaml:"log"`
