@@ -179,7 +179,7 @@ join_group:
 func (c *cluster) startNATS() {
 	_, port, _ := net.SplitHostPort(c.natsAddr)
 	c.nats = startProcess(c.t, c.logs, "nats-server", c.natsBin, "-a", "127.0.0.1", "-p", port)
-	waitNATS(c.t, c.nats, c.natsAddr)
+	testenv.WaitNATS(c.t, c.nats, c.natsAddr)
 }
 
 func (c *cluster) startWorker(name string) {
@@ -192,7 +192,7 @@ func (c *cluster) startWorker(name string) {
 }
 
 func (c *cluster) metric(admin, series string) float64 {
-	return metricValue(c.t, metrics(c.t, admin), series)
+	return testenv.TextValue(c.t, testenv.Scrape(c.t, admin), series)
 }
 
 func (c *cluster) fallbacks(cause string) float64 {

@@ -6,7 +6,6 @@ package main
 // requests against the gateway.
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -17,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,36 +83,6 @@ func startProcess(t *testing.T, logDir, name, bin string, args ...string) *teste
 	return testenv.StartProcess(t, logDir, name, nil, bin, args...)
 }
 
-// waitNATS waits until a NATS server accepts connections on addr: it
-// greets every client with an INFO line.
-func waitNATS(t *testing.T, p *testenv.Process, addr string) {
-	t.Helper()
-	var lastErr error
-	ok := testenv.Eventually(10*time.Second, func() bool {
-		if p.Exited() {
-			return true
-		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			lastErr = err
-			return false
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil || !strings.HasPrefix(line, "INFO ") {
-			lastErr = fmt.Errorf("greeting %q: %v", line, err)
-			return false
-		}
-		return true
-	})
-	if p.Exited() {
-		t.Fatalf("nats-server exited: %s", p.Cmd.ProcessState)
-	}
-	if !ok {
-		t.Fatalf("nats-server not accepting connections on %s within 10s: %v", addr, lastErr)
-	}
-}
 
 var client = &http.Client{Timeout: 5 * time.Second}
 
@@ -198,49 +166,7 @@ func joinBody(group, applicant string) string {
 	return callback.IMServerJoinGroup(group, applicant, "hi")
 }
 
-// metrics fetches the Prometheus text of an admin listener.
-func metrics(t *testing.T, admin string) string {
-	t.Helper()
-	resp, err := client.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET http://%s/metrics: %d %v", admin, resp.StatusCode, err)
-	}
-	return string(body)
-}
 
-// metricValue returns the value of one series, written as in the text
-// format (`name{label="value",...}`, labels in name order), and 0 when
-// absent. With series ending in "{" it sums every series of the metric.
-func metricValue(t *testing.T, text, series string) float64 {
-	t.Helper()
-	sum := false
-	if strings.HasSuffix(series, "{") {
-		sum = true
-	} else {
-		series += " "
-	}
-	var total float64
-	for line := range strings.SplitSeq(text, "\n") {
-		if !strings.HasPrefix(line, series) {
-			continue
-		}
-		fields := strings.Fields(line)
-		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		if !sum {
-			return v
-		}
-		total += v
-	}
-	return total
-}
 
 const (
 	joinCommand         = "callbackBeforeJoinGroupCommand"
@@ -262,7 +188,7 @@ func TestEndToEnd(t *testing.T) {
 	natsAddr := testenv.Loopback(t)
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	ns := startProcess(t, logs, "nats-server", natsServer, "-a", "127.0.0.1", "-p", natsPort)
-	waitNATS(t, ns, natsAddr)
+	testenv.WaitNATS(t, ns, natsAddr)
 	natsURL := "nats://" + natsAddr
 
 	gwAddr, gwAdmin := testenv.Loopback(t), testenv.Loopback(t)
@@ -374,7 +300,7 @@ func TestEndToEnd(t *testing.T) {
 		testenv.Eventually(5*time.Second, func() bool {
 			counts, sum = nil, 0
 			for _, admin := range workerAdmins {
-				v := metricValue(t, metrics(t, admin), workerDecided)
+				v := testenv.TextValue(t, testenv.Scrape(t, admin), workerDecided)
 				counts = append(counts, v)
 				sum += v
 			}
@@ -389,11 +315,11 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("worker%d decided %v requests, want at least 1 (workers %v): the queue group does not share the load", i+1, c, counts)
 			}
 		}
-		gm := metrics(t, gwAdmin)
-		if got := metricValue(t, gm, gatewayDecided); got != float64(reached) {
+		gm := testenv.Scrape(t, gwAdmin)
+		if got := testenv.TextValue(t, gm, gatewayDecided); got != float64(reached) {
 			t.Errorf("gateway counted %v decided join requests, want %d", got, reached)
 		}
-		if got := metricValue(t, gm, gatewayFallbacks); got != 0 {
+		if got := testenv.TextValue(t, gm, gatewayFallbacks); got != 0 {
 			t.Errorf("gateway answered %v fallbacks while both workers ran, want 0", got)
 		}
 	})
@@ -440,7 +366,7 @@ func TestEndToEnd(t *testing.T) {
 				lastErr = fmt.Errorf("%s: HTTP %d %s, want 200 and the fallback allow body", opID, status, raw)
 				return false
 			}
-			noResponders = metricValue(t, metrics(t, gwAdmin), gatewayNoResponders)
+			noResponders = testenv.TextValue(t, testenv.Scrape(t, gwAdmin), gatewayNoResponders)
 			return noResponders >= 1
 		})
 		if !ok {
@@ -520,14 +446,14 @@ func TestAllWithRedisAndOutsideWorker(t *testing.T) {
 	}
 	var inProcess, outsideCount float64
 	testenv.Eventually(5*time.Second, func() bool {
-		inProcess = metricValue(t, metrics(t, allAdmin), workerDecided)
-		outsideCount = metricValue(t, metrics(t, workerAdmin), workerDecided)
+		inProcess = testenv.TextValue(t, testenv.Scrape(t, allAdmin), workerDecided)
+		outsideCount = testenv.TextValue(t, testenv.Scrape(t, workerAdmin), workerDecided)
 		return inProcess+outsideCount == 34
 	})
 	if inProcess < 1 || outsideCount < 1 || inProcess+outsideCount != 34 {
 		t.Fatalf("decided in process %v, by the outside worker %v; want both, 34 in all", inProcess, outsideCount)
 	}
-	if got := metricValue(t, metrics(t, allAdmin), "joingate_build_info{"); got != 1 {
+	if got := testenv.TextValue(t, testenv.Scrape(t, allAdmin), "joingate_build_info{"); got != 1 {
 		t.Fatalf("joingate_build_info = %v, want one series at 1", got)
 	}
 	keys, err := rdb.Client.Keys(t.Context(), "joingate:*").Result()
@@ -573,7 +499,7 @@ func TestAllWithTLSRedis(t *testing.T) {
 			t.Fatalf("request %d of u1 (limit 3, kept in Redis): %s", i, a)
 		}
 	}
-	if got := metricValue(t, metrics(t, admin), "joingate_worker_store_errors_total"); got != 0 {
+	if got := testenv.TextValue(t, testenv.Scrape(t, admin), "joingate_worker_store_errors_total"); got != 0 {
 		t.Fatalf("%v store errors", got)
 	}
 
@@ -614,7 +540,7 @@ func TestReloadPolicy(t *testing.T) {
 	all := startProcess(t, t.TempDir(), "all", joingate, "all", "--config", cfgPath, "--listen", gwAddr, "--admin-listen", admin)
 	waitReady(t, all, admin)
 	reloads := func(result string) float64 {
-		return metricValue(t, metrics(t, admin), fmt.Sprintf(`joingate_config_reloads_total{result=%q}`, result))
+		return testenv.TextValue(t, testenv.Scrape(t, admin), fmt.Sprintf(`joingate_config_reloads_total{result=%q}`, result))
 	}
 	allowed := func(applicant string) bool {
 		t.Helper()
@@ -643,7 +569,7 @@ func TestReloadPolicy(t *testing.T) {
 	if !testenv.Eventually(10*time.Second, func() bool { return reloads("failure") >= 1 }) {
 		t.Fatal("a bad file was not counted as a failed reload")
 	}
-	if got := metricValue(t, metrics(t, admin), "joingate_config_last_reload_successful"); got != 0 {
+	if got := testenv.TextValue(t, testenv.Scrape(t, admin), "joingate_config_last_reload_successful"); got != 0 {
 		t.Fatalf("last_reload_successful = %v after a bad file", got)
 	}
 	if !strings.Contains(all.Output(), "join_group.limits[0].key") {
@@ -690,7 +616,7 @@ func TestSecretsStayOut(t *testing.T) {
 	natsAddr := testenv.Loopback(t)
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	ns := startProcess(t, logs, "nats-server", natsServer, "-a", "127.0.0.1", "-p", natsPort, "--user", "jg", "--pass", natsPass)
-	waitNATS(t, ns, natsAddr)
+	testenv.WaitNATS(t, ns, natsAddr)
 	natsURL := "nats://jg:" + natsPass + "@" + natsAddr
 	env := []string{
 		"JOINGATE_GATEWAY_BASIC_AUTH_USERNAME=imserver",
@@ -730,7 +656,7 @@ func TestSecretsStayOut(t *testing.T) {
 		t.Fatal("a gateway with a wrong NATS password kept running")
 	}
 
-	texts := map[string]string{"ctl output": out.String() + errb.String(), "gateway metrics": metrics(t, gwAdmin), "worker metrics": metrics(t, wkAdmin)}
+	texts := map[string]string{"ctl output": out.String() + errb.String(), "gateway metrics": testenv.Scrape(t, gwAdmin), "worker metrics": testenv.Scrape(t, wkAdmin)}
 	for _, p := range []*testenv.Process{gw, wk, bad} {
 		texts[p.Name+" log"] = p.Output()
 	}

@@ -1,16 +1,12 @@
 package conformance
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -122,7 +118,7 @@ func startDistributed(t *testing.T, config string) *deployment {
 	natsAddr := testenv.Loopback(t)
 	_, natsPort, _ := net.SplitHostPort(natsAddr)
 	ns := testenv.StartProcess(t, logs, "nats-server", nil, natsBin, "-a", "127.0.0.1", "-p", natsPort)
-	waitNATS(t, ns, natsAddr)
+	testenv.WaitNATS(t, ns, natsAddr)
 	natsURL := "nats://" + natsAddr
 
 	listen, gwAdmin := testenv.Loopback(t), testenv.Loopback(t)
@@ -144,24 +140,6 @@ func startDistributed(t *testing.T, config string) *deployment {
 	return d
 }
 
-// waitNATS waits until a NATS server greets clients on addr.
-func waitNATS(t *testing.T, p *testenv.Process, addr string) {
-	t.Helper()
-	ok := testenv.Eventually(10*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return p.Exited()
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		return strings.HasPrefix(line, "INFO ")
-	})
-	if !ok || p.Exited() {
-		t.Fatalf("nats-server not serving on %s", addr)
-	}
-}
-
 // ctl runs `joingate ctl` against the first worker's admin API, as an
 // operator would.
 func (d *deployment) ctl(t *testing.T, args ...string) string {
@@ -178,20 +156,5 @@ func (d *deployment) ctl(t *testing.T, args ...string) string {
 // (written as in the text format, labels in name order), 0 when absent.
 func metric(t *testing.T, admin, series string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for line := range strings.SplitSeq(string(body), "\n") {
-		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			if err != nil {
-				t.Fatalf("metric line %q: %v", line, err)
-			}
-			return v
-		}
-	}
-	return 0
+	return testenv.TextValue(t, testenv.Scrape(t, admin), series)
 }
