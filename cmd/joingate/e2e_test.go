@@ -83,7 +83,6 @@ func startProcess(t *testing.T, logDir, name, bin string, args ...string) *teste
 	return testenv.StartProcess(t, logDir, name, nil, bin, args...)
 }
 
-
 var client = &http.Client{Timeout: 5 * time.Second}
 
 // waitReady polls GET http://admin/readyz until it answers 200.
@@ -165,8 +164,6 @@ func tryCallback(gateway, command, opID, body string) (int, []byte, answer, erro
 func joinBody(group, applicant string) string {
 	return callback.IMServerJoinGroup(group, applicant, "hi")
 }
-
-
 
 const (
 	joinCommand         = "callbackBeforeJoinGroupCommand"
