@@ -502,8 +502,9 @@ func (g *Gateway) unparsableTarget(ctx *fasthttp.RequestCtx) bool {
 		return false
 	}
 	if ok, n := g.badInputLog.Allow(); ok {
+		path, _, _ := bytes.Cut(target, []byte("?")) // a query may carry a key
 		g.log.Warn("request target is not a URI fasthttp can parse; routed on its last segment",
-			"target", string(target), "command", string(cmd), "remote", ctx.RemoteAddr().String(),
+			"path", string(path), "command", string(cmd), "remote", ctx.RemoteAddr().String(),
 			"operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)), "suppressed", n)
 	}
 	return true
