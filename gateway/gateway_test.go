@@ -552,3 +552,31 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("stopped gateway still accepts requests")
 	}
 }
+
+// A gateway stopped right after it starts still returns: fasthttp's
+// Shutdown closes only the listeners Serve has registered.
+func TestStopRightAfterStart(t *testing.T) {
+	ns := testenv.NATS(t)
+	for range 20 {
+		opts := gateway.DefaultOptions()
+		opts.Listen = "127.0.0.1:0"
+		opts.Conn = testenv.Conn(t, ns)
+		opts.Registerer = prometheus.NewRegistry()
+		gw, err := gateway.New(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- gw.Run(ctx) }()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run still running 10s after it was stopped")
+		}
+	}
+}
