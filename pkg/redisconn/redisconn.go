@@ -99,7 +99,7 @@ func newStandalone(url string, t TLS, timeout time.Duration, poolSize int) (*red
 		return nil, err
 	}
 	if err := tune(fields{dial: &opts.DialTimeout, read: &opts.ReadTimeout, write: &opts.WriteTimeout, pool: &opts.PoolTimeout,
-		contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, minBackoff: &opts.MinRetryBackoff,
+		contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, dialRetries: &opts.DialerRetries, minBackoff: &opts.MinRetryBackoff,
 		maxBackoff: &opts.MaxRetryBackoff, poolSize: &opts.PoolSize, name: &opts.ClientName, tlsConfig: &opts.TLSConfig}, t, timeout, poolSize); err != nil {
 		return nil, err
 	}
@@ -128,7 +128,7 @@ func NewUniversal(url, mode string, t TLS, timeout time.Duration, poolSize int) 
 			return nil, err
 		}
 		if err := tune(fields{dial: &opts.DialTimeout, read: &opts.ReadTimeout, write: &opts.WriteTimeout, pool: &opts.PoolTimeout,
-			contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, minBackoff: &opts.MinRetryBackoff,
+			contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, dialRetries: &opts.DialerRetries, minBackoff: &opts.MinRetryBackoff,
 			maxBackoff: &opts.MaxRetryBackoff, poolSize: &opts.PoolSize, name: &opts.ClientName, tlsConfig: &opts.TLSConfig}, t, timeout, poolSize); err != nil {
 			return nil, err
 		}
@@ -139,7 +139,7 @@ func NewUniversal(url, mode string, t TLS, timeout time.Duration, poolSize int) 
 			return nil, err
 		}
 		if err := tune(fields{dial: &opts.DialTimeout, read: &opts.ReadTimeout, write: &opts.WriteTimeout, pool: &opts.PoolTimeout,
-			contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, minBackoff: &opts.MinRetryBackoff,
+			contextTimeout: &opts.ContextTimeoutEnabled, maxRetries: &opts.MaxRetries, dialRetries: &opts.DialerRetries, minBackoff: &opts.MinRetryBackoff,
 			maxBackoff: &opts.MaxRetryBackoff, poolSize: &opts.PoolSize, name: &opts.ClientName, tlsConfig: &opts.TLSConfig}, t, timeout, poolSize); err != nil {
 			return nil, err
 		}
@@ -209,7 +209,7 @@ func Addrs(url, mode string) []string {
 type fields struct {
 	dial, read, write, pool *time.Duration
 	contextTimeout          *bool
-	maxRetries              *int
+	maxRetries, dialRetries *int
 	minBackoff, maxBackoff  *time.Duration
 	poolSize                *int
 	name                    *string
@@ -218,12 +218,17 @@ type fields struct {
 
 // tune sets what every mode shares: timeout on every dial, read, write and
 // wait for a pooled connection, context deadlines honoured, no retries (-1
-// in go-redis: see NewUniversal), the pool size, the client name and t's
-// TLS files.
+// in go-redis: see NewUniversal), one dial attempt per connection, the pool
+// size, the client name and t's TLS files.
+//
+// go-redis dials five times, 100ms apart, by default: against a stopped
+// Redis each call would then wait 400ms, past any decision's budget,
+// instead of failing at once with "connection refused".
 func tune(f fields, t TLS, timeout time.Duration, poolSize int) error {
 	*f.dial, *f.read, *f.write, *f.pool = timeout, timeout, timeout, timeout
 	*f.contextTimeout = true
 	*f.maxRetries, *f.minBackoff, *f.maxBackoff = -1, time.Millisecond, 10*time.Millisecond
+	*f.dialRetries = 1
 	*f.poolSize = poolSize
 	*f.name = "joingate"
 	return t.apply(f.tlsConfig)
