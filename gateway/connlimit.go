@@ -34,6 +34,9 @@ type limitListener struct {
 	refused          prometheus.Counter
 	slots            chan struct{} // one per connection being refused
 	refusing         sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[*limitedConn]struct{} // served now
 }
 
 func newLimitListener(ln net.Listener, max int, fallback []byte, refused prometheus.Counter) *limitListener {
@@ -48,6 +51,7 @@ func newLimitListener(ln net.Listener, max int, fallback []byte, refused prometh
 		others:   resp([]byte(callback.AllowJSON)),
 		refused:  refused,
 		slots:    make(chan struct{}, maxRefusing),
+		conns:    make(map[*limitedConn]struct{}),
 	}
 }
 
@@ -60,7 +64,11 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if l.active.Add(1) <= l.max {
-			return &limitedConn{Conn: c, l: l}, nil
+			lc := &limitedConn{Conn: c, l: l, accepted: time.Now()}
+			l.mu.Lock()
+			l.conns[lc] = struct{}{}
+			l.mu.Unlock()
+			return lc, nil
 		}
 		l.active.Add(-1)
 		l.refused.Inc()
@@ -104,16 +112,52 @@ func (l *limitListener) refuse(c net.Conn) {
 	io.Copy(io.Discard, io.LimitReader(br, 64<<10))
 }
 
-// limitedConn gives its slot back when closed. It hides the connection's
-// SetKeepAlive from fasthttp (Server.TCPKeepalive); Go's TCP listener
-// already turns keep-alive probes on for every accepted connection.
+// closeUnused closes the connections that have sent nothing since they
+// were accepted and are older than age.
+// fasthttp's shutdown closes idle keep-alive connections but waits for a
+// new one until its first request or read_timeout: a client's spare
+// connection (Go's Transport dials them) would hold a stopping gateway
+// that long. age spares one whose first request is on its way.
+func (l *limitListener) closeUnused(age time.Duration) {
+	l.mu.Lock()
+	var unused []*limitedConn
+	for c := range l.conns {
+		if !c.used.Load() && time.Since(c.accepted) >= age {
+			unused = append(unused, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range unused {
+		c.Close()
+	}
+}
+
+// limitedConn gives its slot back when closed, and knows whether the
+// client has sent anything. It hides the connection's SetKeepAlive from
+// fasthttp (Server.TCPKeepalive); Go's TCP listener already turns
+// keep-alive probes on for every accepted connection.
 type limitedConn struct {
 	net.Conn
-	l    *limitListener
-	once sync.Once
+	l        *limitListener
+	accepted time.Time
+	used     atomic.Bool
+	once     sync.Once
+}
+
+func (c *limitedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.used.Load() {
+		c.used.Store(true)
+	}
+	return n, err
 }
 
 func (c *limitedConn) Close() error {
-	c.once.Do(func() { c.l.active.Add(-1) })
+	c.once.Do(func() {
+		c.l.active.Add(-1)
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
 	return c.Conn.Close()
 }

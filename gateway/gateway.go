@@ -232,8 +232,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.log.Info("gateway shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), g.opts.ShutdownTimeout)
 	defer cancel()
-	if err := g.srv.ShutdownWithContext(sctx); err != nil {
-		return fmt.Errorf("callback server shutdown: %w", err)
+	shut := make(chan error, 1)
+	go func() { shut <- g.srv.ShutdownWithContext(sctx) }()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for stopped := false; !stopped; {
+		select {
+		case err := <-shut:
+			if err != nil {
+				return fmt.Errorf("callback server shutdown: %w", err)
+			}
+			stopped = true
+		case <-tick.C:
+			g.served.closeUnused(time.Second)
+		}
 	}
 	// Shutdown closes only the listeners Serve has registered: one
 	// cancelled right after start would still be accepting. Serve returns

@@ -580,3 +580,45 @@ func TestStopRightAfterStart(t *testing.T) {
 		}
 	}
 }
+
+// A connection that never sends a request (a client's spare) does not hold
+// a stopping gateway until read_timeout; one that is in use, idle between
+// requests, is closed too (fasthttp's own shutdown).
+func TestStopClosesUnusedConnections(t *testing.T) {
+	ns := testenv.NATS(t)
+	opts := gateway.DefaultOptions()
+	opts.Listen = "127.0.0.1:0"
+	opts.Conn = testenv.Conn(t, ns)
+	opts.Registerer = prometheus.NewRegistry()
+	opts.ReadTimeout, opts.IdleTimeout, opts.ShutdownTimeout = time.Hour, time.Hour, time.Hour
+	gw, err := gateway.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	spare, err := net.Dial("tcp", gw.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spare.Close()
+	// The listener has handed it to fasthttp once an answer comes back on
+	// another connection after it.
+	if status, _ := post(t, "http://"+gw.Addr()+"/callbackExample/callbackAfterJoinGroupCommand", "{}"); status != http.StatusOK {
+		t.Fatalf("status %d", status)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run still running 20s after it was stopped: the unused connection holds it (read_timeout is 1h)")
+	}
+	spare.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := spare.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("the unused connection is still open (read %d bytes)", n)
+	}
+}
