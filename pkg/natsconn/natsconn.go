@@ -6,6 +6,7 @@ package natsconn
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -21,6 +22,12 @@ import (
 // reconnecting forever. Publishing while disconnected fails at once instead
 // of buffering: a callback that cannot reach a worker must fall back now,
 // not be delivered after the gateway has answered.
+//
+// A NATS that cannot be reached at start (nothing listening, a name that
+// does not resolve yet, a dial timeout) does not stop joingate: Connect
+// logs it and returns a connection that keeps trying, so that processes
+// start in any order. What the server refuses (credentials, TLS) is an
+// error: retrying would not mend it.
 //
 // Credentials in the URL (nats://user:password@host, nats://token@host) are
 // used as nats.go uses them; sec adds the other ways to authenticate.
@@ -43,6 +50,13 @@ func Connect(urls string, inProc *server.Server, name string, sec Security, log 
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
 		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			// nats.go gives up after the same authentication error twice in
+			// a row; closed on purpose, there is no error.
+			if err := nc.LastError(); err != nil {
+				log.Error("nats connection closed: restart after fixing the cause", "err", err)
+			}
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subj := ""
 			if sub != nil {
@@ -61,10 +75,28 @@ func Connect(urls string, inProc *server.Server, name string, sec Security, log 
 		urls = ""
 	}
 	nc, err := nats.Connect(urls, opts...)
-	if err != nil {
+	if err == nil {
+		return nc, nil
+	}
+	if inProc != nil || !unreachable(err) {
+		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact(urls), err)
+	}
+	log.Warn("nats unreachable; connecting in the background", "url", redact(urls), "err", err)
+	opts = append(opts, nats.RetryOnFailedConnect(true), nats.ConnectHandler(func(nc *nats.Conn) {
+		log.Info("nats connected", "server", nc.ConnectedUrlRedacted())
+	}))
+	if nc, err = nats.Connect(urls, opts...); err != nil {
 		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact(urls), err)
 	}
 	return nc, nil
+}
+
+// unreachable reports whether a failed first connect means that no server
+// answered (worth retrying) rather than that one refused the client.
+func unreachable(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, io.EOF) || errors.As(err, &netErr)
 }
 
 // Security holds the optional ways to authenticate to NATS and to secure

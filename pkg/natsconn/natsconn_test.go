@@ -1,11 +1,13 @@
 package natsconn
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,14 +81,80 @@ func TestNoBufferingWhileDisconnected(t *testing.T) {
 	}
 }
 
-func TestConnectErrorHidesSecrets(t *testing.T) {
-	_, err := Connect("nats://user:hunter2@127.0.0.1:1", nil, "t", Security{}, quiet)
+// startServer runs an in-process NATS server on port with opts' auth.
+func startServer(t *testing.T, port int, opts server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", port, true, true
+	ns, err := server.NewServer(&opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	return ns
+}
+
+// A server that refuses the credentials is an error at once, which does
+// not show the password.
+func TestConnectRefused(t *testing.T) {
+	ns := startServer(t, server.RANDOM_PORT, server.Options{Username: "u", Password: "right"})
+	_, err := Connect(fmt.Sprintf("nats://u:hunter2@%s", ns.Addr()), nil, "t", Security{}, quiet)
 	if err == nil {
-		t.Fatal("connected to a closed port")
+		t.Fatal("connected with a wrong password")
 	}
-	if strings.Contains(err.Error(), "hunter2") {
-		t.Fatalf("error leaks the password: %v", err)
+	if !strings.Contains(err.Error(), "Authorization Violation") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("error %q: want the server's refusal, without the password", err)
 	}
+}
+
+// With no server there yet, Connect returns a connection that connects
+// once one comes, and says so in the log, without the password.
+func TestConnectBeforeServer(t *testing.T) {
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	port := testenv.FreePort(t)
+	nc, err := Connect(fmt.Sprintf("nats://u:hunter2@127.0.0.1:%d", port), nil, "t", Security{}, log)
+	if err != nil {
+		t.Fatalf("Connect with no server yet: %v", err)
+	}
+	defer nc.Close()
+	if nc.IsConnected() {
+		t.Fatal("connected with no server")
+	}
+	if err := nc.Publish("x", []byte("y")); err == nil {
+		t.Fatal("publish before the first connect was buffered")
+	}
+	startServer(t, port, server.Options{Username: "u", Password: "hunter2"})
+	if !testenv.Eventually(10*time.Second, nc.IsConnected) {
+		t.Fatal("not connected after the server came")
+	}
+	if !testenv.Eventually(5*time.Second, func() bool { return strings.Contains(logs.String(), "nats connected") }) {
+		t.Fatalf("no log line for the connect:\n%s", logs.String())
+	}
+	if out := logs.String(); !strings.Contains(out, "nats unreachable") || strings.Contains(out, "hunter2") {
+		t.Fatalf("log:\n%s\nwant the unreachable server said, without the password", out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger that nats.go's goroutines use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestDeadlineHeader(t *testing.T) {
