@@ -61,9 +61,11 @@ type TLSClient struct {
 type Redis struct {
 	URL string `yaml:"url"`
 	// Mode is the topology url points at: standalone, sentinel or cluster.
-	Mode      string        `yaml:"mode"`
-	KeyPrefix string        `yaml:"key_prefix"`
-	Timeout   time.Duration `yaml:"timeout"`
+	Mode      string `yaml:"mode"`
+	KeyPrefix string `yaml:"key_prefix"`
+	// Timeout bounds each Redis call (dial, read, write, pool wait): the
+	// worker's store budget, below gateway.decision_timeout.
+	Timeout time.Duration `yaml:"timeout"`
 	// TLS adds a private CA and a client certificate to a rediss:// URL.
 	TLS TLSClient `yaml:"tls"`
 }
@@ -173,7 +175,7 @@ func Default() Config {
 		ShutdownTimeout: 15 * time.Second,
 		Log:             Log{Level: "info", Format: "text"},
 		NATS:            NATS{Subject: "joingate", Queue: "joingate-workers"},
-		Redis:           Redis{Mode: "standalone", KeyPrefix: "joingate:", Timeout: 250 * time.Millisecond},
+		Redis:           Redis{Mode: "standalone", KeyPrefix: "joingate:", Timeout: 100 * time.Millisecond},
 		Gateway: Gateway{
 			DecisionTimeout: 300 * time.Millisecond,
 			Fallback:        Allow,

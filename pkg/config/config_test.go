@@ -127,6 +127,7 @@ func TestBadFiles(t *testing.T) {
 	f("duplicate_key.yaml", "listen: key given twice", "line 2")
 	f("bad_fallback.yaml", "gateway.fallback", "allow, deny", `"maybe"`, "line 2")
 	f("timeout_too_long.yaml", "gateway.decision_timeout", "between 1ms and 900ms")
+	f("store_budget_too_long.yaml", "redis.timeout", "below gateway.decision_timeout (200ms)", "got 200ms")
 	f("not_yaml.yaml", "yaml")
 	f("wrong_shape.yaml", "join_group.deny_groups", "must be a list")
 	f("duplicate_rule.yaml", "join_group.limits[1].name", "used by another limit")
@@ -139,7 +140,7 @@ func TestBadFiles(t *testing.T) {
 func TestPrecedence(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "c.yaml")
-	os.WriteFile(path, []byte("listen: ':1'\nadmin_listen: ':2'\ngateway:\n  decision_timeout: 100ms\n"), 0o644)
+	os.WriteFile(path, []byte("listen: ':1'\nadmin_listen: ':2'\ngateway:\n  decision_timeout: 150ms\n"), 0o644)
 
 	env := []string{
 		"PATH=/usr/bin",

@@ -153,6 +153,10 @@ func (l *loader) validate() error {
 	if g.DecisionTimeout < time.Millisecond || g.DecisionTimeout > MaxDecisionTimeout {
 		bad("gateway.decision_timeout", "must be between 1ms and %s (IMServer refuses the join when it times out), got %s", MaxDecisionTimeout, g.DecisionTimeout)
 	}
+	if c.Redis.Timeout > 0 && c.Redis.Timeout >= g.DecisionTimeout {
+		bad("redis.timeout", "must be below gateway.decision_timeout (%s): it is the worker's budget for one store call, "+
+			"whose answer must reach the gateway while it still waits; got %s", g.DecisionTimeout, c.Redis.Timeout)
+	}
 	oneOf("gateway.fallback", g.Fallback, Allow, Deny)
 	refusal("gateway.fallback_refusal", &g.FallbackRefusal)
 	// A callback travels as one NATS message (max_payload 1 MiB by default).
