@@ -345,20 +345,21 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 	// file is broken; and what it does not: every process is up, the store
 	// answers, nothing is slow or late.
 	expect := map[string]bool{
-		"JoingateNoResponders":        true,
-		"JoingateFallbackRatioHigh":   true,
-		"JoingateInvalidCallbacks":    true,
-		"JoingateConfigReloadFailing": true,
-		"JoingateNoGatewayUp":         false,
-		"JoingateNoWorkerUp":          false,
-		"JoingateTargetDown":          false,
-		"JoingateNATSUnavailable":     false,
-		"JoingateGatewayLatencyHigh":  false,
-		"JoingateStoreErrors":         false,
-		"JoingateStoreBreakerOpen":    false,
-		"JoingateExpiredRequests":     false,
-		"JoingateWorkerSaturated":     false,
-		"JoingateConnectionsRefused":  false,
+		"JoingateNoResponders":          true,
+		"JoingateFallbackRatioHigh":     true,
+		"JoingateInvalidCallbacks":      true,
+		"JoingateConfigReloadFailing":   true,
+		"JoingateNoGatewayUp":           false,
+		"JoingateNoWorkerUp":            false,
+		"JoingateTargetDown":            false,
+		"JoingateNATSUnavailable":       false,
+		"JoingateGatewayLatencyHigh":    false,
+		"JoingateStoreErrors":           false,
+		"JoingateWorkerOutOfQueueGroup": false,
+		"JoingateStoreMisconfigured":    false,
+		"JoingateExpiredRequests":       false,
+		"JoingateWorkerSaturated":       false,
+		"JoingateConnectionsRefused":    false,
 	}
 	for _, q := range queries {
 		if alert, ok := strings.CutPrefix(q.Where, "alert "); ok {

@@ -3,12 +3,14 @@ package worker
 import (
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/joingate/joingate/pkg/admin"
 	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/redisconn"
 )
 
 // Outcomes of a request a worker received (label "outcome").
@@ -19,11 +21,25 @@ const (
 	outcomeNoPolicy = "no_policy"
 )
 
+// Store calls (label "call") and the cause of a failure that is the
+// worker's own (label "cause"; the others are redisconn.Causes).
+const (
+	callDecide       = "decide"
+	callProbe        = "probe"
+	causeBreakerOpen = "breaker_open"
+)
+
+// Queue-group transitions (label "to").
+const (
+	joinedGroup = "joined"
+	leftGroup   = "left"
+)
+
 type metrics struct {
 	requests     *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
 	ruleRefusals *prometheus.CounterVec
-	storeErrors  prometheus.Counter
+	storeErrors  *prometheus.CounterVec
 	decisionTime prometheus.Histogram
 	storeTime    prometheus.Histogram
 	inFlight     prometheus.Gauge
@@ -31,9 +47,12 @@ type metrics struct {
 
 	breakerState       prometheus.Gauge
 	breakerTransitions *prometheus.CounterVec
+
+	member      prometheus.Gauge
+	memberships *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string) *metrics {
+func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string, nc *nats.Conn) *metrics {
 	f := promauto.With(reg)
 	buckets := admin.LatencyBuckets(timeout)
 	m := &metrics{
@@ -49,10 +68,10 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 			Name: "joingate_worker_rule_refusals_total",
 			Help: "Requests a rate-limit rule refused (mode=enforce) or would have refused (mode=shadow).",
 		}, []string{"rule", "mode"}),
-		storeErrors: f.NewCounter(prometheus.CounterOpts{
+		storeErrors: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_worker_store_errors_total",
-			Help: "Decisions the limiter store failed to make; answered by worker.on_store_error.",
-		}),
+			Help: "Failed store calls by call (decide: a decision, answered by worker.on_store_error; probe: the worker's health check) and cause (auth, database, unknown_host, tls: fix the configuration; refused, closed, timeout: an outage; breaker_open; other).",
+		}, []string{"call", "cause"}),
 		decisionTime: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "joingate_worker_decision_duration_seconds",
 			Help:    "Time from a request's arrival at the worker to its reply.",
@@ -80,6 +99,33 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 		Name: "joingate_worker_store_breaker_transitions_total",
 		Help: "Changes of the store circuit breaker's state, by the state entered.",
 	}, []string{"to"})
+	m.member = f.NewGauge(prometheus.GaugeOpts{
+		Name: "joingate_worker_queue_group_member",
+		Help: "1 while the worker is in the NATS queue group and takes requests; 0 while its store fails (or before it first answers) and while draining.",
+	})
+	m.memberships = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "joingate_worker_queue_group_transitions_total",
+		Help: "Times the worker joined or left the queue group, by to (joined, left).",
+	}, []string{"to"})
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "joingate_worker_nats_connected",
+		Help: "1 while the worker's NATS connection is up.",
+	}, func() float64 {
+		if nc.IsConnected() {
+			return 1
+		}
+		return 0
+	})
+	m.memberships.WithLabelValues(joinedGroup)
+	m.memberships.WithLabelValues(leftGroup)
+	for _, call := range []string{callDecide, callProbe} {
+		for _, c := range append([]string{causeBreakerOpen}, redisconn.Causes...) {
+			if call == callProbe && c == causeBreakerOpen {
+				continue // probes do not go through the breaker
+			}
+			m.storeErrors.WithLabelValues(call, c)
+		}
+	}
 	for _, s := range []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen} {
 		m.breakerTransitions.WithLabelValues(s.String())
 	}

@@ -45,10 +45,21 @@ type Options struct {
 	MissingDeadline time.Duration
 	// DecisionTimeout only places a histogram bucket edge.
 	DecisionTimeout time.Duration
+	// StoreBudget bounds each store call (a decision, a probe), well inside
+	// the gateway's decision timeout: a store that fails or hangs costs a
+	// callback this much, and the answer is worker.on_store_error, given
+	// while the gateway still waits.
+	StoreBudget time.Duration
 	// The store's circuit breaker: open after BreakerFailures failed calls
-	// in a row, probe again after BreakerCooldown.
+	// in a row, probe again after BreakerCooldown. An open breaker takes
+	// the worker out of the queue group.
 	BreakerFailures int
 	BreakerCooldown time.Duration
+	// ProbeInterval: how often the worker pings its store, in or out of
+	// the queue group. Out, it rejoins once every probe for RejoinAfter
+	// has succeeded (longer when it flaps: see hysteresis).
+	ProbeInterval time.Duration
+	RejoinAfter   time.Duration
 	// DrainTimeout bounds how long Run waits, once stopped, for requests
 	// already received to be answered.
 	DrainTimeout time.Duration
@@ -70,8 +81,11 @@ func DefaultOptions() Options {
 		MissingDeadline: time.Second,
 		DecisionTimeout: 300 * time.Millisecond,
 		DrainTimeout:    10 * time.Second,
+		StoreBudget:     100 * time.Millisecond,
 		BreakerFailures: 5,
 		BreakerCooldown: time.Second,
+		ProbeInterval:   250 * time.Millisecond,
+		RejoinAfter:     time.Second,
 		BatchRedis:      true,
 	}
 }
@@ -93,8 +107,9 @@ func (o *Options) validate() error {
 	if o.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("concurrency must be at least 1, got %d", o.Concurrency))
 	}
-	if o.MissingDeadline <= 0 || o.DrainTimeout <= 0 || o.BreakerCooldown <= 0 || o.BreakerFailures < 1 {
-		errs = append(errs, errors.New("MissingDeadline, DrainTimeout, BreakerCooldown and BreakerFailures must be positive"))
+	if o.MissingDeadline <= 0 || o.DrainTimeout <= 0 || o.StoreBudget <= 0 || o.BreakerCooldown <= 0 || o.BreakerFailures < 1 ||
+		o.ProbeInterval <= 0 || o.RejoinAfter < 0 {
+		errs = append(errs, errors.New("MissingDeadline, DrainTimeout, StoreBudget, BreakerCooldown, BreakerFailures and ProbeInterval must be positive, RejoinAfter not negative"))
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -118,8 +133,9 @@ type Worker struct {
 	// each: an outage or a hot rule must not flood the log.
 	errLog, inputLog, shadowLog *throttle.Throttle
 
-	mu  sync.Mutex
-	sub *nats.Subscription
+	breaker *breaker.Breaker
+	tripped chan struct{} // a send when the breaker opens: leave now
+	status  atomic.Pointer[status]
 
 	batcher *ratelimit.Batcher // nil unless BatchRedis on a Redis store
 }
@@ -132,16 +148,24 @@ func New(opts Options) (*Worker, error) {
 	w := &Worker{
 		opts:      opts,
 		log:       opts.Logger.With("component", "worker"),
-		metrics:   newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Policy.Rules()),
+		metrics:   newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Policy.Rules(), opts.Conn),
 		prefix:    opts.Subject + ".",
 		errLog:    throttle.New(time.Second),
 		inputLog:  throttle.New(time.Second),
 		shadowLog: throttle.New(time.Second),
+		tripped:   make(chan struct{}, 1),
 	}
-	br := breaker.New(opts.BreakerFailures, opts.BreakerCooldown, func(from, to breaker.State) {
+	w.setStatus(errors.New("starting: not yet in the queue group"))
+	w.breaker = breaker.New(opts.BreakerFailures, opts.BreakerCooldown, func(from, to breaker.State) {
 		w.metrics.breakerState.Set(float64(to))
 		w.metrics.breakerTransitions.WithLabelValues(to.String()).Inc()
 		w.log.Warn("store circuit breaker "+to.String(), "from", from.String())
+		if to == breaker.Open {
+			select {
+			case w.tripped <- struct{}{}:
+			default:
+			}
+		}
 	})
 	store := opts.Store
 	if r, ok := store.(*ratelimit.Redis); ok && opts.BatchRedis {
@@ -150,7 +174,7 @@ func New(opts Options) (*Worker, error) {
 		w.batcher = ratelimit.NewBatcher(r, ratelimit.DefaultMaxBatch, ratelimit.DefaultPipelines)
 		store = w.batcher
 	}
-	w.store = guardedStore{Store: store, breaker: br, hist: w.metrics.storeTime}
+	w.store = guardedStore{Store: store, breaker: w.breaker, hist: w.metrics.storeTime}
 	w.policy.Store(opts.Policy)
 	w.metrics.concurrency.Set(float64(opts.Concurrency))
 	return w, nil
@@ -166,35 +190,22 @@ func (w *Worker) SetPolicy(p *policy.JoinGroup) {
 	w.policy.Store(p)
 }
 
-// Run subscribes and decides requests until ctx is done, then drains: it
-// stops taking new requests, answers the ones already received (within
-// DrainTimeout) and returns.
+// Run joins the queue group once the store answers, decides requests, and
+// leaves and rejoins the group as the store fails and recovers
+// (keepMembership), until ctx is done; then it drains: it stops taking new
+// requests, answers the ones already received (within DrainTimeout) and
+// returns.
 func (w *Worker) Run(ctx context.Context) error {
 	work := make(chan *nats.Msg, w.opts.Concurrency)
 	stop := make(chan struct{})
-	sub, err := w.opts.Conn.QueueSubscribe(w.prefix+">", w.opts.Queue, func(m *nats.Msg) {
+	handler := func(m *nats.Msg) {
 		select {
 		case work <- m:
 		case <-stop: // stopped after a drain timeout: the gateway falls back
 		}
-	})
-	if err != nil {
-		return fmt.Errorf("subscribe %s>: %w", w.prefix, err)
 	}
-	// Beyond these, NATS drops requests (slow consumer) and their gateways
-	// fall back; the backlog is useless long before it is reached.
-	if err := sub.SetPendingLimits(100_000, 64<<20); err != nil {
-		return fmt.Errorf("subscription limits: %w", err)
-	}
-	closed := sub.StatusChanged(nats.SubscriptionClosed)
-	w.mu.Lock()
-	w.sub = sub
-	w.mu.Unlock()
-	// The subscription must reach the server before readiness says so.
-	if err := w.opts.Conn.Flush(); err != nil {
-		w.log.Warn("flush after subscribe", "err", err)
-	}
-	w.log.Info("worker started", "subject", w.prefix+">", "queue", w.opts.Queue, "concurrency", w.opts.Concurrency)
+	w.log.Info("worker started; joins the queue group once its store answers", "subject", w.prefix+">", "queue", w.opts.Queue,
+		"concurrency", w.opts.Concurrency, "store_budget", w.opts.StoreBudget)
 
 	var wg sync.WaitGroup
 	for range w.opts.Concurrency {
@@ -220,9 +231,22 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		})
 	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+		if w.batcher != nil {
+			w.batcher.Close()
+		}
+		w.log.Info("worker stopped")
+	}()
 
-	<-ctx.Done()
+	sub, err := w.keepMembership(ctx, handler)
+	if err != nil || sub == nil {
+		return err
+	}
 	w.log.Info("worker draining")
+	w.metrics.member.Set(0)
+	closed := sub.StatusChanged(nats.SubscriptionClosed)
 	if err := sub.Drain(); err != nil {
 		w.log.Warn("drain subscription", "err", err)
 	}
@@ -231,45 +255,38 @@ func (w *Worker) Run(ctx context.Context) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	timeout := time.After(w.opts.DrainTimeout)
-wait:
 	for {
 		select {
 		case <-closed:
-			break wait
+			return nil
 		case <-tick.C:
+			if !sub.IsValid() {
+				return nil // closed before StatusChanged was asked
+			}
 			if !w.opts.Conn.IsConnected() {
 				w.log.Warn("nats down while draining; unanswered requests fall back at their gateways")
 				sub.Unsubscribe()
-				break wait
+				return nil
 			}
 		case <-timeout:
 			w.log.Warn("drain timed out; unanswered requests fall back at their gateways", "timeout", w.opts.DrainTimeout)
 			sub.Unsubscribe()
-			break wait
+			return nil
 		}
 	}
-	close(stop)
-	wg.Wait()
-	if w.batcher != nil {
-		w.batcher.Close()
-	}
-	w.log.Info("worker stopped")
-	return nil
 }
 
-// Ready reports whether the worker takes requests: subscribed, connected to
-// NATS, and its store answers.
-func (w *Worker) Ready(ctx context.Context) error {
-	w.mu.Lock()
-	sub := w.sub
-	w.mu.Unlock()
-	if sub == nil || !sub.IsValid() || sub.IsDraining() {
-		return errors.New("not subscribed")
+// Ready reports whether the worker takes requests: in the queue group and
+// connected to NATS. Out of the group, the error says why (the store's
+// failure and its cause, waiting for NATS, rejoining, draining).
+func (w *Worker) Ready(context.Context) error {
+	if out := w.status.Load().out; out != nil {
+		return out
 	}
 	if !w.opts.Conn.IsConnected() {
 		return errors.New("nats not connected")
 	}
-	return w.opts.Store.Ping(ctx)
+	return nil
 }
 
 func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup) {
@@ -306,7 +323,13 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 		return
 	}
 
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	// The store budget ends the call before the gateway stops waiting, so
+	// that a failing store still gets its answer (on_store_error) through.
+	storeBy := start.Add(w.opts.StoreBudget)
+	if deadline.Before(storeBy) {
+		storeBy = deadline
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), storeBy)
 	d, err := w.policy.Load().Decide(ctx, req, w.store, s)
 	cancel()
 	if err != nil && !time.Now().Before(deadline) {
@@ -321,9 +344,11 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 		return
 	}
 	if err != nil {
-		w.metrics.storeErrors.Inc()
+		cause := causeOf(err)
+		w.metrics.storeErrors.WithLabelValues(callDecide, cause).Inc()
 		if ok, n := w.errLog.Allow(); ok {
-			w.log.Warn("limiter store failed; answering worker.on_store_error", "operationID", opID, "err", err, "suppressed", n)
+			w.log.Log(context.Background(), logLevel(cause), "limiter store failed; answering worker.on_store_error",
+				"operationID", opID, "cause", cause, "err", err, "suppressed", n)
 		}
 	}
 	// Counted before the reply, so that whoever sees the answer sees it counted.

@@ -5,7 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,12 +18,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/config"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
 	"github.com/joingate/joingate/pkg/ratelimit/ratelimittest"
+	"github.com/joingate/joingate/pkg/redisconn"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -46,6 +53,16 @@ func perApplicant(n int) config.Limit {
 // function that ends Run and waits for it (also called when the test ends).
 func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGroup, mutate func(*Options)) (*Worker, *prometheus.Registry, func()) {
 	t.Helper()
+	w, reg, stop := runWorker(t, ns, store, p, mutate)
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
+		t.Fatalf("worker not ready: %v", w.Ready(context.Background()))
+	}
+	return w, reg, stop
+}
+
+// runWorker is startWorker without waiting until the worker is ready.
+func runWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGroup, mutate func(*Options)) (*Worker, *prometheus.Registry, func()) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts := DefaultOptions()
 	opts.Conn = testenv.Conn(t, ns)
@@ -57,11 +74,7 @@ func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGro
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := testenv.Run(t, w.Run)
-	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
-		t.Fatalf("worker not ready: %v", w.Ready(context.Background()))
-	}
-	return w, reg, stop
+	return w, reg, testenv.Run(t, w.Run)
 }
 
 // request sends a join-group request as the gateway does.
@@ -182,7 +195,38 @@ func TestDeadlinePassesInStore(t *testing.T) {
 		t.Fatalf("expired requests: %v, want 1", expired())
 	}
 	testenv.WantValue(t, reg, 0, "joingate_worker_requests_total", outcomeDecided)
-	testenv.WantValue(t, reg, 0, "joingate_worker_store_errors_total")
+	if n := testenv.Sum(t, reg, "joingate_worker_store_errors_total", callDecide); n != 0 {
+		t.Fatalf("%v store errors, want 0", n)
+	}
+}
+
+// hangs is a store whose calls end only with their context, with the
+// error go-redis gives then.
+type hangs struct{ Store }
+
+func (hangs) Decide(ctx context.Context, _ *ratelimit.Query, _ *ratelimit.Answer) error {
+	<-ctx.Done()
+	return fmt.Errorf("%w: %w", ratelimit.ErrStore, &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded})
+}
+
+// A hanging store costs a decision the store budget, not the request's
+// deadline: the answer (on_store_error) comes while the gateway waits,
+// and the failure is counted as a timeout.
+func TestStoreBudget(t *testing.T) {
+	ns := testenv.NATS(t)
+	_, reg, _ := startWorker(t, ns, hangs{ratelimit.NewMemory()}, testPolicy(t, perApplicant(1)), func(o *Options) {
+		o.StoreBudget = 50 * time.Millisecond
+	})
+	nc := testenv.Conn(t, ns)
+	m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(2*time.Second))
+	if err != nil {
+		t.Fatalf("no answer within the request's deadline: %v; the store call outlasted the store budget", err)
+	}
+	if a := decode(t, m); a.NextCode != 0 {
+		t.Fatalf("answer %+v, want allow (on_store_error)", a)
+	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_store_errors_total", callDecide, redisconn.CauseTimeout)
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", "allow", "store_error")
 }
 
 func TestStoreErrorAnswersConfigured(t *testing.T) {
@@ -198,18 +242,159 @@ func TestStoreErrorAnswersConfigured(t *testing.T) {
 	if a := decode(t, m); a.ActionCode != 0 || a.NextCode != 0 {
 		t.Fatalf("store down answered %+v, want allow (on_store_error: allow)", a)
 	}
-	testenv.WantValue(t, reg, 1, "joingate_worker_store_errors_total")
+	if n := testenv.Sum(t, reg, "joingate_worker_store_errors_total", callDecide); n != 1 {
+		t.Fatalf("%v decisions failed in the store, want 1", n)
+	}
 	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", "allow", "store_error")
 }
 
-func TestReadyFollowsStore(t *testing.T) {
+// A worker whose store refuses it (wrong password) never joins the queue
+// group: requests get "no responders" (the gateway falls back at once),
+// readiness names the cause, and the probes count it.
+func TestMisconfiguredStoreNeverJoins(t *testing.T) {
+	ns := testenv.NATS(t)
+	port := testenv.StartRedisServer(t, false, "--requirepass", "right")
+	good, err := redisconn.New(fmt.Sprintf("redis://:right@127.0.0.1:%d", port), time.Second, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	if !testenv.Eventually(10*time.Second, func() bool { return good.Ping(context.Background()).Err() == nil }) {
+		t.Fatal("redis-server did not start")
+	}
+	bad, err := redisconn.New(fmt.Sprintf("redis://:wrong@127.0.0.1:%d", port), time.Second, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	w, reg, _ := runWorker(t, ns, ratelimit.NewRedis(bad), testPolicy(t, perApplicant(5)), func(o *Options) { o.ProbeInterval = 10 * time.Millisecond })
+	probes := func() float64 {
+		return testenv.Value(t, reg, "joingate_worker_store_errors_total", callProbe, redisconn.CauseAuth)
+	}
+	if !testenv.Eventually(5*time.Second, func() bool { return probes() >= 3 }) {
+		t.Fatalf("%v failed probes with cause auth, want them counted", probes())
+	}
+	if err := w.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "auth") || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("Ready: %v; want the cause (auth) and Redis's words", err)
+	}
+	nc := testenv.Conn(t, ns)
+	if _, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second)); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("request to the misconfigured worker: %v, want no responders", err)
+	}
+	testenv.WantValue(t, reg, 0, "joingate_worker_queue_group_member")
+	testenv.WantValue(t, reg, 0, "joingate_worker_queue_group_transitions_total", joinedGroup)
+}
+
+// The queue group follows the store: a worker leaves while Redis is down
+// (requests then find no responders), rejoins once Redis has answered for
+// RejoinAfter, and a worker started while Redis is down joins when it comes.
+func TestQueueGroupFollowsStore(t *testing.T) {
 	ns := testenv.NATS(t)
 	srv := testenv.StartRedis(t)
-	w, _, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t), nil)
-	srv.Stop()
-	if err := w.Ready(context.Background()); err == nil {
-		t.Fatal("worker ready with Redis down")
+	w, reg, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(100)), func(o *Options) {
+		o.BreakerFailures, o.ProbeInterval, o.RejoinAfter = 3, 10*time.Millisecond, 100*time.Millisecond
+	})
+	nc := testenv.Conn(t, ns)
+	ask := func() (answer, error) {
+		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
+		if err != nil {
+			return answer{}, err
+		}
+		return decode(t, m), nil
 	}
+	if a, err := ask(); err != nil || a.NextCode != 0 {
+		t.Fatalf("with Redis up: %+v, %v", a, err)
+	}
+	srv.Stop()
+	// Until the worker has left, answers are on_store_error (allow); then
+	// there is nobody to answer. Never a timeout.
+	var last error
+	if !testenv.Eventually(5*time.Second, func() bool {
+		a, err := ask()
+		if err == nil && a.NextCode != 0 {
+			t.Fatalf("store down answered %+v, want allow", a)
+		}
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			t.Fatalf("store down: %v, want an answer or no responders", err)
+		}
+		last = err
+		return errors.Is(err, nats.ErrNoResponders)
+	}) {
+		t.Fatalf("the worker stayed in the queue group with Redis down (last: %v)", last)
+	}
+	if err := w.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "out of the queue group") {
+		t.Fatalf("Ready with Redis down: %v", err)
+	}
+	testenv.WantValue(t, reg, 0, "joingate_worker_queue_group_member")
+	testenv.WantValue(t, reg, 1, "joingate_worker_queue_group_transitions_total", leftGroup)
+	testenv.WantValue(t, reg, 1, "joingate_worker_store_breaker_state")
+
+	srv.Start(t)
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
+		t.Fatalf("not back in the queue group after Redis came back: %v", w.Ready(context.Background()))
+	}
+	if a, err := ask(); err != nil || a.NextCode != 0 {
+		t.Fatalf("after Redis came back: %+v, %v", a, err)
+	}
+	testenv.WantValue(t, reg, 2, "joingate_worker_decisions_total", "allow", "passed")
+	testenv.WantValue(t, reg, 2, "joingate_worker_queue_group_transitions_total", joinedGroup)
+	testenv.WantValue(t, reg, 0, "joingate_worker_store_breaker_state")
+
+	// Started while Redis is down: out until it comes.
+	srv.Stop()
+	late, _, _ := runWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t), func(o *Options) { o.ProbeInterval = 10 * time.Millisecond })
+	if !testenv.Eventually(5*time.Second, func() bool {
+		err := late.Ready(context.Background())
+		return err != nil && strings.Contains(err.Error(), "store failing")
+	}) {
+		t.Fatalf("worker started with Redis down: Ready %v", late.Ready(context.Background()))
+	}
+	srv.Start(t)
+	if !testenv.Eventually(5*time.Second, func() bool { return late.Ready(context.Background()) == nil }) {
+		t.Fatalf("worker started with Redis down did not join when it came: %v", late.Ready(context.Background()))
+	}
+}
+
+// Rejoining waits for RejoinAfter of good probes, twice as long for each
+// leave soon after a rejoin (a flapping store), and base again once the
+// worker has stayed in.
+func TestHysteresis(t *testing.T) {
+	const base = time.Second
+	h := hysteresis{base: base}
+	now := time.Unix(1000, 0)
+	step := func(d time.Duration) time.Time { now = now.Add(d); return now }
+	if !h.probed(true, now) {
+		t.Fatal("a new worker did not join at its first good probe")
+	}
+	h.joined(now)
+	wantHold := func(hold time.Duration) {
+		t.Helper()
+		h.probed(false, step(time.Millisecond))
+		start := step(time.Millisecond)
+		if h.probed(true, start) && hold > 0 {
+			t.Fatalf("rejoined at the first good probe, want after %s", hold)
+		}
+		if h.probed(true, step(hold-time.Millisecond)) {
+			t.Fatalf("rejoined %s after the first good probe, before %s", hold-time.Millisecond, hold)
+		}
+		h.probed(false, step(time.Millisecond)) // a failure starts the wait again
+		h.probed(true, step(time.Millisecond))
+		if h.probed(true, step(hold-time.Millisecond)) {
+			t.Fatal("a failed probe did not restart the wait")
+		}
+		if !h.probed(true, step(time.Millisecond)) {
+			t.Fatalf("not rejoined after %s of good probes", hold)
+		}
+		h.joined(now)
+	}
+	h.left(step(time.Hour)) // first leave: base
+	wantHold(base)
+	for _, want := range []time.Duration{2 * base, 4 * base, 8 * base, 16 * base, maxRejoinAfter, maxRejoinAfter} {
+		h.left(step(10 * time.Second)) // within flapWindow of the rejoin
+		wantHold(want)
+	}
+	h.left(step(flapWindow)) // stayed in: base again
+	wantHold(base)
 }
 
 // Draining answers what was received before the stop.
@@ -245,58 +430,55 @@ func TestOptionsValidate(t *testing.T) {
 	}
 }
 
-// While Redis is down the breaker answers at once without calling it, and
-// closes again by itself once Redis is back.
+// failing is a store whose decisions all fail; it counts them.
+type failing struct {
+	Store
+	calls *atomic.Int64
+}
+
+func (f failing) Decide(context.Context, *ratelimit.Query, *ratelimit.Answer) error {
+	f.calls.Add(1)
+	return fmt.Errorf("%w: dial tcp 127.0.0.1:6379: connect: %w", ratelimit.ErrStore, syscall.ECONNREFUSED)
+}
+
+// While the store fails, the breaker opens after BreakerFailures decisions,
+// and then decisions answer at once without calling the store; the worker
+// leaves the queue group. Probes are out of the way here (one an hour),
+// so only decisions count.
 func TestStoreBreaker(t *testing.T) {
 	ns := testenv.NATS(t)
-	srv := testenv.StartRedis(t)
-	_, reg, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(100)), func(o *Options) {
-		o.BreakerFailures, o.BreakerCooldown = 3, 200*time.Millisecond
+	calls := new(atomic.Int64)
+	w, reg, _ := startWorker(t, ns, failing{ratelimit.NewMemory(), calls}, testPolicy(t, perApplicant(100)), func(o *Options) {
+		o.BreakerFailures, o.BreakerCooldown, o.ProbeInterval, o.BatchRedis = 3, time.Hour, time.Hour, false
 	})
 	nc := testenv.Conn(t, ns)
-	ask := func() answer {
-		t.Helper()
+	for i := range 3 {
 		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("decision %d: %v", i+1, err)
 		}
-		return decode(t, m)
-	}
-	storeCalls := func() uint64 {
-		mfs, _ := reg.Gather()
-		for _, mf := range mfs {
-			if mf.GetName() == "joingate_worker_store_duration_seconds" {
-				return mf.GetMetric()[0].GetHistogram().GetSampleCount()
-			}
-		}
-		t.Fatal("no store histogram")
-		return 0
-	}
-	ask()
-	srv.Stop()
-	for range 3 {
-		if a := ask(); a.NextCode != 0 {
+		if a := decode(t, m); a.NextCode != 0 {
 			t.Fatalf("store down answered %+v, want allow", a)
 		}
 	}
+	testenv.WantValue(t, reg, 3, "joingate_worker_store_errors_total", callDecide, redisconn.CauseRefused)
 	testenv.WantValue(t, reg, 1, "joingate_worker_store_breaker_state")
-	before := storeCalls()
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) != nil }) {
+		t.Fatal("the worker stayed in the queue group with its breaker open")
+	}
+	if _, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second)); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("request with the only worker out: %v, want no responders", err)
+	}
+	// What reaches the worker while it leaves is answered without a store call.
+	var q ratelimit.Query
 	for range 5 {
-		ask()
+		if err := w.store.Decide(context.Background(), &q, &ratelimit.Answer{}); !errors.Is(err, breaker.ErrOpen) {
+			t.Fatalf("decision with the breaker open: %v, want ErrOpen", err)
+		}
 	}
-	if got := storeCalls(); got != before {
-		t.Fatalf("%d store calls while the breaker was open, want 0", got-before)
+	if got := calls.Load(); got != 3 {
+		t.Fatalf("%d store calls, want 3: the open breaker let calls through", got)
 	}
-	testenv.WantValue(t, reg, 8, "joingate_worker_decisions_total", "allow", "store_error")
-
-	srv.Start(t)
-	if !testenv.Eventually(5*time.Second, func() bool {
-		ask()
-		return testenv.Value(t, reg, "joingate_worker_store_breaker_state") == 0
-	}) {
-		t.Fatal("breaker did not close after Redis came back")
-	}
-	testenv.WantValue(t, reg, 1, "joingate_worker_store_breaker_transitions_total", "closed")
 }
 
 // Requests queued behind a busy worker when it is told to stop are all

@@ -282,7 +282,7 @@ func TestChaosRedis(t *testing.T) {
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before the outage", 200)
 	storeErrors := func() float64 {
-		return c.metric(c.workerAdmins[0], "joingate_worker_store_errors_total") + c.metric(c.workerAdmins[1], "joingate_worker_store_errors_total")
+		return c.metric(c.workerAdmins[0], "joingate_worker_store_errors_total{") + c.metric(c.workerAdmins[1], "joingate_worker_store_errors_total{")
 	}
 	breakerOpen := func() bool {
 		return c.metric(c.workerAdmins[0], "joingate_worker_store_breaker_state") == 1 || c.metric(c.workerAdmins[1], "joingate_worker_store_breaker_state") == 1

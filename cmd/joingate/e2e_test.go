@@ -496,7 +496,7 @@ func TestAllWithTLSRedis(t *testing.T) {
 			t.Fatalf("request %d of u1 (limit 3, kept in Redis): %s", i, a)
 		}
 	}
-	if got := testenv.TextValue(t, testenv.Scrape(t, admin), "joingate_worker_store_errors_total"); got != 0 {
+	if got := testenv.TextValue(t, testenv.Scrape(t, admin), "joingate_worker_store_errors_total{"); got != 0 {
 		t.Fatalf("%v store errors", got)
 	}
 
@@ -504,14 +504,25 @@ func TestAllWithTLSRedis(t *testing.T) {
 	bad := startProcess(t, logs, "all-untrusted", joingate, "all",
 		"--config", config, "--redis", redisURL, "--listen", untrusted, "--admin-listen", untrustedAdmin)
 	testenv.WaitHTTP(t, bad, "http://"+untrustedAdmin+"/healthz", 15*time.Second)
-	resp, err := client.Get("http://" + untrustedAdmin + "/readyz")
-	if err != nil {
-		t.Fatal(err)
+	var (
+		status int
+		body   []byte
+	)
+	// Ready names the cause once the worker's first probe has failed.
+	if !testenv.Eventually(10*time.Second, func() bool {
+		resp, err := client.Get("http://" + untrustedAdmin + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		status = resp.StatusCode
+		return strings.Contains(string(body), "certificate")
+	}) || status != http.StatusServiceUnavailable || !strings.Contains(string(body), "tls") {
+		t.Fatalf("readyz without the CA file: %d %s; want 503 naming the cause (tls) and the certificate", status, body)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "certificate") {
-		t.Fatalf("readyz without the CA file: %d %s; want 503 naming the certificate", resp.StatusCode, body)
+	if !strings.Contains(bad.Output(), "level=ERROR") || !strings.Contains(bad.Output(), "cause=tls") {
+		t.Fatalf("no ERROR line naming the cause in the log:\n%s", bad.Output())
 	}
 	if strings.Contains(string(body), "tls-s3cret") || strings.Contains(bad.Output(), "tls-s3cret") {
 		t.Fatal("the Redis password is in readyz or the log")

@@ -107,6 +107,7 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		opts.DecisionTimeout = cfg.Gateway.DecisionTimeout
 		opts.DrainTimeout = cfg.ShutdownTimeout
 		opts.BreakerFailures, opts.BreakerCooldown = cfg.Worker.BreakerFailures, cfg.Worker.BreakerCooldown
+		opts.StoreBudget, opts.RejoinAfter = cfg.Redis.Timeout, cfg.Worker.BreakerCooldown
 		opts.BatchRedis = cfg.Worker.BatchRedis
 		opts.Logger, opts.Registerer = log, reg
 		if wk, err = worker.New(opts); err != nil {

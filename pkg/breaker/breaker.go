@@ -119,6 +119,16 @@ func (b *Breaker) Done(failed bool) {
 	}
 }
 
+// Reset closes the breaker, whatever its state: for a caller that has
+// learnt by other means (a probe of its own) that the store answers again.
+func (b *Breaker) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.consecutive.Store(0)
+	b.probing = false
+	b.set(Closed)
+}
+
 func (b *Breaker) trip() {
 	b.openedAt = b.now()
 	b.consecutive.Store(0)

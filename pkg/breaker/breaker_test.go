@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,5 +95,29 @@ func BenchmarkClosedSuccess(b *testing.B) {
 		if br.Allow() == nil {
 			br.Done(false)
 		}
+	}
+}
+
+// Reset closes an open breaker at once, with its failure count cleared.
+func TestReset(t *testing.T) {
+	var changes []string
+	b := New(2, time.Hour, func(from, to State) { changes = append(changes, to.String()) })
+	for range 2 {
+		b.Allow()
+		b.Done(true)
+	}
+	if b.State() != Open {
+		t.Fatalf("state %s after 2 failures, want open", b.State())
+	}
+	b.Reset()
+	if err := b.Allow(); err != nil || b.State() != Closed {
+		t.Fatalf("after Reset: state %s, Allow %v; want closed, nil", b.State(), err)
+	}
+	b.Done(true) // one failure: not yet the two that open it
+	if b.State() != Closed {
+		t.Fatalf("one failure after Reset opened the breaker: the count was not cleared")
+	}
+	if got := strings.Join(changes, ","); got != "open,closed" {
+		t.Fatalf("changes %s, want open,closed", got)
 	}
 }

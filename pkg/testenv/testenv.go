@@ -176,6 +176,36 @@ func Value(t testing.TB, reg prometheus.Gatherer, name string, labels ...string)
 	return 0
 }
 
+// Sum adds up the series of reg named name whose first label values are
+// labels: all of them when labels is empty.
+func Sum(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i, v := range labels {
+				if i >= len(m.GetLabel()) || m.GetLabel()[i].GetValue() != v {
+					continue series
+				}
+			}
+			if m.Counter != nil {
+				sum += m.Counter.GetValue()
+			} else {
+				sum += m.Gauge.GetValue()
+			}
+		}
+	}
+	return sum
+}
+
 // WantValue fails the test unless the series of reg named by name and
 // labels has the value want.
 func WantValue(t testing.TB, reg prometheus.Gatherer, want float64, name string, labels ...string) {
