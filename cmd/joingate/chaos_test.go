@@ -3,10 +3,12 @@
 package main
 
 // Fault scenarios (`make chaos`): joingate in distributed mode (nats-server,
-// a gateway, two workers, redis-server as processes) under steady load from
-// a test client that checks every answer, while a fault is injected. Each
-// scenario prints its counts; with CHAOS_REPORT set they are appended to
-// that file (RELIABILITY.md quotes them).
+// a gateway, two or three workers, redis-server as processes) under steady
+// load from a test client that checks every answer, while a fault is
+// injected, or before the servers behind joingate exist. Each scenario
+// prints its counts, phase by phase, with the slowest answer measured by
+// that client; with CHAOS_REPORT set they are appended to that file
+// (RELIABILITY.md quotes them).
 
 import (
 	"context"
@@ -35,6 +37,9 @@ const (
 	// the load client on a 2-core machine.
 	chaosMargin = 500 * time.Millisecond
 	chaosRate   = 400 // requests per second
+	// chaosExact is the limit of the per-application rule, which the load
+	// (a new applicant per request) never reaches and exactness checks do.
+	chaosExact = 5
 )
 
 // counts is what the load client saw.
@@ -56,7 +61,7 @@ func (c counts) String() string {
 // goroutines, each for a new applicant, and checks every answer.
 type load struct {
 	mu     sync.Mutex
-	c      counts
+	c, p   counts // the whole run; the phase since the last call to phase
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -97,29 +102,45 @@ func (l *load) one(client *http.Client, gateway, applicant string) {
 	took := time.Since(start)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.c.Sent++
-	l.c.Max = max(l.c.Max, took)
+	for _, c := range []*counts{&l.c, &l.p} {
+		c.add(took, err, resp, body)
+	}
+}
+
+func (c *counts) add(took time.Duration, err error, resp *http.Response, body []byte) {
+	c.Sent++
+	c.Max = max(c.Max, took)
 	switch {
 	case err != nil && errors.Is(err, syscall.ECONNREFUSED):
-		l.c.ConnRefused++
+		c.ConnRefused++
 		return
 	case err != nil:
-		l.c.Dropped++
+		c.Dropped++
 		return
 	}
 	var a struct{ ActionCode, NextCode int }
 	if json.Unmarshal(body, &a) != nil || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		l.c.NonJSON++
+		c.NonJSON++
 		return
 	}
 	if took > chaosTimeout+chaosMargin {
-		l.c.Late++
+		c.Late++
 	}
 	if a.ActionCode == 0 && a.NextCode == 1 {
-		l.c.Refused++
+		c.Refused++
 	} else {
-		l.c.Allowed++
+		c.Allowed++
 	}
+}
+
+// phase returns what the load saw since the last call (or the start), and
+// starts a new phase.
+func (l *load) phase() counts {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.p
+	l.p = counts{}
+	return p
 }
 
 func (l *load) snapshot() counts {
@@ -140,6 +161,7 @@ type cluster struct {
 	bin, natsBin      string
 	logs, config      string
 	redis             *testenv.Redis
+	redisURL          string // the workers'
 	natsAddr, natsURL string
 	nats              *testenv.Process
 	gwAddr, gwAdmin   string
@@ -148,9 +170,24 @@ type cluster struct {
 	workers           []*testenv.Process
 }
 
-func startCluster(t *testing.T) *cluster {
+// startCluster starts Redis, nats-server, the gateway and workers workers.
+func startCluster(t *testing.T, workers int) *cluster {
+	c := newCluster(t)
+	c.redis.Start(t)
+	c.startNATS()
+	c.startGateway()
+	waitReady(t, c.gateway, c.gwAdmin)
+	for i := range workers {
+		c.startWorker(fmt.Sprint("worker", i+1))
+	}
+	return c
+}
+
+// newCluster prepares a cluster and starts nothing.
+func newCluster(t *testing.T) *cluster {
 	bin, natsBin := binaries(t)
-	c := &cluster{t: t, bin: bin, natsBin: natsBin, logs: t.TempDir(), redis: testenv.StartRedis(t)}
+	c := &cluster{t: t, bin: bin, natsBin: natsBin, logs: t.TempDir(), redis: testenv.NewRedis(t)}
+	c.redisURL = c.redis.URL
 	c.config = filepath.Join(c.logs, "joingate.yaml")
 	os.WriteFile(c.config, []byte(fmt.Sprintf(`shutdown_timeout: 10s
 gateway:
@@ -162,18 +199,17 @@ join_group:
   limits:
     - {name: per-applicant, key: applicant, limit: 1000, period: 1m}
     - {name: per-group, key: group, limit: 1000000, period: 1m}
-`, chaosTimeout)), 0o644)
+    - {name: per-application, key: applicant_group, limit: %d, period: 1h}
+`, chaosTimeout, chaosExact)), 0o644)
 	c.natsAddr = testenv.Loopback(t)
 	c.natsURL = "nats://" + c.natsAddr
-	c.startNATS()
 	c.gwAddr, c.gwAdmin = testenv.Loopback(t), testenv.Loopback(t)
-	c.gateway = startProcess(t, c.logs, "gateway", bin, "gateway", "--config", c.config, "--nats", c.natsURL,
-		"--listen", c.gwAddr, "--admin-listen", c.gwAdmin)
-	waitReady(t, c.gateway, c.gwAdmin)
-	for i := range 2 {
-		c.startWorker(fmt.Sprint("worker", i+1))
-	}
 	return c
+}
+
+func (c *cluster) startGateway() {
+	c.gateway = startProcess(c.t, c.logs, "gateway", c.bin, "gateway", "--config", c.config, "--nats", c.natsURL,
+		"--listen", c.gwAddr, "--admin-listen", c.gwAdmin)
 }
 
 func (c *cluster) startNATS() {
@@ -182,13 +218,50 @@ func (c *cluster) startNATS() {
 	testenv.WaitNATS(c.t, c.nats, c.natsAddr)
 }
 
+// startWorker starts a worker on c.redisURL and waits until it is ready.
 func (c *cluster) startWorker(name string) {
+	w, admin := c.spawnWorker(name, c.redisURL)
+	waitReady(c.t, w, admin)
+}
+
+// spawnWorker starts a worker on redisURL and does not wait.
+func (c *cluster) spawnWorker(name, redisURL string) (*testenv.Process, string) {
 	admin := testenv.Loopback(c.t)
 	w := startProcess(c.t, c.logs, name, c.bin, "worker", "--config", c.config, "--nats", c.natsURL,
-		"--redis", c.redis.URL, "--admin-listen", admin)
-	waitReady(c.t, w, admin)
+		"--redis", redisURL, "--admin-listen", admin)
 	c.workers = append(c.workers, w)
 	c.workerAdmins = append(c.workerAdmins, admin)
+	return w, admin
+}
+
+// readyz returns the status and body of admin's /readyz.
+func (c *cluster) readyz(admin string) (int, string) {
+	c.t.Helper()
+	resp, err := client.Get("http://" + admin + "/readyz")
+	if err != nil {
+		c.t.Fatalf("readyz of %s: %v", admin, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// members counts the workers in the queue group.
+func (c *cluster) members() float64 {
+	var n float64
+	for _, a := range c.workerAdmins {
+		n += c.metric(a, "joingate_worker_queue_group_member")
+	}
+	return n
+}
+
+// storeErrors sums the workers' store errors of call (decide, probe).
+func (c *cluster) storeErrors(call string) float64 {
+	var n float64
+	for _, a := range c.workerAdmins {
+		n += c.metric(a, fmt.Sprintf(`joingate_worker_store_errors_total{call=%q,`, call))
+	}
+	return n
 }
 
 func (c *cluster) metric(admin, series string) float64 {
@@ -226,19 +299,25 @@ func report(t *testing.T, scenario string, c counts, extra string) {
 	}
 }
 
-// expectClean fails on any answer that was not JSON, came late, or was lost.
-func expectClean(t *testing.T, c counts) {
+// clean fails on any answer that was not JSON, came late, or was lost.
+func clean(t *testing.T, what string, c counts) {
 	t.Helper()
 	if c.NonJSON+c.Late+c.Dropped+c.ConnRefused > 0 {
-		t.Fatalf("load saw %s; want no non-JSON, late, dropped or refused answers", c)
+		t.Fatalf("%s: load saw %s; want no non-JSON, late, dropped or refused answers", what, c)
 	}
+}
+
+// expectClean is clean for a whole run, which must have had load.
+func expectClean(t *testing.T, c counts) {
+	t.Helper()
+	clean(t, "the whole run", c)
 	if c.Sent < chaosRate {
 		t.Fatalf("load sent only %d requests", c.Sent)
 	}
 }
 
 func TestChaosKillWorker(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, 2)
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before the kill", 200)
 	if err := c.workers[0].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -257,17 +336,26 @@ func TestChaosKillWorker(t *testing.T) {
 	}
 }
 
+// NATS killed under load, then started again: the gateway stays ready and
+// answers the fallback at once while it is away.
 func TestChaosRestartNATS(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, 2)
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before the restart", 200)
 	c.nats.Cmd.Process.Signal(syscall.SIGKILL)
 	c.nats.Wait(5 * time.Second)
-	// During the outage every answer is the fallback, within the timeout.
+	l.phase()
 	unavailable := c.fallbacks("nats_unavailable")
 	if !testenv.Eventually(10*time.Second, func() bool { return c.fallbacks("nats_unavailable") >= unavailable+100 }) {
 		t.Fatal("no nats_unavailable fallbacks while NATS was down")
 	}
+	status, body := c.readyz(c.gwAdmin)
+	down := l.phase()
+	report(t, "NATS down: the gateway answers alone", down, fmt.Sprintf("gateway /readyz %d", status))
+	if status != http.StatusOK {
+		t.Fatalf("gateway /readyz %d %s while NATS is down; want 200: it answers every callback", status, body)
+	}
+	clean(t, "NATS down", down)
 	c.startNATS()
 	// Gateway and workers reconnect by themselves and decide again.
 	c.waitDecisions("after the restart", 400)
@@ -277,54 +365,188 @@ func TestChaosRestartNATS(t *testing.T) {
 	expectClean(t, got)
 }
 
+// outage runs one phase of a store outage under load: fault, then wait
+// until every worker has left the queue group and the gateway has
+// answered n callbacks "no responders". No answer may wait for the
+// gateway's timeout: each store call ends within the worker's budget.
+func (c *cluster) outage(l *load, scenario string, fault func()) counts {
+	c.t.Helper()
+	timeouts, none := c.fallbacks("timeout"), c.fallbacks("no_responders")
+	l.phase()
+	fault()
+	if !testenv.Eventually(10*time.Second, func() bool { return c.members() == 0 && c.fallbacks("no_responders") >= none+100 }) {
+		c.t.Fatalf("%s: %v workers still in the queue group, %v no_responders fallbacks", scenario, c.members(), c.fallbacks("no_responders")-none)
+	}
+	p := l.phase()
+	late := c.fallbacks("timeout") - timeouts
+	report(c.t, scenario, p, fmt.Sprintf("timeout fallbacks %v; store errors: decide %v, probe %v", late, c.storeErrors("decide"), c.storeErrors("probe")))
+	clean(c.t, scenario, p)
+	if late > 0 {
+		c.t.Fatalf("%s: %v callbacks waited for the gateway's timeout (%s); the store budget is redis.timeout (100ms)", scenario, late, chaosTimeout)
+	}
+	return p
+}
+
+// rejoined waits until every worker is back in the queue group.
+func (c *cluster) rejoined(what string) {
+	c.t.Helper()
+	if !testenv.Eventually(15*time.Second, func() bool { return c.members() == float64(len(c.workers)) }) {
+		c.t.Fatalf("%s: %v of %d workers back in the queue group", what, c.members(), len(c.workers))
+	}
+}
+
 func TestChaosRedis(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, 2)
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before the outage", 200)
-	storeErrors := func() float64 {
-		return c.metric(c.workerAdmins[0], "joingate_worker_store_errors_total{") + c.metric(c.workerAdmins[1], "joingate_worker_store_errors_total{")
-	}
-	breakerOpen := func() bool {
-		return c.metric(c.workerAdmins[0], "joingate_worker_store_breaker_state") == 1 || c.metric(c.workerAdmins[1], "joingate_worker_store_breaker_state") == 1
-	}
 
-	// Stopped: store errors, answered on_store_error (allow) at once.
-	c.redis.Stop()
-	if !testenv.Eventually(10*time.Second, func() bool { return storeErrors() >= 100 && breakerOpen() }) {
-		t.Fatalf("Redis stopped: store errors %v, breaker open %v", storeErrors(), breakerOpen())
-	}
+	// Stopped: connections refused at once; workers leave the group.
+	c.outage(l, "Redis stopped", c.redis.Stop)
 	c.redis.Start(t)
-	if !testenv.Eventually(10*time.Second, func() bool {
-		return c.metric(c.workerAdmins[0], "joingate_worker_store_breaker_state") == 0 && c.metric(c.workerAdmins[1], "joingate_worker_store_breaker_state") == 0
-	}) {
-		t.Fatal("the breakers did not close after Redis came back")
-	}
-	stoppedErrors := storeErrors()
+	c.rejoined("after Redis came back")
+	c.waitDecisions("after Redis came back", 200)
 
-	// Paused (every command waits 2s): the request deadlines cut the calls
-	// short, the breaker opens, the answers stay within the budget.
-	if err := c.redis.Client.Do(context.Background(), "CLIENT", "PAUSE", "2000", "ALL").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if !testenv.Eventually(10*time.Second, breakerOpen) {
-		t.Fatal("Redis paused: the breaker did not open")
-	}
+	// Paused (every command waits 2s): each call ends at the store budget.
+	c.outage(l, "Redis paused (CLIENT PAUSE 2s)", func() {
+		if err := c.redis.Client.Do(context.Background(), "CLIENT", "PAUSE", "2000", "ALL").Err(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	c.rejoined("after the pause")
 	c.waitDecisions("after the pause", 400)
 	got := l.stop()
-	report(t, "stop Redis, then pause it 2s", got, fmt.Sprintf("store errors while stopped %v; fallbacks: timeout %v", stoppedErrors, c.fallbacks("timeout")))
+	report(t, "stop Redis, then pause it 2s", got, fmt.Sprintf("fallbacks: timeout %v, no_responders %v", c.fallbacks("timeout"), c.fallbacks("no_responders")))
 	expectClean(t, got)
 }
 
-// A Redis that another client's slow command keeps busy (the worker
-// slower than the decision timeout of issue 6): under load every answer
-// stays JSON and in time (the gateway falls back at its timeout, the
-// breakers open, then answer at once); and decisions that reach Redis
-// after their deadline consume nothing. For the second, with the load
-// stopped and the breakers closed, two callbacks of one applicant reach
-// the busy Redis, fall back at the gateway, and run when Redis is free:
-// that applicant has no key in Redis afterwards.
+// Redis behind a network that drops everything: connections stay open
+// and nothing comes back; new ones are accepted and never answered.
+func TestChaosRedisBlackholed(t *testing.T) {
+	c := newCluster(t)
+	c.redis.Start(t)
+	c.startNATS()
+	c.startGateway()
+	waitReady(t, c.gateway, c.gwAdmin)
+	hole := testenv.StartBlackhole(t, fmt.Sprintf("127.0.0.1:%d", c.redis.Port))
+	c.redisURL = "redis://" + hole.Addr
+	for i := range 2 {
+		c.startWorker(fmt.Sprint("worker", i+1))
+	}
+	l := startLoad(c.gwAddr)
+	c.waitDecisions("before the blackhole", 200)
+	c.outage(l, "Redis blackholed", hole.Drop)
+	hole.Pass()
+	c.rejoined("after the blackhole")
+	c.waitDecisions("after the blackhole", 400)
+	got := l.stop()
+	report(t, "blackhole Redis, then let it through", got, fmt.Sprintf("fallbacks: timeout %v, no_responders %v", c.fallbacks("timeout"), c.fallbacks("no_responders")))
+	expectClean(t, got)
+}
+
+// One worker of three has a wrong Redis password: it never joins the
+// queue group, says why, and the limits hold exactly.
+func TestChaosWrongRedisPassword(t *testing.T) {
+	c := newCluster(t)
+	c.redis.Start(t)
+	if err := c.redis.Client.Do(context.Background(), "CONFIG", "SET", "requirepass", "s3cret").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c.redisURL = "unix://:s3cret@" + c.redis.Socket
+	c.startNATS()
+	c.startGateway()
+	waitReady(t, c.gateway, c.gwAdmin)
+	bad, badAdmin := c.spawnWorker("worker-wrong-password", "unix://:wrong@"+c.redis.Socket)
+	for i := range 2 {
+		c.startWorker(fmt.Sprint("worker", i+1))
+	}
+	var status int
+	var body string
+	if !testenv.Eventually(10*time.Second, func() bool {
+		status, body = c.readyz(badAdmin)
+		return strings.Contains(body, "auth")
+	}) || status != http.StatusServiceUnavailable {
+		t.Fatalf("the worker with a wrong password: /readyz %d %q; want 503 naming the cause", status, body)
+	}
+	if out := bad.Output(); !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "WRONGPASS") || strings.Contains(out, "wrong@") {
+		t.Fatalf("its log has no ERROR line with Redis's words (or shows the password):\n%s", out)
+	}
+
+	l := startLoad(c.gwAddr)
+	c.waitDecisions("with the misconfigured worker", 200)
+	allowed := 0
+	for i := range 4 * chaosExact {
+		_, _, a, err := tryCallback(c.gwAddr, joinCommand, fmt.Sprint("exact-", i), joinBody("g-exact", "exact-applicant"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.allowed() {
+			allowed++
+		}
+	}
+	c.waitDecisions("after the applications", 400)
+	got := l.stop()
+	badDecided := c.metric(badAdmin, `joingate_worker_requests_total{outcome="decided"}`)
+	report(t, "1 of 3 workers with a wrong Redis password", got, fmt.Sprintf("%d of %d applications of one applicant allowed (limit %d); its /readyz %d; it decided %v",
+		allowed, 4*chaosExact, chaosExact, status, badDecided))
+	expectClean(t, got)
+	if allowed != chaosExact || badDecided != 0 {
+		t.Fatalf("%d of %d allowed, want exactly %d; the misconfigured worker decided %v, want 0", allowed, 4*chaosExact, chaosExact, badDecided)
+	}
+}
+
+// Gateway and workers started before NATS and Redis exist: the gateway is
+// ready and answers the fallback at once; workers wait out of the queue
+// group, join NATS, then the group when Redis comes.
+func TestChaosStartBeforeNATSAndRedis(t *testing.T) {
+	c := newCluster(t)
+	c.startGateway()
+	waitReady(t, c.gateway, c.gwAdmin)
+	for i := range 2 {
+		w, admin := c.spawnWorker(fmt.Sprint("worker", i+1), c.redisURL)
+		testenv.WaitHTTP(t, w, "http://"+admin+"/healthz", 15*time.Second) // up, not ready
+	}
+	l := startLoad(c.gwAddr)
+	phase := func(scenario, cause, worker string) {
+		t.Helper()
+		from := c.fallbacks(cause)
+		var (
+			status int
+			body   string
+		)
+		if !testenv.Eventually(15*time.Second, func() bool {
+			status, body = c.readyz(c.workerAdmins[0])
+			return c.fallbacks(cause) >= from+100 && strings.Contains(body, worker)
+		}) || status != http.StatusServiceUnavailable {
+			t.Fatalf("%s: %v %s fallbacks; worker /readyz %d %q, want 503 saying %q", scenario, c.fallbacks(cause)-from, cause, status, body, worker)
+		}
+		p := l.phase()
+		report(t, scenario, p, fmt.Sprintf("fallbacks %s; worker /readyz %d", cause, status))
+		clean(t, scenario, p)
+	}
+	l.phase()
+	phase("started before NATS and Redis", "nats_unavailable", "waiting for NATS")
+	c.startNATS()
+	phase("NATS up, Redis not yet", "no_responders", "store failing")
+	c.redis.Start(t)
+	c.rejoined("after Redis came")
+	c.waitDecisions("after Redis came", 400)
+	got := l.stop()
+	report(t, "start before NATS and Redis, then start them", got, fmt.Sprintf("fallbacks: nats_unavailable %v, no_responders %v, timeout %v",
+		c.fallbacks("nats_unavailable"), c.fallbacks("no_responders"), c.fallbacks("timeout")))
+	expectClean(t, got)
+}
+
+// A Redis that another client's slow command keeps busy: under load every
+// answer stays JSON and in time (each store call ends at the worker's
+// budget and is answered on_store_error, the breakers open, the workers
+// leave the queue group and the gateway answers at once); and decisions
+// that reach Redis after their deadline consume nothing. For the second,
+// with the load stopped and the workers back in the group, two callbacks
+// of one applicant reach the busy Redis, are answered at the store budget,
+// and run when Redis is free: that applicant has no key in Redis
+// afterwards.
 func TestChaosSlowRedis(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, 2)
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before", 200)
 	breakers := func(state float64) bool {
@@ -342,21 +564,22 @@ func TestChaosSlowRedis(t *testing.T) {
 	if !testenv.Eventually(10*time.Second, func() bool { return breakers(0) }) {
 		t.Fatal("the breakers did not close after Redis was free")
 	}
+	c.rejoined("after Redis was free")
 	before := testenv.ScriptCalls(t, c.redis.Client)
 	done := testenv.BusyRedis(t, c.redis.URL, time.Second)
-	timeouts := c.fallbacks("timeout")
+	failed := c.storeErrors("decide")
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Go(func() {
 			_, _, a, err := tryCallback(c.gwAddr, joinCommand, fmt.Sprint("late-", i), joinBody("g-late", "late-applicant"))
 			if err != nil || !a.allowed() {
-				t.Errorf("callback %d while Redis is busy: %s, %v; want the fallback, allow", i, a, err)
+				t.Errorf("callback %d while Redis is busy: %s, %v; want on_store_error, allow", i, a, err)
 			}
 		})
 	}
 	wg.Wait()
-	if got := c.fallbacks("timeout") - timeouts; got != 2 {
-		t.Fatalf("%v timeout fallbacks for the 2 callbacks; want 2: they did not wait on Redis", got)
+	if got := c.storeErrors("decide") - failed; got != 2 {
+		t.Fatalf("%v failed store calls for the 2 callbacks; want 2: they did not wait on Redis", got)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -371,7 +594,7 @@ func TestChaosSlowRedis(t *testing.T) {
 }
 
 func TestChaosSIGTERM(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, 2)
 	l := startLoad(c.gwAddr)
 	c.waitDecisions("before SIGTERM", 200)
 

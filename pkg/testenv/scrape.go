@@ -62,11 +62,12 @@ func Scrape(t testing.TB, admin string) string {
 
 // TextValue returns the value of one series, written as in the text
 // format (`name{label="value",...}`, labels in name order), and 0 when
-// absent. With series ending in "{" it sums every series of the metric.
+// absent. With series ending in "{" it sums every series of the metric;
+// ending in "," (`name{call="decide",`), those whose first labels match.
 func TextValue(t testing.TB, text, series string) float64 {
 	t.Helper()
 	sum := false
-	if strings.HasSuffix(series, "{") {
+	if strings.HasSuffix(series, "{") || strings.HasSuffix(series, ",") {
 		sum = true
 	} else {
 		series += " "

@@ -73,6 +73,15 @@ type Redis struct {
 // redis-server fails the test with what to install: it is never skipped.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
+	r := NewRedis(t)
+	r.Start(t)
+	return r
+}
+
+// NewRedis is StartRedis without the start: URL and Client are set, for
+// processes that must start before Redis exists; Start starts it.
+func NewRedis(t testing.TB) *Redis {
+	t.Helper()
 	bin := lookRedis(t, "redis-server")
 	// A unix socket path must stay under ~100 bytes; TempDir may be long.
 	sockDir, err := os.MkdirTemp("", "jg-redis")
@@ -87,17 +96,20 @@ func StartRedis(t testing.TB) *Redis {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Client.Close() })
-	withFreePorts(t, 1, func(ports []int) error {
-		r.Port = ports[0]
-		return r.start(t)
-	})
 	return r
 }
 
-// Start starts the server (again, after Stop) on the same socket and port
-// and waits until it answers; its data is gone.
+// Start starts the server and waits until it answers: the first time on a
+// free port, again (after Stop) on the same socket and port, its data gone.
 func (r *Redis) Start(t testing.TB) {
 	t.Helper()
+	if r.Port == 0 {
+		withFreePorts(t, 1, func(ports []int) error {
+			r.Port = ports[0]
+			return r.start(t)
+		})
+		return
+	}
 	if err := r.start(t); err != nil {
 		t.Fatal(err)
 	}
