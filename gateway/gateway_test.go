@@ -566,18 +566,30 @@ func TestStopRightAfterStart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- gw.Run(ctx) }()
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Run still running 10s after it was stopped")
+		stopWithin(t, runGateway(gw), 10*time.Second, "")
+	}
+}
+
+// runGateway runs gw until the returned stop is called; stop returns
+// Run's result.
+func runGateway(gw *gateway.Gateway) (stop func() <-chan error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	return func() <-chan error { cancel(); return done }
+}
+
+// stopWithin stops a gateway and fails the test unless Run returns nil
+// within d (why: what would hold it).
+func stopWithin(t *testing.T, stop func() <-chan error, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case err := <-stop():
+		if err != nil {
+			t.Fatal(err)
 		}
+	case <-time.After(d):
+		t.Fatalf("Run still running %s after it was stopped%s", d, why)
 	}
 }
 
@@ -595,9 +607,7 @@ func TestStopClosesUnusedConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
+	stop := runGateway(gw)
 	spare, err := net.Dial("tcp", gw.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -608,15 +618,7 @@ func TestStopClosesUnusedConnections(t *testing.T) {
 	if status, _ := post(t, "http://"+gw.Addr()+"/callbackExample/callbackAfterJoinGroupCommand", "{}"); status != http.StatusOK {
 		t.Fatalf("status %d", status)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run still running 20s after it was stopped: the unused connection holds it (read_timeout is 1h)")
-	}
+	stopWithin(t, stop, 20*time.Second, ": the unused connection holds it (read_timeout is 1h)")
 	spare.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := spare.Read(make([]byte, 1)); err == nil {
 		t.Fatalf("the unused connection is still open (read %d bytes)", n)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/admin"
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/natsconn"
 )
 
 // Label values. Commands other than the join-group one are "other" (a
@@ -85,12 +86,7 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn)
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "joingate_gateway_nats_connected",
 		Help: "1 while the gateway is connected to NATS and can get decisions; 0 while it answers every join callback with gateway.fallback.",
-	}, func() float64 {
-		if nc.IsConnected() {
-			return 1
-		}
-		return 0
-	})
+	}, natsconn.Connected(nc))
 	for _, o := range []string{outcomeDecided, outcomeFallback, outcomeInvalid} {
 		m.requests.WithLabelValues(commandJoinGroup, o)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/admin"
 	"github.com/joingate/joingate/pkg/breaker"
+	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
@@ -93,7 +94,7 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 	}
 	m.breakerState = f.NewGauge(prometheus.GaugeOpts{
 		Name: "joingate_worker_store_breaker_state",
-		Help: "State of the store's circuit breaker: 0 closed (calls go to the store), 1 open (decisions answer worker.on_store_error at once), 2 half-open (one probe call).",
+		Help: "State of the store's circuit breaker: 0 closed (calls go to the store), 1 open (the worker leaves the queue group; what it still holds is answered worker.on_store_error at once), 2 half-open (one probe call).",
 	})
 	m.breakerTransitions = f.NewCounterVec(prometheus.CounterOpts{
 		Name: "joingate_worker_store_breaker_transitions_total",
@@ -110,12 +111,7 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "joingate_worker_nats_connected",
 		Help: "1 while the worker's NATS connection is up.",
-	}, func() float64 {
-		if nc.IsConnected() {
-			return 1
-		}
-		return 0
-	})
+	}, natsconn.Connected(nc))
 	m.memberships.WithLabelValues(joinedGroup)
 	m.memberships.WithLabelValues(leftGroup)
 	for _, call := range []string{callDecide, callProbe} {

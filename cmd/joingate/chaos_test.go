@@ -173,14 +173,19 @@ type cluster struct {
 // startCluster starts Redis, nats-server, the gateway and workers workers.
 func startCluster(t *testing.T, workers int) *cluster {
 	c := newCluster(t)
-	c.redis.Start(t)
-	c.startNATS()
-	c.startGateway()
-	waitReady(t, c.gateway, c.gwAdmin)
+	c.startServers()
 	for i := range workers {
 		c.startWorker(fmt.Sprint("worker", i+1))
 	}
 	return c
+}
+
+// startServers starts Redis, nats-server and the gateway.
+func (c *cluster) startServers() {
+	c.redis.Start(c.t)
+	c.startNATS()
+	c.startGateway()
+	waitReady(c.t, c.gateway, c.gwAdmin)
 }
 
 // newCluster prepares a cluster and starts nothing.
@@ -423,10 +428,7 @@ func TestChaosRedis(t *testing.T) {
 // and nothing comes back; new ones are accepted and never answered.
 func TestChaosRedisBlackholed(t *testing.T) {
 	c := newCluster(t)
-	c.redis.Start(t)
-	c.startNATS()
-	c.startGateway()
-	waitReady(t, c.gateway, c.gwAdmin)
+	c.startServers()
 	hole := testenv.StartBlackhole(t, fmt.Sprintf("127.0.0.1:%d", c.redis.Port))
 	c.redisURL = "redis://" + hole.Addr
 	for i := range 2 {
@@ -447,14 +449,11 @@ func TestChaosRedisBlackholed(t *testing.T) {
 // queue group, says why, and the limits hold exactly.
 func TestChaosWrongRedisPassword(t *testing.T) {
 	c := newCluster(t)
-	c.redis.Start(t)
+	c.startServers()
 	if err := c.redis.Client.Do(context.Background(), "CONFIG", "SET", "requirepass", "s3cret").Err(); err != nil {
 		t.Fatal(err)
 	}
 	c.redisURL = "unix://:s3cret@" + c.redis.Socket
-	c.startNATS()
-	c.startGateway()
-	waitReady(t, c.gateway, c.gwAdmin)
 	bad, badAdmin := c.spawnWorker("worker-wrong-password", "unix://:wrong@"+c.redis.Socket)
 	for i := range 2 {
 		c.startWorker(fmt.Sprint("worker", i+1))

@@ -91,6 +91,17 @@ func Connect(urls string, inProc *server.Server, name string, sec Security, log 
 	return nc, nil
 }
 
+// Connected returns a gauge function of nc's state: 1 while connected, 0
+// while not (reconnecting, or never connected yet).
+func Connected(nc *nats.Conn) func() float64 {
+	return func() float64 {
+		if nc.IsConnected() {
+			return 1
+		}
+		return 0
+	}
+}
+
 // unreachable reports whether a failed first connect means that no server
 // answered (worth retrying) rather than that one refused the client.
 func unreachable(err error) bool {
