@@ -377,6 +377,8 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 		}
 	}
 
+	documentedMetrics(t, scrape(t, allAdmin))
+
 	for _, p := range []*testenv.Process{gw, all} {
 		p.Cmd.Process.Signal(syscall.SIGTERM)
 		if !p.Wait(20 * time.Second) {
@@ -384,6 +386,42 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 		} else if !p.Cmd.ProcessState.Success() {
 			t.Errorf("%s exited with %s after SIGTERM", p.Name, p.Cmd.ProcessState)
 		}
+	}
+}
+
+// documentedMetrics checks that the metrics table of OPERATIONS.md names
+// every joingate metric a process exports, and only those.
+func documentedMetrics(t *testing.T, exported map[string]*dto.MetricFamily) {
+	t.Helper()
+	ops, err := os.ReadFile("OPERATIONS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(ops), "\n## Admin endpoints and metrics\n")
+	if !ok {
+		t.Fatal(`OPERATIONS.md has no section "Admin endpoints and metrics"`)
+	}
+	table, _, _ = strings.Cut(table, "\n## ")
+	documented := map[string]bool{}
+	for line := range strings.SplitSeq(table, "\n") {
+		if cell, _, ok := strings.Cut(strings.TrimPrefix(line, "| "), " |"); ok && strings.HasPrefix(line, "| `") {
+			for _, m := range regexp.MustCompile("`(joingate_[a-z_]+)`").FindAllStringSubmatch(cell, -1) {
+				documented[m[1]] = true
+			}
+		}
+	}
+	for name := range exported {
+		if strings.HasPrefix(name, "joingate_") && !documented[name] {
+			t.Errorf("metric %s is exported but not in OPERATIONS.md's metrics table", name)
+		}
+	}
+	for name := range documented {
+		if exported[name] == nil {
+			t.Errorf("OPERATIONS.md's metrics table names %s, which joingate all does not export", name)
+		}
+	}
+	if len(documented) < 20 {
+		t.Errorf("OPERATIONS.md's metrics table names %d metrics; the table was not found whole", len(documented))
 	}
 }
 

@@ -403,7 +403,8 @@ type Row struct {
 	OtherCPU float64 `json:"other_cpu_cores"`
 }
 
-// Target is one of issue 5's goals and whether this run met it.
+// Target is one of the suite's goals (a ratio to the ceiling, memory) and
+// whether this run met it.
 type Target struct {
 	Name string `json:"name"`
 	Got  string `json:"got"`
@@ -939,7 +940,7 @@ func (rep *SuiteReport) print(w io.Writer) {
 	fmt.Fprintln(w, "the machine (other programs: the figures are only fair when it is near 0). Closed-loop latency")
 	fmt.Fprintln(w, "runs from the send time, open-loop latency from each request's due time.")
 	if len(rep.Targets) > 0 {
-		fmt.Fprintln(w, "\ntargets (issue 5):")
+		fmt.Fprintln(w, "\ntargets:")
 		for _, t := range rep.Targets {
 			met := "MET    "
 			if !t.Met {
