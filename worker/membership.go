@@ -94,6 +94,11 @@ func (w *Worker) keepMembership(ctx context.Context, handler nats.MsgHandler) (*
 			w.logProbe(cause, err)
 			lastCause = cause
 		}
+		if w.opts.Conn.IsClosed() {
+			// nats.go gives up after the same authentication error twice;
+			// only a restart (with the cause fixed) brings the worker back.
+			return sub, fmt.Errorf("nats connection closed: %v", w.opts.Conn.LastError())
+		}
 		if sub == nil {
 			rejoin := h.probed(err == nil, time.Now())
 			switch {
@@ -120,9 +125,9 @@ func (w *Worker) keepMembership(ctx context.Context, handler nats.MsgHandler) (*
 	}
 }
 
-// probe pings the store within the store budget. In the group, with the
-// breaker closed, its outcome counts like a decision's, so that an idle
-// worker notices a failing store too.
+// probe pings the store within the store budget. While the breaker is
+// closed (in the group, and before the first join), its outcome counts
+// like a decision's, so that an idle worker notices a failing store too.
 func (w *Worker) probe() error {
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.StoreBudget)
 	defer cancel()
@@ -158,10 +163,11 @@ func (w *Worker) join(handler nats.MsgHandler) (*nats.Subscription, error) {
 	// Beyond these, NATS drops requests (slow consumer) and their gateways
 	// fall back; the backlog is useless long before it is reached.
 	if err := sub.SetPendingLimits(100_000, 64<<20); err != nil {
+		sub.Unsubscribe()
 		return nil, fmt.Errorf("subscription limits: %w", err)
 	}
 	// The subscription must reach the server before readiness says so.
-	if err := w.opts.Conn.Flush(); err != nil {
+	if err := w.opts.Conn.FlushTimeout(time.Second); err != nil {
 		w.log.Warn("flush after subscribe", "err", err)
 	}
 	w.metrics.member.Set(1)
@@ -172,9 +178,12 @@ func (w *Worker) join(handler nats.MsgHandler) (*nats.Subscription, error) {
 }
 
 // leave drains sub: what NATS has delivered is still answered (the breaker
-// is open: worker.on_store_error, at once), nothing more arrives.
+// is open: worker.on_store_error, at once), nothing more arrives. While
+// NATS is away it unsubscribes instead: nats.go holds a drain's UNSUB back
+// during a reconnect and sends the SUB again on reconnecting, which would
+// leave the server a queue member whose messages the client drops.
 func (w *Worker) leave(sub *nats.Subscription, why string) {
-	if derr := sub.Drain(); derr != nil {
+	if !w.opts.Conn.IsConnected() || sub.Drain() != nil {
 		sub.Unsubscribe()
 	}
 	w.metrics.member.Set(0)

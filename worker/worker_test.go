@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -540,5 +541,97 @@ func TestExpiredGetsNoReply(t *testing.T) {
 	testenv.WantValue(t, reg, 1, "joingate_worker_requests_total", outcomeExpired)
 	if mem.Len() != 0 {
 		t.Fatal("an expired request reached the store")
+	}
+}
+
+// pings is a store whose probes fail while down is set.
+type pings struct {
+	Store
+	down *atomic.Bool
+}
+
+func (p pings) Ping(ctx context.Context) error {
+	if p.down.Load() {
+		return fmt.Errorf("%w: ping: %w", ratelimit.ErrStore, syscall.ECONNREFUSED)
+	}
+	return p.Store.Ping(ctx)
+}
+
+// A worker that leaves the queue group while NATS is away is not a member
+// once NATS is back: requests find no responders instead of waiting for a
+// subscriber that drops them.
+func TestLeaveWhileNATSIsAway(t *testing.T) {
+	port := testenv.FreePort(t)
+	serve := func() *server.Server {
+		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats server did not start")
+		}
+		t.Cleanup(ns.Shutdown)
+		return ns
+	}
+	ns := serve()
+	down := new(atomic.Bool)
+	nc, err := natsconn.Connect(ns.ClientURL(), nil, "worker", natsconn.Security{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	w, reg, _ := startWorker(t, ns, pings{ratelimit.NewMemory(), down}, testPolicy(t), func(o *Options) {
+		o.Conn, o.ProbeInterval, o.BreakerFailures, o.RejoinAfter = nc, 10*time.Millisecond, 2, time.Hour
+	})
+	ns.Shutdown()
+	if !testenv.Eventually(5*time.Second, func() bool { return !nc.IsConnected() }) {
+		t.Fatal("still connected after the server stopped")
+	}
+	down.Store(true)
+	if !testenv.Eventually(5*time.Second, func() bool { return testenv.Value(t, reg, "joingate_worker_queue_group_member") == 0 }) {
+		t.Fatal("the worker did not leave the queue group")
+	}
+	ns = serve()
+	if !testenv.Eventually(10*time.Second, nc.IsConnected) {
+		t.Fatal("the worker did not reconnect")
+	}
+	client := testenv.Conn(t, ns)
+	if _, err := request(t, client, joinBody("u", "g"), time.Now().Add(time.Second)); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("request after NATS came back: %v, want no responders: the server still counts the worker a member", err)
+	}
+	if err := w.Ready(context.Background()); err == nil {
+		t.Fatal("worker ready while its store fails")
+	}
+}
+
+// A NATS connection closed for good (nats.go gives up after the same
+// authentication error twice) ends Run with an error: only a restart
+// brings the worker back, and an orchestrator restarts a process that
+// exits, not one that waits.
+func TestRunEndsWhenNATSClosed(t *testing.T) {
+	ns := testenv.NATS(t)
+	nc := testenv.Conn(t, ns)
+	opts := DefaultOptions()
+	opts.Conn, opts.Store, opts.Policy, opts.ProbeInterval = nc, ratelimit.NewMemory(), testPolicy(t), 10*time.Millisecond
+	w, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- w.Run(ctx) }()
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
+		t.Fatal("worker not ready")
+	}
+	nc.Close()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "nats connection closed") {
+			t.Fatalf("Run returned %v, want the closed connection", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10s after its NATS connection closed")
 	}
 }

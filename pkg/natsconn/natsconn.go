@@ -54,7 +54,7 @@ func Connect(urls string, inProc *server.Server, name string, sec Security, log 
 			// nats.go gives up after the same authentication error twice in
 			// a row; closed on purpose, there is no error.
 			if err := nc.LastError(); err != nil {
-				log.Error("nats connection closed: restart after fixing the cause", "err", err)
+				log.Error("nats connection closed for good: fix the cause and restart (a worker exits; a gateway keeps answering gateway.fallback)", "err", err)
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -105,7 +105,13 @@ func Connected(nc *nats.Conn) func() float64 {
 // unreachable reports whether a failed first connect means that no server
 // answered (worth retrying) rather than that one refused the client.
 func unreachable(err error) bool {
-	var netErr net.Error
+	var (
+		netErr net.Error
+		op     *net.OpError
+	)
+	if errors.Is(err, nats.ErrTLS) || errors.As(err, &op) && op.Op == "remote error" {
+		return false // the handshake failed, or the server refused our certificate
+	}
 	return errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, io.EOF) || errors.As(err, &netErr)
 }

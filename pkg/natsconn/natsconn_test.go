@@ -227,6 +227,24 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("TLS with the CA file: %v", err)
 	}
 	nc.Close()
+
+	// A server that wants a client certificate refuses a client without
+	// one: an error at start, not a connection that retries for ever.
+	vc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: certFile, KeyFile: keyFile, CaFile: certFile, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := startServer(t, server.RANDOM_PORT, server.Options{TLSConfig: vc, TLS: true, TLSVerify: true})
+	vurl := strings.Replace(vs.ClientURL(), "nats://", "tls://", 1)
+	if nc, err := Connect(vurl, nil, "t", Security{CAFile: certFile}, quiet); err == nil {
+		nc.Close()
+		t.Fatal("Connect without the client certificate a server requires returned a connection")
+	}
+	nc, err = Connect(vurl, nil, "t", Security{CAFile: certFile, CertFile: certFile, KeyFile: keyFile}, quiet)
+	if err != nil {
+		t.Fatalf("TLS with a client certificate: %v", err)
+	}
+	nc.Close()
 }
 
 // deploy/nats/nats.conf gives each role what it needs and no more: the

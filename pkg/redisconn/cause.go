@@ -18,7 +18,7 @@ import (
 const (
 	CauseAuth        = "auth"         // wrong or missing password or user, or an ACL that forbids the scripts
 	CauseDatabase    = "database"     // the URL's database index does not exist (or SELECT on a cluster)
-	CauseUnknownHost = "unknown_host" // the host name does not resolve
+	CauseUnknownHost = "unknown_host" // the host name does not exist (a DNS timeout is CauseTimeout)
 	CauseTLS         = "tls"          // TLS handshake or certificate verification failed
 	CauseRefused     = "refused"      // nothing listens there: Redis stopped
 	CauseClosed      = "closed"       // the connection broke while in use
@@ -40,6 +40,7 @@ func Cause(err error) string {
 		unknown  x509.UnknownAuthorityError
 		hostname x509.HostnameError
 		invalid  x509.CertificateInvalidError
+		op       *net.OpError
 	)
 	msg := err.Error()
 	switch {
@@ -49,10 +50,11 @@ func Cause(err error) string {
 	case strings.Contains(msg, "DB index is out of range"), strings.Contains(msg, "invalid DB index"),
 		strings.Contains(msg, "SELECT is not allowed in cluster mode"):
 		return CauseDatabase
-	case errors.As(err, &dns):
-		return CauseUnknownHost
+	case errors.As(err, &dns) && dns.IsNotFound:
+		return CauseUnknownHost // a DNS timeout or failure falls through: an outage
 	case errors.As(err, &record), errors.As(err, &verify), errors.As(err, &alert),
-		errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
+		errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid),
+		errors.As(err, &op) && op.Op == "remote error": // the server refused our certificate
 		return CauseTLS
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT):
 		// ENOENT: the unix socket a stopped Redis removed.

@@ -22,6 +22,9 @@ func TestCause(t *testing.T) {
 	tlsPort := testenv.StartRedisServer(t, true, "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
 		"--tls-auth-clients", "no")
 	waitUp(t, client(t, fmt.Sprintf("rediss://127.0.0.1:%d", tlsPort), redisconn.TLS{CAFile: cert}))
+	certPort := testenv.StartRedisServer(t, true, "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
+		"--tls-auth-clients", "yes")
+	waitUp(t, client(t, fmt.Sprintf("rediss://127.0.0.1:%d", certPort), redisconn.TLS{CAFile: cert, CertFile: cert, KeyFile: key}))
 
 	// A listener that accepts and never answers: Redis paused, or a
 	// network that drops what it is sent.
@@ -51,6 +54,7 @@ func TestCause(t *testing.T) {
 		{"database out of range", fmt.Sprintf("redis://:s3cret-pw@127.0.0.1:%d/9", port), redisconn.TLS{}, redisconn.CauseDatabase},
 		{"unknown host", "redis://no-such-host.invalid:6379", redisconn.TLS{}, redisconn.CauseUnknownHost},
 		{"untrusted certificate", fmt.Sprintf("rediss://127.0.0.1:%d", tlsPort), redisconn.TLS{}, redisconn.CauseTLS},
+		{"no client certificate", fmt.Sprintf("rediss://127.0.0.1:%d", certPort), redisconn.TLS{CAFile: cert}, redisconn.CauseTLS},
 		// Mistakes of scheme look like outages: a plain Redis waits for the
 		// end of a line that a TLS hello never sends, and a TLS-only one
 		// drops a plain-text client.
