@@ -131,7 +131,7 @@ func New(opts Options) (*Gateway, error) {
 		log:             opts.Logger.With("component", "gateway"),
 		metrics:         newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Conn),
 		subject:         opts.Subject + "." + callback.JoinGroupCommand,
-		fallbackRefuses: isRefusal(opts.FallbackBody),
+		fallbackRefuses: callback.IsRefusal(opts.FallbackBody),
 		badInputLog:     throttle.New(time.Second),
 		requests:        sync.Pool{New: newRequest},
 		fallbackLog:     throttle.New(time.Second),
@@ -374,7 +374,7 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	} else {
 		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeDecided).Inc()
 		writeJSON(ctx, fasthttp.StatusOK, reply.Data)
-		if isRefusal(reply.Data) {
+		if callback.IsRefusal(reply.Data) {
 			answer = "refuse"
 		}
 		if g.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -538,12 +538,6 @@ func writeJSONString(ctx *fasthttp.RequestCtx, status int, body string) {
 // handed to IMServer as it is.
 func isJSONObject(b []byte) bool {
 	return len(b) >= 2 && b[0] == '{' && b[len(b)-1] == '}'
-}
-
-// isRefusal reports whether a response body refuses the join; joingate's
-// bodies end with the nextCode field.
-func isRefusal(body []byte) bool {
-	return bytes.HasSuffix(body, []byte(`"nextCode":1}`)) && bytes.HasPrefix(body, []byte(`{"actionCode":0,`))
 }
 
 // fasthttpLogger sends fasthttp's own messages to slog at debug level:

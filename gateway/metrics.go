@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
-	"github.com/joingate/joingate/pkg/admin"
+	"github.com/joingate/joingate/pkg/buckets"
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/natsconn"
 )
@@ -49,7 +49,7 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn) *metrics {
 	f := promauto.With(reg)
-	buckets := admin.LatencyBuckets(timeout)
+	latency := buckets.Latency(timeout)
 	m := &metrics{
 		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_gateway_requests_total",
@@ -66,12 +66,12 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn)
 		duration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "joingate_gateway_request_duration_seconds",
 			Help:    "Time to answer a join-group callback, from the request being read to the answer being ready.",
-			Buckets: buckets,
+			Buckets: latency,
 		}),
 		natsTime: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "joingate_gateway_nats_request_duration_seconds",
 			Help:    "Round trip of a decision request through NATS to a worker and back, for requests that got a reply.",
-			Buckets: buckets,
+			Buckets: latency,
 		}),
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "joingate_gateway_in_flight",

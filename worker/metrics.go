@@ -7,8 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
-	"github.com/joingate/joingate/pkg/admin"
 	"github.com/joingate/joingate/pkg/breaker"
+	"github.com/joingate/joingate/pkg/buckets"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/redisconn"
@@ -55,7 +55,7 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string, nc *nats.Conn) *metrics {
 	f := promauto.With(reg)
-	buckets := admin.LatencyBuckets(timeout)
+	latency := buckets.Latency(timeout)
 	m := &metrics{
 		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_worker_requests_total",
@@ -76,12 +76,12 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 		decisionTime: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "joingate_worker_decision_duration_seconds",
 			Help:    "Time from a request's arrival at the worker to its reply.",
-			Buckets: buckets,
+			Buckets: latency,
 		}),
 		storeTime: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "joingate_worker_store_duration_seconds",
 			Help:    "Time of one limiter store call (one Redis round trip).",
-			Buckets: buckets,
+			Buckets: latency,
 		}),
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "joingate_worker_in_flight",

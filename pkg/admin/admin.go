@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -143,15 +142,4 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("admin server shutdown: %w", err)
 	}
 	return nil
-}
-
-// LatencyBuckets are histogram buckets from 25µs to 1s with timeout as one
-// of the edges, so that "answered within the decision timeout" is exact.
-func LatencyBuckets(timeout time.Duration) []float64 {
-	b := []float64{.000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
-	if t := timeout.Seconds(); t > 0 && !slices.Contains(b, t) {
-		b = append(b, t)
-		slices.Sort(b)
-	}
-	return b
 }

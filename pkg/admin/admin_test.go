@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -82,22 +81,5 @@ func TestPprof(t *testing.T) {
 	testenv.Run(t, s.Run)
 	if code, body := get(t, "http://"+s.Addr()+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
 		t.Fatalf("/debug/pprof/ with HandlePprof: %d", code)
-	}
-}
-
-func TestLatencyBuckets(t *testing.T) {
-	b := LatencyBuckets(300 * time.Millisecond)
-	found := false
-	for i, v := range b {
-		if i > 0 && v <= b[i-1] {
-			t.Fatalf("buckets not increasing: %v", b)
-		}
-		found = found || v == 0.3
-	}
-	if !found || b[0] > 0.0001 || b[len(b)-1] < 1 {
-		t.Fatalf("buckets %v: want 0.3 as an edge, sub-100µs first, 1s last", b)
-	}
-	if n := len(LatencyBuckets(250 * time.Millisecond)); n != len(b)-1 {
-		t.Fatalf("a timeout already an edge was added twice: %d buckets", n)
 	}
 }

@@ -57,6 +57,13 @@ func AppendRefusal(dst []byte, code int, msg, dlt string) []byte {
 	return append(dst, `,"nextCode":1}`...)
 }
 
+// IsRefusal reports whether body, written by AppendRefusal or
+// AppendRetryRefusal, refuses the join: the gateway counts the answers it
+// passes on by what IMServer will do with them, without parsing them.
+func IsRefusal(body []byte) bool {
+	return bytes.HasSuffix(body, []byte(`,"nextCode":1}`)) && bytes.HasPrefix(body, []byte(`{"actionCode":0,`))
+}
+
 // AppendRetryRefusal appends a refusal whose errDlt tells the client when it
 // may try again: "retry in <seconds>s".
 func AppendRetryRefusal(dst []byte, code int, msg string, seconds int64) []byte {

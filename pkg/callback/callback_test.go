@@ -92,3 +92,20 @@ func TestAppendString(t *testing.T) {
 		}
 	}
 }
+
+// IsRefusal tells the bodies this package writes apart, as IMServer would.
+func TestIsRefusal(t *testing.T) {
+	for _, c := range []struct {
+		body []byte
+		want bool
+	}{
+		{AppendRefusal(nil, 5001, "too many", ""), true},
+		{AppendRetryRefusal(nil, 5001, "too many", 12), true},
+		{[]byte(AllowJSON), false},
+		{AppendFailure(nil, "bad"), false},
+	} {
+		if got := IsRefusal(c.body); got != c.want {
+			t.Errorf("IsRefusal(%s) = %v, want %v", c.body, got, c.want)
+		}
+	}
+}
