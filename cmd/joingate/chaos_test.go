@@ -392,6 +392,22 @@ func (c *cluster) outage(l *load, scenario string, fault func()) counts {
 	return p
 }
 
+// recovered ends a store outage scenario: every worker back in the queue
+// group and deciding, then the whole run reported and checked, with no
+// answer that waited for the gateway's timeout in any phase.
+func (c *cluster) recovered(l *load, what, scenario string) {
+	c.t.Helper()
+	c.rejoined(what)
+	c.waitDecisions(what, 400)
+	got := l.stop()
+	timeouts := c.fallbacks("timeout")
+	report(c.t, scenario, got, fmt.Sprintf("fallbacks: timeout %v, no_responders %v", timeouts, c.fallbacks("no_responders")))
+	expectClean(c.t, got)
+	if timeouts > 0 {
+		c.t.Fatalf("%s: %v answers waited for the gateway's timeout", scenario, timeouts)
+	}
+}
+
 // rejoined waits until every worker is back in the queue group.
 func (c *cluster) rejoined(what string) {
 	c.t.Helper()
@@ -417,11 +433,7 @@ func TestChaosRedis(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	c.rejoined("after the pause")
-	c.waitDecisions("after the pause", 400)
-	got := l.stop()
-	report(t, "stop Redis, then pause it 2s", got, fmt.Sprintf("fallbacks: timeout %v, no_responders %v", c.fallbacks("timeout"), c.fallbacks("no_responders")))
-	expectClean(t, got)
+	c.recovered(l, "after the pause", "stop Redis, then pause it 2s")
 }
 
 // Redis behind a network that drops everything: connections stay open
@@ -438,11 +450,7 @@ func TestChaosRedisBlackholed(t *testing.T) {
 	c.waitDecisions("before the blackhole", 200)
 	c.outage(l, "Redis blackholed", hole.Drop)
 	hole.Pass()
-	c.rejoined("after the blackhole")
-	c.waitDecisions("after the blackhole", 400)
-	got := l.stop()
-	report(t, "blackhole Redis, then let it through", got, fmt.Sprintf("fallbacks: timeout %v, no_responders %v", c.fallbacks("timeout"), c.fallbacks("no_responders")))
-	expectClean(t, got)
+	c.recovered(l, "after the blackhole", "blackhole Redis, then let it through")
 }
 
 // One worker of three has a wrong Redis password: it never joins the
