@@ -63,12 +63,8 @@ type Options struct {
 	// DrainTimeout bounds how long Run waits, once stopped, for requests
 	// already received to be answered.
 	DrainTimeout time.Duration
-	// BatchRedis sends the decisions made at once to a Redis store (not a
-	// Redis Cluster) together, in one script call that decides them in
-	// order, each all-or-nothing (ratelimit.Batcher).
-	BatchRedis bool
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
 }
 
 // DefaultOptions returns the options a worker runs with unless told
@@ -86,7 +82,6 @@ func DefaultOptions() Options {
 		BreakerCooldown: time.Second,
 		ProbeInterval:   250 * time.Millisecond,
 		RejoinAfter:     time.Second,
-		BatchRedis:      true,
 	}
 }
 
@@ -136,8 +131,6 @@ type Worker struct {
 	breaker *breaker.Breaker
 	tripped chan struct{} // a send when the breaker opens: leave now
 	status  atomic.Pointer[status]
-
-	batcher *ratelimit.Batcher // nil unless BatchRedis on a Redis store
 }
 
 // New checks opts and builds a worker; Run starts it.
@@ -167,14 +160,7 @@ func New(opts Options) (*Worker, error) {
 			}
 		}
 	})
-	store := opts.Store
-	if r, ok := store.(*ratelimit.Redis); ok && opts.BatchRedis {
-		// Its goroutines start with the first calls made at once and end
-		// when Run returns.
-		w.batcher = ratelimit.NewBatcher(r, ratelimit.DefaultMaxBatch, ratelimit.DefaultPipelines)
-		store = w.batcher
-	}
-	w.store = guardedStore{Store: store, breaker: w.breaker, hist: w.metrics.storeTime}
+	w.store = guardedStore{Store: opts.Store, breaker: w.breaker, hist: w.metrics.storeTime}
 	w.policy.Store(opts.Policy)
 	w.metrics.concurrency.Set(float64(opts.Concurrency))
 	return w, nil
@@ -234,9 +220,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer func() {
 		close(stop)
 		wg.Wait()
-		if w.batcher != nil {
-			w.batcher.Close()
-		}
 		w.log.Info("worker stopped")
 	}()
 

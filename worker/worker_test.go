@@ -450,7 +450,7 @@ func TestStoreBreaker(t *testing.T) {
 	ns := testenv.NATS(t)
 	calls := new(atomic.Int64)
 	w, reg, _ := startWorker(t, ns, failing{ratelimit.NewMemory(), calls}, testPolicy(t, perApplicant(100)), func(o *Options) {
-		o.BreakerFailures, o.BreakerCooldown, o.ProbeInterval, o.BatchRedis = 3, time.Hour, time.Hour, false
+		o.BreakerFailures, o.BreakerCooldown, o.ProbeInterval = 3, time.Hour, time.Hour
 	})
 	nc := testenv.Conn(t, ns)
 	for i := range 3 {

@@ -108,7 +108,6 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		opts.DrainTimeout = cfg.ShutdownTimeout
 		opts.BreakerFailures, opts.BreakerCooldown = cfg.Worker.BreakerFailures, cfg.Worker.BreakerCooldown
 		opts.StoreBudget, opts.RejoinAfter = cfg.Redis.Timeout, cfg.Worker.BreakerCooldown
-		opts.BatchRedis = cfg.Worker.BatchRedis
 		opts.Logger, opts.Registerer = log, reg
 		if wk, err = worker.New(opts); err != nil {
 			return err
@@ -340,7 +339,15 @@ func newStore(cfg config.Config, log *slog.Logger) (store, func(), error) {
 	log.Info("limits kept in redis", "mode", cfg.Redis.Mode, "addrs", redisconn.Addrs(cfg.Redis.URL, cfg.Redis.Mode))
 	r := ratelimit.NewRedis(client)
 	checkClock(r.ClockOffset, cfg.Redis.Timeout, log)
-	return r, func() { client.Close() }, nil
+	if !cfg.Worker.BatchRedis {
+		return r, func() { client.Close() }, nil
+	}
+	// The decisions a worker makes at once go to Redis together (on Redis
+	// Cluster the Batcher sends each alone). Its goroutines start with the
+	// first calls made at once; closing the store ends them, after the
+	// worker has stopped.
+	b := ratelimit.NewBatcher(r, ratelimit.DefaultMaxBatch, ratelimit.DefaultPipelines)
+	return b, func() { b.Close(); client.Close() }, nil
 }
 
 // maxClockOffset is the difference between Redis's clock and this host's
