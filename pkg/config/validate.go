@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/joingate/joingate/pkg/redact"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
 
@@ -100,7 +101,7 @@ func (l *loader) validate() error {
 			u = "nats://" + u // nats.go reads host:port as nats://host:port
 		}
 		if p, err := url.Parse(u); err != nil || p.Host == "" {
-			bad("nats.url", "must be a URL such as nats://127.0.0.1:4222, got %q", redactURL(u))
+			bad("nats.url", "must be a URL such as nats://127.0.0.1:4222, got %q", redact.URL(u))
 		}
 	}
 	addr("nats.embedded_listen", c.NATS.EmbeddedListen, true)
@@ -137,7 +138,7 @@ func (l *loader) validate() error {
 		case errors.Is(err, redisconn.ErrTLS):
 			bad("redis.tls", "%v", err)
 		case err != nil:
-			bad("redis.url", "%v", redactURLError(err, c.Redis.URL))
+			bad("redis.url", "%s", redact.Secrets(err.Error(), c.Redis.URL))
 		}
 	} else if c.Redis.URL == "" && c.Redis.TLS != (TLSClient{}) {
 		bad("redis.tls", "needs a rediss:// redis.url (without one, limits are kept in process memory)")
@@ -248,8 +249,6 @@ func (l *loader) validate() error {
 	return errors.Join(errs...)
 }
 
-var urlPassword = regexp.MustCompile(`://[^:/@]*:([^@]+)@`)
-
 // ParsePrefix reads a CIDR, or a single address as a one-address prefix.
 func ParsePrefix(s string) (netip.Prefix, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
@@ -260,22 +259,4 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
-}
-
-// redactURL hides user-info in a URL.
-func redactURL(raw string) string {
-	if m := urlPassword.FindStringSubmatchIndex(raw); m != nil {
-		return raw[:m[2]] + "xxxxx" + raw[m[3]:]
-	}
-	return raw
-}
-
-// redactURLError keeps a password in a URL out of an error message, even
-// when the URL does not parse.
-func redactURLError(err error, raw string) error {
-	msg := err.Error()
-	if m := urlPassword.FindStringSubmatch(raw); m != nil {
-		msg = strings.ReplaceAll(msg, m[1], "xxxxx")
-	}
-	return errors.New(msg)
 }

@@ -9,13 +9,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/joingate/joingate/pkg/redact"
 )
 
 // Connect dials urls (or, with inProc set, the in-process server) and keeps
@@ -79,14 +79,14 @@ func Connect(urls string, inProc *server.Server, name string, sec Security, log 
 		return nc, nil
 	}
 	if inProc != nil || !unreachable(err) {
-		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact(urls), err)
+		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact.URL(urls), err)
 	}
-	log.Warn("nats unreachable; connecting in the background", "url", redact(urls), "err", err)
+	log.Warn("nats unreachable; connecting in the background", "url", redact.URL(urls), "err", err)
 	opts = append(opts, nats.RetryOnFailedConnect(true), nats.ConnectHandler(func(nc *nats.Conn) {
 		log.Info("nats connected", "server", nc.ConnectedUrlRedacted())
 	}))
 	if nc, err = nats.Connect(urls, opts...); err != nil {
-		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact(urls), err)
+		return nil, fmt.Errorf("cannot connect to nats %s: %w", redact.URL(urls), err)
 	}
 	return nc, nil
 }
@@ -171,20 +171,6 @@ func Drain(nc *nats.Conn, timeout time.Duration) error {
 		nc.Close()
 		return fmt.Errorf("nats drain: not done within %s, closed", timeout)
 	}
-}
-
-// redact hides the user-info (user, password or token) of NATS URLs.
-func redact(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = url.User("xxxxx")
-			parts[i] = u.String()
-		} else if err != nil {
-			parts[i] = "(unparsable url)"
-		}
-	}
-	return strings.Join(parts, ",")
 }
 
 // Embedded starts an in-process NATS server. With listen empty it takes no

@@ -12,11 +12,12 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/joingate/joingate/pkg/redact"
 )
 
 // The topologies of redis.mode.
@@ -285,19 +286,8 @@ func parseCluster(raw string) (*redis.ClusterOptions, error) {
 	return opts, nil
 }
 
-var urlPassword = regexp.MustCompile(`://[^:/@]*:([^@]+)@`)
-
-// urlError names the mode and keeps a password in raw out of the message:
-// url.Parse errors quote the whole URL.
+// urlError names the mode and keeps the secrets of raw out of the
+// message: url.Parse errors quote the whole URL.
 func urlError(mode, raw string, err error) error {
-	msg := err.Error()
-	if m := urlPassword.FindStringSubmatch(raw); m != nil {
-		msg = strings.ReplaceAll(msg, m[1], "xxxxx")
-	}
-	if u, perr := url.Parse(raw); perr == nil {
-		if pw := u.Query().Get("password"); pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-	}
-	return fmt.Errorf("redis url for mode %s: %s", mode, msg)
+	return fmt.Errorf("redis url for mode %s: %s", mode, redact.Secrets(err.Error(), raw))
 }
