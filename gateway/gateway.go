@@ -201,6 +201,12 @@ func NewHTTPServer(h fasthttp.RequestHandler, opts Options) *fasthttp.Server {
 	}
 }
 
+// NewDefaultHTTPServer is NewHTTPServer with the default options: the
+// reference server's (ceiling.Options.NewServer).
+func NewDefaultHTTPServer(h fasthttp.RequestHandler) *fasthttp.Server {
+	return NewHTTPServer(h, DefaultOptions())
+}
+
 // Addr is the bound callback address.
 func (g *Gateway) Addr() string { return g.ln.Addr().String() }
 

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/ceiling"
 	"github.com/joingate/joingate/pkg/loadgen"
 )
@@ -152,6 +153,7 @@ func runReference(args []string, stderr io.Writer) int {
 // serveReference runs the ceiling until SIGINT or SIGTERM.
 func serveReference(listen string, stderr io.Writer) int {
 	opts := ceiling.DefaultOptions()
+	opts.NewServer = gateway.NewDefaultHTTPServer
 	opts.Listen = listen
 	srv, err := ceiling.New(opts)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/ceiling"
 	"github.com/joingate/joingate/pkg/loadgen"
 	"github.com/joingate/joingate/pkg/testenv"
@@ -43,6 +44,7 @@ func TestBenchCommandLine(t *testing.T) {
 // the same results as JSON.
 func TestBenchAgainstReference(t *testing.T) {
 	opts := ceiling.DefaultOptions()
+	opts.NewServer = gateway.NewDefaultHTTPServer
 	opts.Listen = "127.0.0.1:0"
 	srv, err := ceiling.New(opts)
 	if err != nil {

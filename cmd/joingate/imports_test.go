@@ -32,9 +32,6 @@ func TestForbiddenImports(t *testing.T) {
 		{[]string{""}, []string{mod + "pkg/testenv", mod + "pkg/ratelimit/ratelimittest"},
 			"test helpers are for tests"},
 	}
-	// Known, to be removed: the reference server borrows the gateway's
-	// HTTP settings (moving the bench suite beside it will end this).
-	allowed := map[string]bool{"pkg/ceiling " + mod + "gateway": true}
 
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -58,7 +55,7 @@ func TestForbiddenImports(t *testing.T) {
 				continue
 			}
 			for _, imp := range fields[1:] {
-				if hasPrefix(imp, r.forbidden) && imp != fields[0] && !allowed[pkg+" "+imp] &&
+				if hasPrefix(imp, r.forbidden) && imp != fields[0] &&
 					!strings.HasPrefix(imp, fields[0]+"/") { // its own subpackages
 					t.Errorf("%s imports %s: %s", pkg, imp, r.why)
 				}

@@ -1,5 +1,6 @@
 // Package ceiling is the reference server joingate's benchmarks compare
-// against: a bare fasthttp server, configured as the gateway's, that routes
+// against: a bare fasthttp server, built as the gateway's (the caller
+// passes gateway.NewHTTPServer, so that only the work differs), that routes
 // a callback by the last path segment, decodes the join-group body with the
 // gateway's decoder and answers "allow". It does nothing else: no NATS, no
 // policy, no metrics, no logs. What joingate costs is its distance from
@@ -15,30 +16,21 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/callback"
 )
 
 // Options configure the server; Listen is ignored when Listener is set.
+// NewServer (required) builds the HTTP server around the handler: the
+// gateway's, with its settings.
 type Options struct {
-	Listen       string
-	Listener     net.Listener
-	MaxBodyBytes int
-	ReadTimeout  time.Duration
-	IdleTimeout  time.Duration
-	MaxConns     int
+	Listen    string
+	Listener  net.Listener
+	NewServer func(fasthttp.RequestHandler) *fasthttp.Server
 }
 
-// DefaultOptions are the gateway's defaults, on loopback.
+// DefaultOptions listen on the gateway's port, on loopback.
 func DefaultOptions() Options {
-	g := gateway.DefaultOptions()
-	return Options{
-		Listen:       "127.0.0.1:10006",
-		MaxBodyBytes: g.MaxBodyBytes,
-		ReadTimeout:  g.ReadTimeout,
-		IdleTimeout:  g.IdleTimeout,
-		MaxConns:     g.MaxConns,
-	}
+	return Options{Listen: "127.0.0.1:10006"}
 }
 
 // Server is the reference server.
@@ -49,8 +41,8 @@ type Server struct {
 
 // New binds the listener; Run serves.
 func New(opts Options) (*Server, error) {
-	if opts.MaxBodyBytes <= 0 || opts.ReadTimeout <= 0 || opts.IdleTimeout <= 0 || opts.MaxConns <= 0 {
-		return nil, errors.New("ceiling options: body limit, timeouts and connection limit must be positive")
+	if opts.NewServer == nil {
+		return nil, errors.New("ceiling options: no NewServer (pass the gateway's)")
 	}
 	ln := opts.Listener
 	if ln == nil {
@@ -59,13 +51,7 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("reference listener %s: %w", opts.Listen, err)
 		}
 	}
-	srv := gateway.NewHTTPServer(Handle, gateway.Options{
-		MaxBodyBytes: opts.MaxBodyBytes,
-		ReadTimeout:  opts.ReadTimeout,
-		IdleTimeout:  opts.IdleTimeout,
-		MaxConns:     opts.MaxConns,
-	})
-	return &Server{ln: ln, srv: srv}, nil
+	return &Server{ln: ln, srv: opts.NewServer(Handle)}, nil
 }
 
 // Addr is the bound address.

@@ -7,12 +7,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
 func TestReferenceAnswers(t *testing.T) {
 	opts := DefaultOptions()
+	opts.NewServer = gateway.NewDefaultHTTPServer
 	opts.Listen = "127.0.0.1:0"
 	srv, err := New(opts)
 	if err != nil {

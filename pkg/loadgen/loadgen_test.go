@@ -13,6 +13,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/ceiling"
 	"github.com/joingate/joingate/pkg/testenv"
@@ -243,6 +244,7 @@ func TestAgainstReferenceServer(t *testing.T) {
 			}
 			cl := &countingListener{Listener: ln}
 			copts := ceiling.DefaultOptions()
+			copts.NewServer = gateway.NewDefaultHTTPServer
 			copts.Listener = cl
 			srv, err := ceiling.New(copts)
 			if err != nil {
