@@ -277,7 +277,7 @@ func loadServiceConfig(t *testing.T, name string, s map[string]any) (joingateSer
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	configPath := fs.String("config", "", "")
-	flagValues := config.FlagValues(fs)
+	flagValues := config.FlagValues(fs, "")
 	if err := fs.Parse(args[1:]); err != nil {
 		return joingateService{}, fmt.Errorf("command %q: %v", args, err)
 	}

@@ -766,7 +766,7 @@ func containerConfig(t *testing.T, where string, c container, pod podSpec, cms m
 	fs := flag.NewFlagSet(c.Args[0], flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	path := fs.String("config", "", "")
-	flagValues := config.FlagValues(fs)
+	flagValues := config.FlagValues(fs, "")
 	if err := fs.Parse(c.Args[1:]); err != nil || fs.NArg() > 0 || *path == "" {
 		t.Errorf("%s: args %q: want <command> --config FILE [flags] (%v)", where, c.Args, err)
 		return nil, ""

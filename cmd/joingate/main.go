@@ -41,8 +41,25 @@ commands:
   bench         load generator that speaks like IMServer, the reference server, the bench suite
   version       print the version
 
-Run 'joingate <command> -h' for the flags of a command.
+Run 'joingate help <command>' or 'joingate <command> -h' for what a command
+does and the flags it reads.
 `
+
+// commandHelp says what each serving command does, for its -h.
+var commandHelp = map[string]string{
+	"all": `Runs an embedded NATS server, the gateway and a worker in one process: the
+zero-dependency default. Limits are kept in memory, or in Redis with --redis;
+--nats connects to an outside NATS server instead of the embedded one.`,
+	"gateway": `Runs the callback edge: it answers IMServer's callbacks, sends join callbacks
+to workers over NATS (--nats, required) and answers gateway.fallback when no
+decision comes within --decision-timeout. It stays ready without NATS.`,
+	"worker": `Runs a decider: it takes join callbacks from NATS (--nats, required), applies
+the policy with limits in Redis (--redis, required) and replies. It is in the
+queue group only while its store answers.`,
+	"check-config": `Loads the configuration (defaults, --config file, JOINGATE_* environment,
+flags), validates it and exits: 0 when it is valid, 2 with the file, line and
+key of each error otherwise.`,
+}
 
 // exitUsage is the exit code for bad command lines and configuration.
 const exitUsage = 2
@@ -54,10 +71,14 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	cmd, args := args[0], args[1:]
 	switch cmd {
-	case "version", "--version", "-version":
+	case "version", "--version", "-version", "-v":
 		fmt.Fprintf(stdout, "joingate %s %s\n", version, revision())
 		return 0
 	case "help", "-h", "--help":
+		if len(args) == 1 && args[0] != "help" {
+			// joingate help CMD: the command's own -h, on stdout.
+			return run([]string{args[0], "-h"}, environ, stdout, stdout)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	case "ctl":
@@ -72,8 +93,13 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 
 	fs := flag.NewFlagSet("joingate "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: joingate %s [flags]\n\n%s\n\nEvery configuration key can also be set in the --config file or as a\n"+
+			"JOINGATE_* environment variable (deploy/joingate.example.yaml lists them).\n\nflags:\n", cmd, commandHelp[cmd])
+		fs.PrintDefaults()
+	}
 	configPath := fs.String("config", "", "YAML configuration file (see deploy/joingate.example.yaml)")
-	flagValues := config.FlagValues(fs)
+	flagValues := config.FlagValues(fs, cmd)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

@@ -38,6 +38,9 @@ func TestRunCommandLine(t *testing.T) {
 		{name: "unknown command", args: []string{"frobnicate"}, code: 2, wantErr: []string{`unknown command "frobnicate"`, "usage:"}},
 		{name: "help", args: []string{"help"}, code: 0, wantOut: []string{"usage:"}},
 		{name: "version", args: []string{"version"}, code: 0, wantOut: []string{"joingate "}},
+		{name: "-v", args: []string{"-v"}, code: 0, wantOut: []string{"joingate "}},
+		{name: "a flag the gateway does not read", args: []string{"gateway", "--redis", "redis://h"}, code: 2, wantErr: []string{"flag provided but not defined: -redis"}},
+		{name: "a flag the worker does not read", args: []string{"worker", "--decision-timeout", "1s"}, code: 2, wantErr: []string{"-decision-timeout"}},
 		{name: "unknown flag", args: []string{"check-config", "--no-such-flag"}, code: 2, wantErr: []string{"no-such-flag"}},
 		{name: "stray argument", args: []string{"check-config", "extra"}, code: 2, wantErr: []string{"unexpected arguments"}},
 		{
@@ -92,6 +95,34 @@ func TestRunCommandLine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Each command's help says what it does and lists the flags it reads, with
+// their defaults, and no other; "joingate help CMD" prints the same on
+// stdout.
+func TestCommandHelp(t *testing.T) {
+	for cmd, want := range map[string]struct{ has, hasNot []string }{
+		"all":          {[]string{"embedded NATS server", "-listen", "-nats", "-redis", `(default "300ms")`}, nil},
+		"gateway":      {[]string{"callback edge", "-listen", "-nats", "-decision-timeout", `(default ":10006")`}, []string{"-redis"}},
+		"worker":       {[]string{"decider", "-nats", "-redis", "-admin-listen"}, []string{"  -listen string", "-decision-timeout"}},
+		"check-config": {[]string{"validates", "-listen", "-redis", "-decision-timeout"}, nil},
+	} {
+		code, stdout, stderr := runCmd(t, cmd, "-h")
+		_, helpOut, _ := runCmd(t, "help", cmd)
+		if code != 0 || stdout != "" || helpOut != stderr {
+			t.Fatalf("%s -h: code %d, stdout %q; help %s differs from -h:\n%s\n%s", cmd, code, stdout, cmd, helpOut, stderr)
+		}
+		for _, w := range want.has {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("%s -h does not mention %q:\n%s", cmd, w, stderr)
+			}
+		}
+		for _, w := range append(want.hasNot, " all\n", "-nats all") { // a back-quoted word would render as the value's name
+			if strings.Contains(stderr, w) {
+				t.Errorf("%s -h mentions %q:\n%s", cmd, w, stderr)
+			}
+		}
 	}
 }
 

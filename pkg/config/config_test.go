@@ -151,7 +151,7 @@ func TestPrecedence(t *testing.T) {
 		"JOINGATE_WORKER_CONCURRENCY=9",
 	}
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	values := FlagValues(fs)
+	values := FlagValues(fs, "")
 	if err := fs.Parse([]string{"--decision-timeout", "400ms", "--redis", "redis://h:6379"}); err != nil {
 		t.Fatal(err)
 	}

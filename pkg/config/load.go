@@ -9,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -321,24 +322,39 @@ type Flag struct {
 	Name  string
 	Key   string
 	Usage string
+	// Commands are the commands that read the key (check-config reads
+	// them all).
+	Commands []string
+	// value is the key's value in c, shown as the flag's default.
+	value func(c Config) string
 }
 
-// Flags are the common keys settable on the command line.
+// Flags are the common keys settable on the command line. A usage must
+// not hold back-quotes: the flag package reads `word` as the value's name.
 var Flags = []Flag{
-	{"listen", "listen", "callback listen address"},
-	{"admin-listen", "admin_listen", "admin listen address (/metrics, /healthz, /readyz, /debug/pprof); empty disables"},
-	{"nats", "nats.url", "NATS server URL(s); empty under `all` runs an embedded server"},
-	{"redis", "redis.url", "Redis URL (redis://, rediss://, unix://); empty under `all` keeps limits in memory"},
-	{"decision-timeout", "gateway.decision_timeout", "how long the gateway waits for a worker's decision"},
-	{"log-level", "log.level", "debug, info, warn or error"},
+	{"listen", "listen", "callback listen address", []string{"all", "gateway"}, func(c Config) string { return c.Listen }},
+	{"admin-listen", "admin_listen", "admin listen address (/metrics, /healthz, /readyz, /debug/pprof); empty disables", []string{"all", "gateway", "worker"},
+		func(c Config) string { return c.AdminListen }},
+	{"nats", "nats.url", "NATS server URL(s); empty under joingate all runs an embedded server", []string{"all", "gateway", "worker"},
+		func(c Config) string { return c.NATS.URL }},
+	{"redis", "redis.url", "Redis URL (redis://, rediss://, unix://); empty under joingate all keeps limits in memory", []string{"all", "worker"},
+		func(c Config) string { return c.Redis.URL }},
+	{"decision-timeout", "gateway.decision_timeout", "how long the gateway waits for a worker's decision", []string{"all", "gateway"},
+		func(c Config) string { return c.Gateway.DecisionTimeout.String() }},
+	{"log-level", "log.level", "debug, info, warn or error", []string{"all", "gateway", "worker"}, func(c Config) string { return c.Log.Level }},
 }
 
-// FlagValues registers Flags on fs and returns a function that, after
-// parsing, reports the ones given (key path to value) for Load.
-func FlagValues(fs *flag.FlagSet) func() map[string]string {
+// FlagValues registers on fs the Flags that cmd reads (all of them for
+// check-config or ""), with the defaults as their default values, and
+// returns a function that, after parsing, reports the ones given (key
+// path to value) for Load.
+func FlagValues(fs *flag.FlagSet, cmd string) func() map[string]string {
 	vals := make(map[string]*string, len(Flags))
+	def := Default()
 	for _, f := range Flags {
-		vals[f.Name] = fs.String(f.Name, "", f.Usage+" (config key "+f.Key+")")
+		if cmd == "" || cmd == "check-config" || slices.Contains(f.Commands, cmd) {
+			vals[f.Name] = fs.String(f.Name, f.value(def), f.Usage+" (config key "+f.Key+")")
+		}
 	}
 	return func() map[string]string {
 		set := make(map[string]string)
