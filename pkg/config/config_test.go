@@ -120,7 +120,7 @@ func TestBadFiles(t *testing.T) {
 			}
 		}
 	}
-	f("unknown_key.yaml", "gateway.fallbak: unknown key", "line 3")
+	f("unknown_key.yaml", "gateway.fallbak: unknown key", "line 3", "did you mean gateway.fallback?")
 	f("bad_duration.yaml", "gateway.decision_timeout", "must be a duration", "line 2")
 	f("bad_err_code.yaml", "join_group.limits[0].err_code", "5000-9999", "line 7")
 	f("bad_rule_key.yaml", "join_group.limits[0].key", "applicant, group, applicant_group, global", `"ip"`)
@@ -218,7 +218,7 @@ func TestBadEnvAndFlags(t *testing.T) {
 			}
 		}
 	}
-	f([]string{"JOINGATE_GATEWAY_DECISON_TIMEOUT=1s"}, nil, "JOINGATE_GATEWAY_DECISON_TIMEOUT", "no such configuration key")
+	f([]string{"JOINGATE_GATEWAY_DECISON_TIMEOUT=1s"}, nil, "JOINGATE_GATEWAY_DECISON_TIMEOUT", "no such configuration key", "did you mean JOINGATE_GATEWAY_DECISION_TIMEOUT?")
 	f([]string{"JOINGATE_PORTS=1"}, nil, "JOINGATE_PORTS", "no such configuration key")
 	f([]string{"JOINGATE_GATEWAY_DECISION_TIMEOUT=soon"}, nil, "environment JOINGATE_GATEWAY_DECISION_TIMEOUT", "must be a duration")
 	f([]string{"JOINGATE_GATEWAY_FALLBACK=maybe"}, nil, "environment JOINGATE_GATEWAY_FALLBACK", "gateway.fallback")
@@ -283,4 +283,47 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("accepted a non-positive decision timeout from %q", data)
 		}
 	})
+}
+
+// A typo gets the key it was meant to be; a name far from every key gets
+// no guess.
+func TestDidYouMean(t *testing.T) {
+	keys := []string{"gateway.fallback", "gateway.fallback_refusal", "gateway.decision_timeout", "listen"}
+	for name, want := range map[string]string{
+		"gateway.fallbak":         "; did you mean gateway.fallback?",
+		"gateway.decison_timeout": "; did you mean gateway.decision_timeout?",
+		"lisen":                   "; did you mean listen?",
+		"ports":                   "",
+		"gateway.max_conns_xyz":   "",
+	} {
+		if got := didYouMean(name, keys); got != want {
+			t.Errorf("didYouMean(%q) = %q, want %q", name, got, want)
+		}
+	}
+	if _, err := Load("", []string{"JOINGATE_PORTS=1"}, nil); err == nil || strings.Contains(err.Error(), "did you mean") {
+		t.Errorf("JOINGATE_PORTS: %v; want an error without a guess", err)
+	}
+}
+
+// Every configuration error reads "<source>: <key>: <what is wrong>": a
+// file's errors name the line in the source, environment and flag errors
+// name no line.
+func TestErrorFormat(t *testing.T) {
+	for _, c := range []struct {
+		file   string
+		env    []string
+		flags  map[string]string
+		prefix string
+	}{
+		{file: "testdata/bad_duration.yaml", prefix: "config testdata/bad_duration.yaml line 2: gateway.decision_timeout: "},
+		{file: "testdata/unknown_key.yaml", prefix: "config testdata/unknown_key.yaml line 3: gateway.fallbak: "},
+		{file: "testdata/duplicate_key.yaml", prefix: "config testdata/duplicate_key.yaml line 2: listen: "},
+		{env: []string{"JOINGATE_WORKER_CONCURRENCY=many"}, prefix: "environment JOINGATE_WORKER_CONCURRENCY: worker.concurrency: "},
+		{flags: map[string]string{"gateway.decision_timeout": "soon"}, prefix: "flag --decision-timeout: gateway.decision_timeout: "},
+	} {
+		_, err := Load(c.file, c.env, c.flags)
+		if err == nil || !strings.HasPrefix(err.Error(), c.prefix) || strings.Contains(err.Error(), "(line") {
+			t.Errorf("error %q; want it to start %q, with no (line N)", err, c.prefix)
+		}
+	}
 }

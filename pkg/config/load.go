@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
@@ -74,7 +75,7 @@ func (l *loader) file(path string, data []byte) error {
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return fmt.Errorf("config %s: line %d: more than one YAML document", path, extra.Line)
+		return fmt.Errorf("config %s line %d: more than one YAML document", path, extra.Line)
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
@@ -84,6 +85,10 @@ func (l *loader) file(path string, data []byte) error {
 		return fmt.Sprintf("config %s line %d", path, n.Line)
 	}, seen: l.source}
 	if err := w.decode(root, reflect.ValueOf(&l.cfg).Elem(), ""); err != nil {
+		var le *lineError
+		if errors.As(err, &le) {
+			return fmt.Errorf("config %s line %d: %w", path, le.line, le.err)
+		}
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	return nil
@@ -106,7 +111,7 @@ func (l *loader) env(environ []string) error {
 			if serviceLink.MatchString(name) {
 				continue // set by Kubernetes for a Service named joingate...
 			}
-			return fmt.Errorf("environment %s: no such configuration key", name)
+			return fmt.Errorf("environment %s: no such configuration key%s", name, didYouMean(name, slices.Collect(maps.Keys(known))))
 		}
 		if err := l.set(key, val, "environment "+name); err != nil {
 			return err
@@ -168,9 +173,62 @@ func (l *loader) set(key, val, source string) error {
 	}
 	w := walker{source: func(string, *yaml.Node) string { return source }, seen: l.source}
 	if err := w.decode(doc.Content[0], field, key); err != nil {
+		var le *lineError
+		if errors.As(err, &le) {
+			err = le.err // the line of a one-value document says nothing
+		}
 		return fmt.Errorf("%s: %w", source, err)
 	}
 	return nil
+}
+
+// lineError is a decoding error at a line of the YAML it decodes; the
+// caller says which file, or drops the line for a value from the
+// environment or a flag. Every configuration error then reads
+// "<source>: <key>: <what is wrong>", the source being "config FILE line
+// N", "environment NAME" or "flag --NAME".
+type lineError struct {
+	line int
+	err  error
+}
+
+func (e *lineError) Error() string { return fmt.Sprintf("%v (line %d)", e.err, e.line) }
+func (e *lineError) Unwrap() error { return e.err }
+
+// didYouMean names the candidate closest to name, when one is close enough
+// to be a typo of it ("; did you mean X?"), or returns "".
+func didYouMean(name string, candidates []string) string {
+	best, bestDist := "", max(2, len(name)/5)+1
+	for _, c := range candidates {
+		if d := editDistance(name, c); d < bestDist || d == bestDist && c < best {
+			best, bestDist = c, d
+		}
+	}
+	if best == "" || bestDist > max(2, len(name)/5) {
+		return ""
+	}
+	return "; did you mean " + best + "?"
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // lookup finds the field for a dotted key path.
@@ -227,14 +285,11 @@ func (w walker) decode(n *yaml.Node, v reflect.Value, key string) error {
 		n = n.Alias
 	}
 	where := func(format string, args ...any) error {
-		msg := fmt.Sprintf(format, args...)
-		if n.Line > 0 {
-			msg += fmt.Sprintf(" (line %d)", n.Line)
+		err := fmt.Errorf(format, args...)
+		if key != "" {
+			err = fmt.Errorf("%s: %w", key, err)
 		}
-		if key == "" {
-			return errors.New(msg)
-		}
-		return fmt.Errorf("%s: %s", key, msg)
+		return &lineError{line: n.Line, err: err}
 	}
 	isNull := n.Kind == yaml.ScalarNode && n.Tag == "!!null"
 	if v.Kind() != reflect.Struct && v.Kind() != reflect.Slice && n.Kind != yaml.ScalarNode {
@@ -259,12 +314,18 @@ func (w walker) decode(n *yaml.Node, v reflect.Value, key string) error {
 				sub = key + "." + k.Value
 			}
 			if done[k.Value] {
-				return fmt.Errorf("%s: key given twice (line %d)", sub, k.Line)
+				return &lineError{line: k.Line, err: fmt.Errorf("%s: key given twice", sub)}
 			}
 			done[k.Value] = true
 			idx := fieldIndex(v.Type(), k.Value)
 			if idx < 0 {
-				return fmt.Errorf("%s: unknown key (line %d)", sub, k.Line)
+				var names []string
+				for i := range v.Type().NumField() {
+					if tag := v.Type().Field(i).Tag.Get("yaml"); tag != "" && tag != "-" {
+						names = append(names, strings.TrimSuffix(sub, k.Value)+tag)
+					}
+				}
+				return &lineError{line: k.Line, err: fmt.Errorf("%s: unknown key%s", sub, didYouMean(sub, names))}
 			}
 			if err := w.decode(val, v.Field(idx), sub); err != nil {
 				return err
