@@ -41,21 +41,32 @@ func runCtl(args, environ []string, stdin io.Reader, stdout, stderr io.Writer) i
 	fs := flag.NewFlagSet("joingate ctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage, "\nflags:\n"); fs.PrintDefaults() }
-	admin := fs.String("admin", "http://127.0.0.1:9090", "admin listener of a worker or `all` process")
+	admin := fs.String("admin", "http://127.0.0.1:9090", "admin listener of a worker or joingate all process")
 	token := fs.String("token", envValue(environ, "JOINGATE_ADMIN_TOKEN"), "admin_token of that process")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the API")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	// Flags may come before or after the command's words ("ctl deny list
+	// applicant --json"); after "--" everything is a word (an ID that
+	// starts with "-").
+	var words []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return exitUsage
 		}
-		return exitUsage
+		left := fs.Args()
+		if n := len(rest) - len(left); len(left) == 0 || n > 0 && rest[n-1] == "--" {
+			words = append(words, left...)
+			break
+		}
+		words, rest = append(words, left[0]), left[1:]
 	}
 	usage := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "joingate ctl: "+format+"\n\n%s", append(a, ctlUsage)...)
 		return exitUsage
 	}
-	words := fs.Args()
 	if len(words) == 0 {
 		return usage("no command")
 	}

@@ -102,3 +102,34 @@ func TestCtl(t *testing.T) {
 		t.Fatalf("unreachable admin: %d %q", code, errb.String())
 	}
 }
+
+// Flags may follow the command's words; after "--" a word that starts
+// with "-" is an ID.
+func TestCtlFlagsAfterCommand(t *testing.T) {
+	url := ctlServer(t)
+	var out, errb bytes.Buffer
+	if code := runCtl([]string{"deny", "add", "applicant", "--admin", url, "--", "-dash"}, []string{"JOINGATE_ADMIN_TOKEN=tok"}, nil, &out, &errb); code != 0 {
+		t.Fatalf("ctl with flags after the command: exit %d: %s", code, errb.String())
+	}
+	out.Reset()
+	if code := runCtl([]string{"deny", "list", "applicant", "--admin", url, "--json"}, []string{"JOINGATE_ADMIN_TOKEN=tok"}, nil, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), `"-dash"`) || !strings.Contains(out.String(), "{") {
+		t.Fatalf("ctl deny list ... --json: stdout %q, stderr %q; want the JSON answer naming -dash", out.String(), errb.String())
+	}
+}
+
+// ctl pointed at a gateway's admin listener says what it reached and
+// where to point instead.
+func TestCtlAtGateway(t *testing.T) {
+	s, err := admin.New("127.0.0.1:0", prometheus.NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.HandleNoAPI("this is a joingate gateway: the admin API (joingate ctl) is on the admin listener of a worker or of joingate all")
+	testenv.Run(t, s.Run)
+	var out, errb bytes.Buffer
+	code := runCtl([]string{"--admin", "http://" + s.Addr(), "deny", "list", "applicant"}, []string{"JOINGATE_ADMIN_TOKEN=tok"}, nil, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "404") || !strings.Contains(errb.String(), "this is a joingate gateway") {
+		t.Fatalf("ctl at a gateway: exit %d, stderr %q; want 1 and what it reached", code, errb.String())
+	}
+}

@@ -201,6 +201,16 @@ func TestEndToEnd(t *testing.T) {
 	for i, w := range workers {
 		waitReady(t, w, workerAdmins[i])
 	}
+	// A gateway serves no admin API, and says where it is.
+	if resp, err := client.Get("http://" + gwAdmin + "/api/v1/lists/deny_applicants"); err != nil {
+		t.Fatal(err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "this is a joingate gateway") {
+			t.Fatalf("gateway /api/: %d %s; want 404 saying where the API is", resp.StatusCode, body)
+		}
+	}
 
 	// reached counts the join-group callbacks that must reach a worker.
 	reached := 0

@@ -160,6 +160,8 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		}
 		if api != nil {
 			adm.HandleAPI(api, cfg.AdminToken)
+		} else {
+			adm.HandleNoAPI("this is a joingate gateway: the admin API (joingate ctl) is on the admin listener of a worker or of joingate all")
 		}
 		if cfg.AdminPprof {
 			adm.HandlePprof()

@@ -6,6 +6,7 @@ package admin
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,6 +83,18 @@ func (s *Server) HandleAPI(h http.Handler, token string) {
 			return
 		}
 		h.ServeHTTP(w, r)
+	}))
+}
+
+// HandleNoAPI answers /api/ with 404 and why: for a process that serves no
+// admin API (a gateway), so that `joingate ctl` pointed at it says where
+// to point instead of "404 page not found".
+func (s *Server) HandleNoAPI(why string) {
+	body, _ := json.Marshal(map[string]string{"error": why})
+	s.mux.Handle("/api/", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		w.Write(append(body, '\n'))
 	}))
 }
 
