@@ -128,12 +128,19 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 	for _, o := range []string{outcomeDecided, outcomeExpired, outcomeInvalid, outcomeNoPolicy} {
 		m.requests.WithLabelValues(o)
 	}
-	for _, r := range policy.Reasons {
-		m.decisions.WithLabelValues("allow", string(r))
-		m.decisions.WithLabelValues("refuse", string(r))
+	for _, o := range policy.Outcomes {
+		m.decisions.WithLabelValues(decisionLabel(o.Allowed), string(o.Reason))
 	}
 	m.addRules(rules)
 	return m
+}
+
+// decisionLabel is the "decision" label of an allowed or refused request.
+func decisionLabel(allowed bool) string {
+	if allowed {
+		return "allow"
+	}
+	return "refuse"
 }
 
 // addRules pre-creates the series of rules, so that they start at 0.

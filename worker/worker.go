@@ -336,10 +336,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	}
 	// Counted before the reply, so that whoever sees the answer sees it counted.
 	w.metrics.requests.WithLabelValues(outcomeDecided).Inc()
-	decision := "refuse"
-	if d.Allowed {
-		decision = "allow"
-	}
+	decision := decisionLabel(d.Allowed)
 	w.metrics.decisions.WithLabelValues(decision, string(d.Reason)).Inc()
 	if d.Rule != "" {
 		w.metrics.ruleRefusals.WithLabelValues(d.Rule, "enforce").Inc()

@@ -29,8 +29,22 @@ const (
 	ReasonPassed Reason = "passed"
 )
 
-// Reasons lists every Reason, for pre-creating metric series.
-var Reasons = []Reason{ReasonAllowList, ReasonDenyApplicant, ReasonDenyGroup, ReasonMessageLength, ReasonBlockedWord, ReasonRateLimit, ReasonStoreError, ReasonPassed}
+// Outcome is what a decision comes to: allowed or not, and the step that
+// decided.
+type Outcome struct {
+	Allowed bool
+	Reason  Reason
+}
+
+// Outcomes lists every Outcome a decision can have: metric series are
+// pre-created for these and no others (a refusal is never "passed", an
+// allowance never "deny_group"). A store error allows or refuses as
+// worker.on_store_error says.
+var Outcomes = []Outcome{
+	{true, ReasonAllowList}, {true, ReasonPassed}, {true, ReasonStoreError},
+	{false, ReasonDenyApplicant}, {false, ReasonDenyGroup}, {false, ReasonMessageLength},
+	{false, ReasonBlockedWord}, {false, ReasonRateLimit}, {false, ReasonStoreError},
+}
 
 // Store answers a decision's store work (dynamic lists and rate limits) in
 // one round trip.

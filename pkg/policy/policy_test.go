@@ -270,3 +270,56 @@ func TestRetryAfterIsTheLongestWait(t *testing.T) {
 		t.Fatalf("%+v %+v, want rule minute's code with the hour rule's wait", d, a)
 	}
 }
+
+// Every way through the policy ends in one of Outcomes, and every Outcome
+// is reached: the metric series pre-created from it are exactly those
+// that can move.
+func TestOutcomes(t *testing.T) {
+	got := map[Outcome]bool{}
+	p := compile(t, func(c *config.Config) {
+		j := &c.JoinGroup
+		j.AllowApplicants = []string{"admin"}
+		j.DenyApplicants = []string{"spammer"}
+		j.DenyGroups = []string{"closed"}
+		j.MaxMessageBytes = 10
+		j.BlockedWords = []string{"casino"}
+		j.Limits = []config.Limit{{Name: "one", Key: config.KeyApplicant, Limit: 1, Period: time.Hour, Burst: 1, ErrCode: 5001, ErrMsg: "slow down"}}
+	})
+	lim := ratelimit.NewMemory()
+	for _, c := range [][3]string{
+		{"admin", "closed", ""}, {"spammer", "g", ""}, {"u", "closed", ""}, {"u", "g", "12345678901"},
+		{"u", "g", "casino"}, {"u", "g", ""}, {"u", "g", ""},
+	} {
+		d, _ := decide(t, p, lim, c[0], c[1], c[2])
+		got[Outcome{d.Allowed, d.Reason}] = true
+	}
+	for _, mode := range []string{config.Allow, config.Deny} {
+		p := compile(t, func(c *config.Config) {
+			c.Worker.OnStoreError = mode
+			c.JoinGroup.Limits = config.Default().JoinGroup.Limits
+		})
+		var s Scratch
+		d, _ := p.Decide(context.Background(), &callback.JoinGroup{ApplyID: "u", GroupID: "g"}, failing{}, &s)
+		got[Outcome{d.Allowed, d.Reason}] = true
+	}
+	dry := compile(t, func(c *config.Config) {
+		c.JoinGroup.DryRun = true
+		c.JoinGroup.Limits = []config.Limit{{Name: "one", Key: config.KeyApplicant, Limit: 1, Period: time.Hour, Burst: 1, ErrCode: 5001, ErrMsg: "slow down"}}
+	})
+	for range 2 {
+		d, _ := decide(t, dry, lim, "dry", "g", "")
+		got[Outcome{d.Allowed, d.Reason}] = true
+	}
+	want := map[Outcome]bool{}
+	for _, o := range Outcomes {
+		want[o] = true
+		if !got[o] {
+			t.Errorf("outcome %+v is listed but no decision reached it", o)
+		}
+	}
+	for o := range got {
+		if !want[o] {
+			t.Errorf("a decision came to %+v, which Outcomes does not list", o)
+		}
+	}
+}
