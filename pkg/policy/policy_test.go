@@ -108,14 +108,22 @@ func (failing) Decide(context.Context, *ratelimit.Query, *ratelimit.Answer) erro
 	return ratelimit.ErrStore
 }
 
+// storeFailed decides one request against a failing store under
+// worker.on_store_error mode.
+func storeFailed(t *testing.T, mode string) (Decision, *Scratch, error) {
+	t.Helper()
+	p := compile(t, func(c *config.Config) {
+		c.Worker.OnStoreError = mode
+		c.JoinGroup.Limits = config.Default().JoinGroup.Limits
+	})
+	var s Scratch
+	d, err := p.Decide(context.Background(), &callback.JoinGroup{ApplyID: "u", GroupID: "g"}, failing{}, &s)
+	return d, &s, err
+}
+
 func TestStoreError(t *testing.T) {
 	for _, mode := range []string{config.Allow, config.Deny} {
-		p := compile(t, func(c *config.Config) {
-			c.Worker.OnStoreError = mode
-			c.JoinGroup.Limits = config.Default().JoinGroup.Limits
-		})
-		var s Scratch
-		d, err := p.Decide(context.Background(), &callback.JoinGroup{ApplyID: "u", GroupID: "g"}, failing{}, &s)
+		d, s, err := storeFailed(t, mode)
 		if !errors.Is(err, ratelimit.ErrStore) {
 			t.Fatalf("%s: error %v, want the store's", mode, err)
 		}
@@ -294,12 +302,7 @@ func TestOutcomes(t *testing.T) {
 		got[Outcome{d.Allowed, d.Reason}] = true
 	}
 	for _, mode := range []string{config.Allow, config.Deny} {
-		p := compile(t, func(c *config.Config) {
-			c.Worker.OnStoreError = mode
-			c.JoinGroup.Limits = config.Default().JoinGroup.Limits
-		})
-		var s Scratch
-		d, _ := p.Decide(context.Background(), &callback.JoinGroup{ApplyID: "u", GroupID: "g"}, failing{}, &s)
+		d, _, _ := storeFailed(t, mode)
 		got[Outcome{d.Allowed, d.Reason}] = true
 	}
 	dry := compile(t, func(c *config.Config) {
