@@ -8,13 +8,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -27,56 +25,19 @@ import (
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
-// binDir holds the binaries the end-to-end test builds, once per run.
-var (
-	binDir    string
-	buildOnce sync.Once
-	buildErr  error
-)
+// builds holds the binaries the end-to-end and chaos tests run: joingate
+// from this package, nats-server from the module cache.
+var builds = &testenv.Builds{Main: "."}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "joingate-e2e-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
 	code := m.Run()
-	os.RemoveAll(dir)
+	builds.Remove()
 	os.Exit(code)
 }
 
-// binaries builds the joingate binary from this package and nats-server
-// from the module cache (the version go.mod requires), once per test run,
-// and returns their paths.
-func binaries(t *testing.T) (joingate, natsServer string) {
-	t.Helper()
-	joingate, natsServer = filepath.Join(binDir, "joingate"), filepath.Join(binDir, "nats-server")
-	buildOnce.Do(func() {
-		wd, err := os.Getwd()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		var wg sync.WaitGroup
-		errs := make([]error, 2)
-		for i, b := range []struct{ out, pkg string }{{joingate, "."}, {natsServer, "github.com/nats-io/nats-server/v2"}} {
-			wg.Go(func() {
-				cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-				cmd.Dir = wd
-				if out, err := cmd.CombinedOutput(); err != nil {
-					errs[i] = fmt.Errorf("go build -o %s %s: %v\n%s", b.out, b.pkg, err, out)
-				}
-			})
-		}
-		wg.Wait()
-		buildErr = errors.Join(errs...)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return joingate, natsServer
-}
+// binaries builds joingate and nats-server once per test run and returns
+// their paths.
+func binaries(t *testing.T) (joingate, natsServer string) { return builds.Get(t) }
 
 func startProcess(t *testing.T, logDir, name, bin string, args ...string) *testenv.Process {
 	t.Helper()

@@ -1,14 +1,12 @@
 package conformance
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,11 +19,8 @@ import (
 // this repository (with joingate's own go.mod, not this module's), and
 // points OpenIM's webhook client at it.
 
-var (
-	binDir    string
-	buildOnce sync.Once
-	buildErr  error
-)
+// builds holds joingate and nats-server, built from joingate's module.
+var builds = &testenv.Builds{Module: "../..", Main: "./cmd/joingate"}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "joingate-conformance")
@@ -33,7 +28,6 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binDir = dir
 	// OpenIM's logger (every webhook call logs through it) writes to
 	// ./logs by default: keep it out of the source tree.
 	if err := log.InitLoggerFromConfig("conformance", "conformance", "", "", log.LevelWarn, false, false,
@@ -42,31 +36,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	builds.Remove()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
 // binaries builds joingate and nats-server once per run and returns their
 // paths.
-func binaries(t *testing.T) (joingate, natsServer string) {
-	t.Helper()
-	joingate, natsServer = filepath.Join(binDir, "joingate"), filepath.Join(binDir, "nats-server")
-	buildOnce.Do(func() {
-		var errs []error
-		for _, b := range []struct{ out, pkg string }{{joingate, "./cmd/joingate"}, {natsServer, "github.com/nats-io/nats-server/v2"}} {
-			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-			cmd.Dir = "../.." // the joingate module
-			if out, err := cmd.CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("go build -o %s %s: %v\n%s", b.out, b.pkg, err, out))
-			}
-		}
-		buildErr = errors.Join(errs...)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return joingate, natsServer
-}
+func binaries(t *testing.T) (joingate, natsServer string) { return builds.Get(t) }
 
 // deployment is a running joingate: the webhook base URL to configure in
 // IMServer (OpenIM's default shape, /callbackExample), and the admin
