@@ -22,6 +22,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/joingate/joingate/pkg/app"
 	"github.com/joingate/joingate/pkg/config"
 )
 
@@ -131,10 +132,29 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	// A reload reads the same layers as start-up: the file, then the
-	// environment and flags, which a reload cannot change.
-	load := func() (config.Config, error) { return config.Load(*configPath, environ, flagValues()) }
-	if err := serve(ctx, cmd, cfg, reloader{path: *configPath, load: load, hup: hup}, log); err != nil {
+	reload := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				select {
+				case reload <- struct{}{}:
+				default: // one pending reload covers them all
+				}
+			}
+		}
+	}()
+	err = app.Run(ctx, cfg, app.Options{
+		Role: cmd, Version: version, Revision: revisionID(), Logger: log,
+		// A reload reads the same layers as start-up: the file, then the
+		// environment and flags, which a reload cannot change.
+		ConfigPath: *configPath,
+		Load:       func() (config.Config, error) { return config.Load(*configPath, environ, flagValues()) },
+		Reload:     reload,
+	})
+	if err != nil {
 		log.Error("joingate stopped with an error", "command", cmd, "err", err)
 		return 1
 	}

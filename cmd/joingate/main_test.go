@@ -2,17 +2,8 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"errors"
-	"fmt"
-	"log/slog"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/joingate/joingate/pkg/config"
-	"github.com/joingate/joingate/pkg/ratelimit"
-	"github.com/joingate/joingate/pkg/testenv"
 )
 
 // runCmd runs the command line in process with an empty environment, so
@@ -132,55 +123,5 @@ func TestVersionOutput(t *testing.T) {
 	code, out, errOut := runCmd(t, "version")
 	if code != 0 || !strings.HasPrefix(out, "joingate ") || errOut != "" {
 		t.Fatalf("version: code %d, stdout %q, stderr %q", code, out, errOut)
-	}
-}
-
-// Start-up warns about a Redis clock more than maxClockOffset away, ahead
-// or behind, and says nothing when it is close or Redis does not answer.
-func TestCheckClock(t *testing.T) {
-	for _, c := range []struct {
-		offset time.Duration
-		err    error
-		warn   bool
-	}{
-		{10 * time.Millisecond, nil, false},
-		{-maxClockOffset, nil, false},
-		{maxClockOffset + time.Millisecond, nil, true},
-		{-300 * time.Millisecond, nil, true},
-		{time.Hour, errors.New("redis down"), false},
-	} {
-		var buf bytes.Buffer
-		checkClock(func(context.Context) (time.Duration, error) { return c.offset, c.err }, time.Second, slog.New(slog.NewTextHandler(&buf, nil)))
-		warned := strings.Contains(buf.String(), "redis clock differs")
-		if warned != c.warn {
-			t.Errorf("offset %s, error %v: warned %v (%q), want %v", c.offset, c.err, warned, buf.String(), c.warn)
-		}
-		if warned && !strings.Contains(buf.String(), "offset="+c.offset.Round(time.Millisecond).String()) {
-			t.Errorf("offset %s: the warning does not give it: %q", c.offset, buf.String())
-		}
-	}
-}
-
-// worker.batch_redis puts the Batcher in front of Redis, for the worker and
-// the control API alike; the store decides either way, and closing it
-// ends the Batcher's goroutines before the client.
-func TestNewStoreBatches(t *testing.T) {
-	srv := testenv.StartRedis(t)
-	for _, batch := range []bool{true, false} {
-		cfg := config.Default()
-		cfg.Redis.URL, cfg.Worker.BatchRedis = srv.URL, batch
-		st, closeStore, err := newStore(cfg, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, isBatcher := st.(*ratelimit.Batcher); isBatcher != batch {
-			t.Fatalf("batch_redis %v: store %T", batch, st)
-		}
-		q := ratelimit.Query{Checks: []ratelimit.Check{{Key: fmt.Sprint("jg:batch-", batch), Limit: ratelimit.Limit{Rate: 1, Period: time.Hour, Burst: 1}}}}
-		var a ratelimit.Answer
-		if err := st.Decide(context.Background(), &q, &a); err != nil || !a.Admitted(&q) {
-			t.Fatalf("batch_redis %v: decision %+v, %v", batch, a, err)
-		}
-		closeStore()
 	}
 }

@@ -1,15 +1,16 @@
-package main
+// Package app wires a joingate process: the components a command runs
+// (gateway, worker, admin listener, config reload, embedded NATS), their
+// connections and metrics, and the order in which they stop. main and the
+// in-process tests run it the same way.
+package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"reflect"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -33,12 +34,64 @@ import (
 	"github.com/joingate/joingate/worker"
 )
 
-// serve wires and runs the components of cmd ("all", "gateway" or
-// "worker") until ctx is done, then stops them in order: the gateway
-// answers its in-flight requests while the worker still decides, then the
-// worker drains, then NATS connections drain.
-func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log *slog.Logger) error {
-	runGateway, runWorker := cmd != "worker", cmd != "gateway"
+// Options are what a process brings besides its configuration.
+type Options struct {
+	// Role is the command: "all", "gateway" or "worker".
+	Role string
+	// Version and Revision label joingate_build_info.
+	Version, Revision string
+	// ConfigPath is the configuration file, watched for changes; "" for
+	// none. Load reads the configuration again for a reload (the file,
+	// then the environment and flags, which a reload cannot change).
+	ConfigPath string
+	Load       func() (config.Config, error)
+	// Reload asks for a reload now (main sends on SIGHUP); nil for never.
+	Reload <-chan struct{}
+	Logger *slog.Logger
+}
+
+// App is a wired process. New builds it, Run runs it until its context
+// ends, then stops it.
+type App struct {
+	cfg  config.Config
+	log  *slog.Logger
+	life lifecycle
+	gw   *gateway.Gateway
+	adm  *admin.Server
+}
+
+// Run builds the process cmd describes and runs it until ctx is done.
+func Run(ctx context.Context, cfg config.Config, opts Options) error {
+	a, err := New(cfg, opts)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// New wires the components of opts.Role: it starts the embedded NATS
+// server when there is no nats.url, connects, and binds the listeners. On
+// an error it undoes what it started. Stop order: the gateway answers its
+// in-flight requests while the worker still decides, then the worker
+// drains, then the reload watcher and admin listener stop, then the NATS
+// connections drain and the store closes.
+func New(cfg config.Config, opts Options) (_ *App, err error) {
+	switch opts.Role {
+	case "all", "gateway", "worker":
+	default:
+		return nil, fmt.Errorf("app: unknown role %q", opts.Role)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &App{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			a.life.cleanup(time.Now().Add(cfg.ShutdownTimeout))
+		}
+	}()
+	runGateway, runWorker := opts.Role != "worker", opts.Role != "gateway"
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -50,55 +103,48 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 	promauto.With(reg).NewGauge(prometheus.GaugeOpts{
 		Name:        "joingate_build_info",
 		Help:        "Always 1; the labels say which joingate build runs.",
-		ConstLabels: prometheus.Labels{"version": version, "revision": revisionID(), "goversion": runtime.Version()},
+		ConstLabels: prometheus.Labels{"version": opts.Version, "revision": opts.Revision, "goversion": runtime.Version()},
 	}).Set(1)
-	log.Info("joingate starting", "command", cmd, "version", version)
+	log.Info("joingate starting", "command", opts.Role, "version", opts.Version)
 
 	var embedded *server.Server
 	if cfg.NATS.URL == "" {
-		var err error
 		if embedded, err = natsconn.Embedded(cfg.NATS.EmbeddedListen, log); err != nil {
-			return err
+			return nil, err
 		}
-		defer embedded.Shutdown()
+		a.life.onStop(func(time.Time) { embedded.Shutdown() })
 	}
-	var conns []*nats.Conn
-	// stopBy is the shutdown deadline, set when shutdown starts.
-	stopBy := time.Now().Add(cfg.ShutdownTimeout)
-	defer func() {
-		for _, nc := range conns {
-			if err := natsconn.Drain(nc, max(time.Until(stopBy), 100*time.Millisecond)); err != nil {
-				log.Warn("nats drain", "err", err)
-			}
-		}
-	}()
 	connect := func(role string) (*nats.Conn, error) {
 		sec := natsconn.Security{CredsFile: cfg.NATS.CredsFile, NkeySeedFile: cfg.NATS.NkeySeedFile,
 			CAFile: cfg.NATS.TLS.CAFile, CertFile: cfg.NATS.TLS.CertFile, KeyFile: cfg.NATS.TLS.KeyFile}
 		nc, err := natsconn.Connect(cfg.NATS.URL, embedded, "joingate-"+role, sec, log.With("component", role))
-		if err == nil {
-			conns = append(conns, nc)
+		if err != nil {
+			return nil, err
 		}
-		return nc, err
+		a.life.onStop(func(deadline time.Time) {
+			if err := natsconn.Drain(nc, max(time.Until(deadline), 100*time.Millisecond)); err != nil {
+				log.Warn("nats drain", "err", err)
+			}
+		})
+		return nc, nil
 	}
 
 	var checks []admin.Check
-	var gw *gateway.Gateway
 	var wk *worker.Worker
 	var api http.Handler
 	if runWorker {
 		store, closeStore, err := newStore(cfg, log)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer closeStore()
+		a.life.onStop(func(time.Time) { closeStore() })
 		pol, err := policy.New(cfg.JoinGroup, cfg.Worker, cfg.Redis.KeyPrefix)
 		if err != nil {
-			return fmt.Errorf("join_group policy: %w", err)
+			return nil, fmt.Errorf("join_group policy: %w", err)
 		}
 		nc, err := connect("worker")
 		if err != nil {
-			return err
+			return nil, err
 		}
 		opts := worker.DefaultOptions()
 		opts.Conn, opts.Store, opts.Policy = nc, store, pol
@@ -110,7 +156,7 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		opts.StoreBudget, opts.RejoinAfter = cfg.Redis.Timeout, cfg.Worker.BreakerCooldown
 		opts.Logger, opts.Registerer = log, reg
 		if wk, err = worker.New(opts); err != nil {
-			return err
+			return nil, err
 		}
 		checks = append(checks, admin.Check{Name: "worker", Check: wk.Ready})
 		api = control.Handler(store, wk.Policy, log.With("component", "control"))
@@ -118,7 +164,7 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 	if runGateway {
 		nc, err := connect("gateway")
 		if err != nil {
-			return err
+			return nil, err
 		}
 		opts := gateway.DefaultOptions()
 		opts.Conn, opts.Listen = nc, cfg.Listen
@@ -138,150 +184,112 @@ func serve(ctx context.Context, cmd string, cfg config.Config, rl reloader, log 
 		}
 		opts.TLSCertFile, opts.TLSKeyFile = cfg.Gateway.TLS.CertFile, cfg.Gateway.TLS.KeyFile
 		opts.Logger, opts.Registerer = log, reg
-		if gw, err = gateway.New(opts); err != nil {
-			return err
+		if a.gw, err = gateway.New(opts); err != nil {
+			return nil, err
 		}
-		checks = append(checks, admin.Check{Name: "gateway", Check: gw.Ready})
+		checks = append(checks, admin.Check{Name: "gateway", Check: a.gw.Ready})
+		a.life.add("gateway", a.gw.Run)
 	}
-
 	var watcher *reload.Watcher
 	if wk != nil {
-		var err error
-		if watcher, err = newWatcher(cfg, rl, wk, reg, log); err != nil {
-			return err
+		a.life.add("worker", wk.Run)
+		if watcher, err = newWatcher(cfg, opts.ConfigPath, opts.Load, wk, reg, log); err != nil {
+			return nil, err
 		}
 	}
+	a.life.add("reload", func(ctx context.Context) error { return runReload(ctx, watcher, opts, log) })
 
-	var adm *admin.Server
 	if cfg.AdminListen != "" {
-		var err error
-		if adm, err = admin.New(cfg.AdminListen, reg, checks, log.With("component", "admin")); err != nil {
-			return err
+		if a.adm, err = admin.New(cfg.AdminListen, reg, checks, log.With("component", "admin")); err != nil {
+			return nil, err
 		}
 		if api != nil {
-			adm.HandleAPI(api, cfg.AdminToken)
+			a.adm.HandleAPI(api, cfg.AdminToken)
 		} else {
-			adm.HandleNoAPI("this is a joingate gateway: the admin API (joingate ctl) is on the admin listener of a worker or of joingate all")
+			a.adm.HandleNoAPI("this is a joingate gateway: the admin API (joingate ctl) is on the admin listener of a worker or of joingate all")
 		}
 		if cfg.AdminPprof {
-			adm.HandlePprof()
+			a.adm.HandlePprof()
 		}
-		log.Info("admin listening", "addr", adm.Addr(), "api", api != nil && cfg.AdminToken != "", "pprof", cfg.AdminPprof)
+		log.Info("admin listening", "addr", a.adm.Addr(), "api", api != nil && cfg.AdminToken != "", "pprof", cfg.AdminPprof)
+		a.life.add("admin", a.adm.Run)
 	}
-
-	// Each component gets its own context so that they stop in order.
-	var (
-		mu     sync.Mutex
-		errs   []error
-		failed = make(chan struct{}, 3)
-	)
-	launch := func(name string, ctx context.Context, run func(context.Context) error) <-chan struct{} {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if err := run(ctx); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-				mu.Unlock()
-				failed <- struct{}{}
-			}
-		}()
-		return done
-	}
-	idle := func(context.Context) error { return nil }
-	adminRun, workerRun, gatewayRun := idle, idle, idle
-	if adm != nil {
-		adminRun = adm.Run
-	}
-	if wk != nil {
-		workerRun = wk.Run
-	}
-	if gw != nil {
-		gatewayRun = gw.Run
-	}
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	workerCtx, stopWorker := context.WithCancel(context.Background())
-	gatewayCtx, stopGateway := context.WithCancel(context.Background())
-	defer stopAdmin()
-	defer stopWorker()
-	defer stopGateway()
-	adminDone := launch("admin", adminCtx, adminRun)
-	if watcher != nil {
-		launch("reload", adminCtx, watcher.Run)
-	}
-	go func() {
-		for {
-			select {
-			case <-adminCtx.Done():
-				return
-			case <-rl.hup:
-			}
-			if watcher == nil {
-				log.Info("SIGHUP: nothing to reload (no worker, or no --config file)")
-				continue
-			}
-			log.Info("SIGHUP: reloading the policy", "config", rl.path)
-			watcher.Trigger()
-		}
-	}()
-	workerDone := launch("worker", workerCtx, workerRun)
-	gatewayDone := launch("gateway", gatewayCtx, gatewayRun)
-
-	select {
-	case <-ctx.Done():
-		log.Info("signal received, shutting down")
-	case <-failed:
-		log.Error("a component failed, shutting down")
-	}
-	if adm != nil {
-		adm.SetNotReady()
-	}
-	if cfg.ShutdownDelay > 0 {
-		// Let load balancers see /readyz fail before the listener closes.
-		log.Info("not ready; waiting before closing the listener", "shutdown_delay", cfg.ShutdownDelay)
-		time.Sleep(cfg.ShutdownDelay)
-	}
-	// One deadline for every phase: what is not done by then is abandoned.
-	stopBy = time.Now().Add(cfg.ShutdownTimeout)
-	abandon := time.NewTimer(cfg.ShutdownTimeout)
-	defer abandon.Stop()
-	for _, phase := range []struct {
-		name string
-		stop func()
-		done <-chan struct{}
-	}{{"gateway", stopGateway, gatewayDone}, {"worker", stopWorker, workerDone}, {"admin", stopAdmin, adminDone}} {
-		phase.stop()
-		select {
-		case <-phase.done:
-		case <-abandon.C:
-			mu.Lock()
-			errs = append(errs, fmt.Errorf("%s did not stop within shutdown_timeout (%s)", phase.name, cfg.ShutdownTimeout))
-			mu.Unlock()
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return errors.Join(errs...)
+	return a, nil
 }
 
-// reloader is how a running process reloads its policy: the config file to
-// watch, how to load the configuration again, and main's SIGHUP channel.
-type reloader struct {
-	path string
-	load func() (config.Config, error)
-	hup  <-chan os.Signal
+// GatewayAddr is the callback listener's address, "" without a gateway.
+func (a *App) GatewayAddr() string {
+	if a.gw == nil {
+		return ""
+	}
+	return a.gw.Addr()
+}
+
+// AdminAddr is the admin listener's address, "" without one.
+func (a *App) AdminAddr() string {
+	if a.adm == nil {
+		return ""
+	}
+	return a.adm.Addr()
+}
+
+// Run runs the components until ctx is done or one fails, then stops
+// them in order within shutdown_timeout.
+func (a *App) Run(ctx context.Context) error {
+	return a.life.run(ctx, func(failed bool) {
+		if failed {
+			a.log.Error("a component failed, shutting down")
+		} else {
+			a.log.Info("signal received, shutting down")
+		}
+		if a.adm != nil {
+			a.adm.SetNotReady()
+		}
+		if a.cfg.ShutdownDelay > 0 {
+			// Let load balancers see /readyz fail before the listener closes.
+			a.log.Info("not ready; waiting before closing the listener", "shutdown_delay", a.cfg.ShutdownDelay)
+			time.Sleep(a.cfg.ShutdownDelay)
+		}
+	}, a.cfg.ShutdownTimeout)
+}
+
+// runReload runs the watcher (nil without a worker or a config file) and reloads
+// when asked, until ctx is done.
+func runReload(ctx context.Context, watcher *reload.Watcher, opts Options, log *slog.Logger) error {
+	errc := make(chan error, 1)
+	if watcher != nil {
+		go func() { errc <- watcher.Run(ctx) }()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			if watcher != nil {
+				return <-errc
+			}
+			return nil
+		case err := <-errc:
+			return err
+		case <-opts.Reload:
+		}
+		if watcher == nil {
+			log.Info("SIGHUP: nothing to reload (no worker, or no --config file)")
+			continue
+		}
+		log.Info("SIGHUP: reloading the policy", "config", opts.ConfigPath)
+		watcher.Trigger()
+	}
 }
 
 // newWatcher returns a watcher that reloads the policy of wk when the config
 // file changes or on SIGHUP, or nil when there is no file to watch. Only the
 // policy (join_group, worker.on_store_error, worker.store_error_refusal)
 // changes without a restart; other changed keys are reported and ignored.
-func newWatcher(running config.Config, rl reloader, wk *worker.Worker, reg prometheus.Registerer, log *slog.Logger) (*reload.Watcher, error) {
-	if rl.path == "" {
+func newWatcher(running config.Config, path string, load func() (config.Config, error), wk *worker.Worker, reg prometheus.Registerer, log *slog.Logger) (*reload.Watcher, error) {
+	if path == "" {
 		return nil, nil
 	}
 	apply := func() error {
-		cfg, err := rl.load()
+		cfg, err := load()
 		if err != nil {
 			return err
 		}
@@ -296,7 +304,7 @@ func newWatcher(running config.Config, rl reloader, wk *worker.Worker, reg prome
 		log.Info("policy in force", "limits", len(cfg.JoinGroup.Limits), "dry_run", cfg.JoinGroup.DryRun)
 		return nil
 	}
-	w, err := reload.New(reload.Options{Path: rl.path, Reload: apply, Logger: log, Registerer: reg})
+	w, err := reload.New(reload.Options{Path: path, Reload: apply, Logger: log, Registerer: reg})
 	if err != nil {
 		return nil, fmt.Errorf("config reload: %w", err)
 	}
