@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"reflect"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -253,8 +253,8 @@ func (a *App) Run(ctx context.Context) error {
 	}, a.cfg.ShutdownTimeout)
 }
 
-// runReload runs the watcher (nil without a worker or a config file) and reloads
-// when asked, until ctx is done.
+// runReload runs the watcher (nil without a worker or a config file) and
+// reloads when asked, until ctx is done.
 func runReload(ctx context.Context, watcher *reload.Watcher, opts Options, log *slog.Logger) error {
 	errc := make(chan error, 1)
 	if watcher != nil {
@@ -275,8 +275,7 @@ func runReload(ctx context.Context, watcher *reload.Watcher, opts Options, log *
 			log.Info("SIGHUP: nothing to reload (no worker, or no --config file)")
 			continue
 		}
-		log.Info("SIGHUP: reloading the policy", "config", opts.ConfigPath)
-		watcher.Trigger()
+		watcher.Trigger("SIGHUP")
 	}
 }
 
@@ -288,43 +287,36 @@ func newWatcher(running config.Config, path string, load func() (config.Config, 
 	if path == "" {
 		return nil, nil
 	}
-	apply := func() error {
+	applied := running // the configuration whose policy is in force
+	apply := func() ([]string, error) {
 		cfg, err := load()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		pol, err := policy.New(cfg.JoinGroup, cfg.Worker, running.Redis.KeyPrefix)
 		if err != nil {
-			return fmt.Errorf("join_group policy: %w", err)
+			return nil, fmt.Errorf("join_group policy: %w", err)
 		}
-		if changed := restartKeys(running, cfg); len(changed) > 0 {
-			log.Warn("changed keys take effect only after a restart; the new policy applies now", "keys", changed)
+		var later []string
+		for _, k := range config.Diff(running, cfg) {
+			if !config.Reloadable(k) {
+				later = append(later, k)
+			}
 		}
+		if len(later) > 0 {
+			log.Warn("changed keys take effect only after a restart; the new policy applies now", "keys", later)
+		}
+		changed := slices.DeleteFunc(config.Diff(applied, cfg), func(k string) bool { return !config.Reloadable(k) })
 		wk.SetPolicy(pol)
+		applied = cfg
 		log.Info("policy in force", "limits", len(cfg.JoinGroup.Limits), "dry_run", cfg.JoinGroup.DryRun)
-		return nil
+		return changed, nil
 	}
 	w, err := reload.New(reload.Options{Path: path, Reload: apply, Logger: log, Registerer: reg})
 	if err != nil {
 		return nil, fmt.Errorf("config reload: %w", err)
 	}
 	return w, nil
-}
-
-// restartKeys names the top-level sections other than the policy that
-// differ between two configurations.
-func restartKeys(old, cur config.Config) []string {
-	var changed []string
-	old.JoinGroup, cur.JoinGroup = config.JoinGroup{}, config.JoinGroup{}
-	old.Worker.OnStoreError, cur.Worker.OnStoreError = "", ""
-	old.Worker.StoreErrorRefusal, cur.Worker.StoreErrorRefusal = config.Refusal{}, config.Refusal{}
-	ov, cv := reflect.ValueOf(old), reflect.ValueOf(cur)
-	for i := range ov.NumField() {
-		if !reflect.DeepEqual(ov.Field(i).Interface(), cv.Field(i).Interface()) {
-			changed = append(changed, ov.Type().Field(i).Tag.Get("yaml"))
-		}
-	}
-	return changed
 }
 
 // store is what the worker decides with and the admin API manages.

@@ -245,3 +245,59 @@ func TestNewStoreBatches(t *testing.T) {
 		closeStore()
 	}
 }
+
+// The reload wiring: a change of the file applies the new policy at once
+// and the log names the keys it changed and why; a key that needs a
+// restart is named as such; a reload asked for (SIGHUP in main) reloads.
+func TestReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "joingate.yaml")
+	const base = `listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+join_group:
+  limits:
+    - {name: per-applicant, key: applicant, limit: 1, period: 1h, burst: 1}
+`
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(base)
+	load := func() (config.Config, error) { return config.Load(path, nil, nil) }
+	cfg, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hup := make(chan struct{})
+	s := start(t, cfg, Options{Role: "all", ConfigPath: path, Load: load, Reload: hup})
+	if !testenv.Eventually(10*time.Second, func() bool { return len(s.logs.Lines("watching config file")) == 1 }) {
+		t.Fatal("the config file is not watched")
+	}
+	limited := cfg.JoinGroup.Limits[0].ErrCode
+	if a, b := s.join(t, "g1", "alice"), s.join(t, "g1", "alice"); a != 0 || b != limited {
+		t.Fatalf("alice twice: errCodes %d, %d; want 0, %d", a, b, limited)
+	}
+
+	write(base + "  deny_applicants: [bob]\ngateway:\n  decision_timeout: 250ms\n")
+	deny := cfg.JoinGroup.DenyRefusal.ErrCode
+	if !testenv.Eventually(10*time.Second, func() bool { return s.join(t, "g1", "bob") == deny }) {
+		t.Fatal("the new deny list was not applied after the file changed")
+	}
+	if got := s.logs.Lines("config reloaded", `cause="file changed"`, "changed=[join_group.deny_applicants]"); len(got) != 1 {
+		t.Fatalf("reload log lines naming the cause and the key: %q", got)
+	}
+	if got := s.logs.Lines("only after a restart", "keys=[gateway.decision_timeout]"); len(got) != 1 {
+		t.Fatalf("lines naming the key that needs a restart: %q", got)
+	}
+
+	hup <- struct{}{}
+	if !testenv.Eventually(10*time.Second, func() bool {
+		return len(s.logs.Lines("config reloaded", "cause=SIGHUP", "changed=[]")) == 1
+	}) {
+		t.Fatal("no reload after SIGHUP")
+	}
+	if got := s.join(t, "g1", "bob"); got != deny {
+		t.Fatalf("bob after SIGHUP: errCode %d, want %d", got, deny)
+	}
+}

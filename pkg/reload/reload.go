@@ -55,9 +55,10 @@ var ErrRunning = errors.New("reload: watcher is already running")
 type Options struct {
 	// Path is the configuration file; its directory is watched.
 	Path string
-	// Reload loads and applies the file; an error keeps the old
-	// configuration. It is called from Run's goroutine, one call at a time.
-	Reload func() error
+	// Reload loads and applies the file and returns the keys it changed,
+	// for the log; an error keeps the old configuration. It is called
+	// from Run's goroutine, one call at a time.
+	Reload func() (changed []string, err error)
 	// Debounce is the quiet period after the last event in the directory
 	// before the file is checked: events within it cause one check, and so
 	// at most one reload. 0 means DefaultDebounce.
@@ -95,12 +96,12 @@ func (o *Options) validate() error {
 type Watcher struct {
 	path    string // absolute, cleaned
 	dir     string // filepath.Dir(path)
-	reload  func() error
+	reload  func() ([]string, error)
 	window  time.Duration // debounce window
 	retry   time.Duration // between attempts to watch again
 	log     *slog.Logger
 	metrics *metrics
-	trigger chan struct{} // capacity 1: pending Triggers coalesce
+	trigger chan string // the cause; capacity 1: pending Triggers coalesce
 	running atomic.Bool
 
 	// Owned by New, then by Run's goroutine.
@@ -128,7 +129,7 @@ func New(opts Options) (*Watcher, error) {
 		retry:   defaultRetry,
 		log:     opts.Logger.With("component", "reload"),
 		metrics: newMetrics(opts.Registerer),
-		trigger: make(chan struct{}, 1),
+		trigger: make(chan string, 1),
 	}
 	if sum, err := hashFile(w.path); err == nil {
 		w.loaded, w.haveLoaded = sum, true
@@ -136,12 +137,13 @@ func New(opts Options) (*Watcher, error) {
 	return w, nil
 }
 
-// Trigger asks for a reload now, whether or not the file changed. It never
-// blocks; Triggers made while one is pending coalesce into one reload. A
-// Trigger made before Run starts is served when it starts.
-func (w *Watcher) Trigger() {
+// Trigger asks for a reload now, whether or not the file changed; cause
+// ("SIGHUP") is logged with it. It never blocks; Triggers made while one
+// is pending coalesce into one reload. A Trigger made before Run starts is
+// served when it starts.
+func (w *Watcher) Trigger(cause string) {
 	select {
-	case w.trigger <- struct{}{}:
+	case w.trigger <- cause:
 	default:
 	}
 }
@@ -212,8 +214,8 @@ func (l *loop) run(ctx context.Context) error {
 		case <-ctx.Done():
 			l.log.Info("stopped watching config file", "path", l.path)
 			return nil
-		case <-l.trigger:
-			l.forceReload()
+		case cause := <-l.trigger:
+			l.forceReload(cause)
 		case ev, ok := <-events:
 			if !ok {
 				l.lostWatcher()
@@ -398,18 +400,19 @@ func (w *Watcher) check(cause string) {
 }
 
 // forceReload reloads whatever the file holds, changed or not.
-func (w *Watcher) forceReload() {
+func (w *Watcher) forceReload(cause string) {
 	if sum, err := hashFile(w.path); err == nil {
 		w.loaded, w.haveLoaded = sum, true
 	}
-	w.doReload("trigger")
+	w.doReload(cause)
 }
 
 // doReload calls Reload and records the outcome. A failed content is not
 // retried until it changes again or Trigger is called.
 func (w *Watcher) doReload(cause string) {
 	start := time.Now()
-	if err := w.reload(); err != nil {
+	changed, err := w.reload()
+	if err != nil {
 		w.metrics.reloads.WithLabelValues(resultFailure).Inc()
 		w.metrics.lastSuccessful.Set(0)
 		w.log.Error("config reload failed; keeping the previous configuration",
@@ -419,7 +422,7 @@ func (w *Watcher) doReload(cause string) {
 	w.metrics.reloads.WithLabelValues(resultSuccess).Inc()
 	w.metrics.lastSuccessful.Set(1)
 	w.metrics.lastSuccessAt.SetToCurrentTime()
-	w.log.Info("config reloaded", "path", w.path, "cause", cause, "duration", time.Since(start))
+	w.log.Info("config reloaded", "path", w.path, "cause", cause, "changed", changed, "duration", time.Since(start))
 }
 
 // hashFile returns the SHA-256 of the file's content, following symlinks.

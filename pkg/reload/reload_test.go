@@ -100,19 +100,19 @@ func newHarness(t *testing.T, path string) *harness {
 	return h
 }
 
-func (h *harness) reload() error {
+func (h *harness) reload() ([]string, error) {
 	b, err := os.ReadFile(h.path)
 	if err != nil {
-		return fmt.Errorf("cannot read %q: %w", h.path, err)
+		return nil, fmt.Errorf("cannot read %q: %w", h.path, err)
 	}
 	h.mu.Lock()
 	h.reads = append(h.reads, string(b))
 	failIf := h.failIf
 	h.mu.Unlock()
 	if failIf != nil {
-		return failIf(string(b))
+		return nil, failIf(string(b))
 	}
-	return nil
+	return nil, nil
 }
 
 // start runs the Watcher until the test ends and waits until it watches.
@@ -195,7 +195,7 @@ func symlink(t *testing.T, target, name string) {
 }
 
 func TestNewValidates(t *testing.T) {
-	ok := func() error { return nil }
+	ok := func() ([]string, error) { return nil, nil }
 	f := func(name string, opts Options, want string) {
 		t.Helper()
 		_, err := New(opts)
@@ -444,9 +444,9 @@ func TestTriggerReloadsUnchangedFile(t *testing.T) {
 	h := newHarness(t, path)
 	h.start()
 
-	h.w.Trigger()
+	h.w.Trigger("test")
 	h.waitReloads(1, 0)
-	h.w.Trigger()
+	h.w.Trigger("test")
 	h.waitReloads(2, 0)
 	if got := h.calls(); len(got) != 2 {
 		t.Errorf("Reload called %d times for 2 Triggers, want 2", len(got))
@@ -479,11 +479,11 @@ func TestTriggerBurstCoalesces(t *testing.T) {
 	h.start()
 	t.Cleanup(func() { close(release) }) // before stop, which runs first
 
-	h.w.Trigger()
+	h.w.Trigger("test")
 	recv("the first reload")
 	const burst = 100
 	for range burst {
-		h.w.Trigger() // never blocks, though Reload is busy
+		h.w.Trigger("test") // never blocks, though Reload is busy
 	}
 	if n := len(h.w.trigger); n != 1 {
 		t.Fatalf("%d reloads pending after a burst of %d Triggers, want 1", n, burst)
@@ -566,7 +566,7 @@ func TestRunStopsAndCleansUp(t *testing.T) {
 		t.Errorf("second Run: %v, want ErrRunning", err)
 	}
 	writeFile(t, path, "limit: 2\n") // leaves a debounce timer and fsnotify busy
-	h.w.Trigger()
+	h.w.Trigger("test")
 	h.waitReloads(1, 0)
 
 	h.cancel()
