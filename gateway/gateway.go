@@ -117,8 +117,8 @@ type Gateway struct {
 	requests        sync.Pool // of *request
 	fallbackRefuses bool
 	basicAuth       []byte // the expected Authorization header, or nil
-	badInputLog     *throttle.Throttle
-	fallbackLog     *throttle.Throttle
+	// throttled logs per-request trouble: bad input, fallbacks.
+	throttled *throttle.Throttle
 }
 
 // New checks opts, binds the listener and builds the gateway; Run serves.
@@ -132,10 +132,9 @@ func New(opts Options) (*Gateway, error) {
 		metrics:         newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Conn),
 		subject:         opts.Subject + "." + callback.JoinGroupCommand,
 		fallbackRefuses: callback.IsRefusal(opts.FallbackBody),
-		badInputLog:     throttle.New(time.Second),
 		requests:        sync.Pool{New: newRequest},
-		fallbackLog:     throttle.New(time.Second),
 	}
+	g.throttled = throttle.New(g.log, time.Second)
 	if opts.BasicUser != "" {
 		g.basicAuth = []byte("Basic " + base64.StdEncoding.EncodeToString([]byte(opts.BasicUser+":"+opts.BasicPassword)))
 	}
@@ -319,9 +318,8 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 
 	if err := callback.ValidateJoinGroup(body); err != nil {
 		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeInvalid).Inc()
-		if ok, n := g.badInputLog.Allow(); ok {
-			g.log.Warn("malformed callback; answered actionCode 1", "operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err, "suppressed", n)
-		}
+		g.throttled.Log(slog.LevelWarn, "malformed callback; answered actionCode 1", slog.Attr{},
+			"operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err)
 		writeJSON(ctx, fasthttp.StatusBadRequest, callback.AppendFailure(nil, err.Error()))
 		return
 	}
@@ -364,9 +362,8 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if cause != "" {
-		if ok, n := g.fallbackLog.Allow(); ok {
-			g.log.Warn("no decision; answered gateway.fallback", "operationID", string(opID), "cause", cause, "err", err, "suppressed", n)
-		}
+		g.throttled.Log(slog.LevelWarn, "no decision; answered gateway.fallback", slog.String("cause", cause),
+			"operationID", string(opID), "err", err)
 	}
 
 	answer := "allow"
@@ -448,10 +445,8 @@ func (g *Gateway) admitted(ctx *fasthttp.RequestCtx) bool {
 // reject answers a request that is not a callback at all.
 func (g *Gateway) reject(ctx *fasthttp.RequestCtx, status int, msg string) {
 	g.metrics.requests.WithLabelValues(commandNone, outcomeRejected).Inc()
-	if ok, n := g.badInputLog.Allow(); ok {
-		g.log.Warn("rejected request", "reason", msg, "method", string(ctx.Method()), "path", string(ctx.Path()),
-			"remote", ctx.RemoteAddr().String(), "operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)), "suppressed", n)
-	}
+	g.throttled.Log(slog.LevelWarn, "rejected request", slog.String("reason", msg), "method", string(ctx.Method()), "path", string(ctx.Path()),
+		"remote", ctx.RemoteAddr().String(), "operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)))
 	g.fail(ctx, status, msg)
 }
 
@@ -480,9 +475,7 @@ func (g *Gateway) handleError(ctx *fasthttp.RequestCtx, err error) {
 		status, msg = fasthttp.StatusRequestTimeout, "request not received within gateway.read_timeout"
 	}
 	g.metrics.requests.WithLabelValues(commandNone, outcomeRejected).Inc()
-	if ok, n := g.badInputLog.Allow(); ok {
-		g.log.Warn("rejected request", "reason", msg, "remote", ctx.RemoteAddr().String(), "err", err, "suppressed", n)
-	}
+	g.throttled.Log(slog.LevelWarn, "rejected request", slog.String("reason", msg), "remote", ctx.RemoteAddr().String(), "err", err)
 	g.fail(ctx, status, msg)
 }
 
@@ -519,12 +512,10 @@ func (g *Gateway) unparsableTarget(ctx *fasthttp.RequestCtx) bool {
 	default:
 		return false
 	}
-	if ok, n := g.badInputLog.Allow(); ok {
-		path, _, _ := bytes.Cut(target, []byte("?")) // a query may carry a key
-		g.log.Warn("request target is not a URI fasthttp can parse; routed on its last segment",
-			"path", string(path), "command", string(cmd), "remote", ctx.RemoteAddr().String(),
-			"operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)), "suppressed", n)
-	}
+	path, _, _ := bytes.Cut(target, []byte("?")) // a query may carry a key
+	g.throttled.Log(slog.LevelWarn, "request target is not a URI fasthttp can parse; routed on its last segment", slog.Attr{},
+		"path", string(path), "command", string(cmd), "remote", ctx.RemoteAddr().String(),
+		"operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)))
 	return true
 }
 

@@ -126,7 +126,8 @@ type Worker struct {
 
 	// Per-request log lines that metrics count too, at most one a second
 	// each: an outage or a hot rule must not flood the log.
-	errLog, inputLog, shadowLog *throttle.Throttle
+	// throttled logs per-request trouble: bad input, store errors, shadow refusals.
+	throttled *throttle.Throttle
 
 	breaker *breaker.Breaker
 	tripped chan struct{} // a send when the breaker opens: leave now
@@ -139,15 +140,13 @@ func New(opts Options) (*Worker, error) {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
 	w := &Worker{
-		opts:      opts,
-		log:       opts.Logger.With("component", "worker"),
-		metrics:   newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Policy.Rules(), opts.Conn),
-		prefix:    opts.Subject + ".",
-		errLog:    throttle.New(time.Second),
-		inputLog:  throttle.New(time.Second),
-		shadowLog: throttle.New(time.Second),
-		tripped:   make(chan struct{}, 1),
+		opts:    opts,
+		log:     opts.Logger.With("component", "worker"),
+		metrics: newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Policy.Rules(), opts.Conn),
+		prefix:  opts.Subject + ".",
+		tripped: make(chan struct{}, 1),
 	}
+	w.throttled = throttle.New(w.log, time.Second)
 	w.setStatus(errors.New("starting: not yet in the queue group"))
 	w.breaker = breaker.New(opts.BreakerFailures, opts.BreakerCooldown, func(from, to breaker.State) {
 		w.metrics.breakerState.Set(float64(to))
@@ -298,9 +297,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	}
 	if err := callback.DecodeJoinGroup(m.Data, req); err != nil {
 		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
-		if ok, n := w.inputLog.Allow(); ok {
-			w.log.Warn("invalid callback body", "operationID", opID, "err", err, "suppressed", n)
-		}
+		w.throttled.Log(slog.LevelWarn, "invalid callback body", slog.Attr{}, "operationID", opID, "err", err)
 		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
 		w.respond(m, s.Body, opID)
 		return
@@ -329,10 +326,8 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	if err != nil {
 		cause := causeOf(err)
 		w.metrics.storeErrors.WithLabelValues(callDecide, cause).Inc()
-		if ok, n := w.errLog.Allow(); ok {
-			w.log.Log(context.Background(), logLevel(cause), "limiter store failed; answering worker.on_store_error",
-				"operationID", opID, "cause", cause, "err", err, "suppressed", n)
-		}
+		w.throttled.Log(logLevel(cause), "limiter store failed; answering worker.on_store_error", slog.String("cause", cause),
+			"operationID", opID, "err", err)
 	}
 	// Counted before the reply, so that whoever sees the answer sees it counted.
 	w.metrics.requests.WithLabelValues(outcomeDecided).Inc()
@@ -343,9 +338,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	}
 	for _, r := range s.Shadowed {
 		w.metrics.ruleRefusals.WithLabelValues(r, "shadow").Inc()
-		if ok, n := w.shadowLog.Allow(); ok {
-			w.log.Info("shadow rule would refuse", "operationID", opID, "rule", r, "suppressed", n)
-		}
+		w.throttled.Log(slog.LevelInfo, "shadow rule would refuse", slog.String("rule", r), "operationID", opID)
 	}
 	w.respond(m, s.Body, opID)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
@@ -357,9 +350,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 
 func (w *Worker) respond(m *nats.Msg, body []byte, opID string) {
 	if err := m.Respond(body); err != nil {
-		if ok, n := w.errLog.Allow(); ok {
-			w.log.Warn("cannot reply", "operationID", opID, "err", err, "suppressed", n)
-		}
+		w.throttled.Log(slog.LevelWarn, "cannot reply", slog.Attr{}, "operationID", opID, "err", err)
 	}
 }
 

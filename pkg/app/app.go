@@ -333,7 +333,7 @@ func newStore(cfg config.Config, log *slog.Logger) (store, func(), error) {
 		return ratelimit.NewMemory(), func() {}, nil
 	}
 	// go-redis logs through a package-level logger; main owns it.
-	redis.SetLogger(redisLogger{log: log.With("component", "redis"), throttle: throttle.New(time.Second)})
+	redis.SetLogger(redisLogger{throttle.New(log.With("component", "redis"), time.Second)})
 	client, err := redisconn.NewUniversal(cfg.Redis.URL, cfg.Redis.Mode, cfg.Redis.RedisTLS(), cfg.Redis.Timeout, min(cfg.Worker.Concurrency, 512))
 	if err != nil {
 		return nil, nil, err
@@ -374,13 +374,8 @@ func checkClock(clockOffset func(context.Context) (time.Duration, error), timeou
 
 // redisLogger sends go-redis's own messages (dial failures, pool trouble)
 // to slog, throttled: during an outage it reports every attempt.
-type redisLogger struct {
-	log      *slog.Logger
-	throttle *throttle.Throttle
-}
+type redisLogger struct{ throttled *throttle.Throttle }
 
 func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	if ok, n := l.throttle.Allow(); ok {
-		l.log.Warn(fmt.Sprintf(format, v...), "suppressed", n)
-	}
+	l.throttled.Log(slog.LevelWarn, "redis client", slog.Attr{}, "said", fmt.Sprintf(format, v...))
 }
