@@ -1,0 +1,226 @@
+package ratelimit
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Refusals answers from memory the queries its store is bound to refuse,
+// so that a flood of refused applications costs no store call.
+//
+// GCRA says exactly how long a refused key stays refused: a refused request
+// consumes nothing, so the key's TAT cannot move until some request on it is
+// admitted, and none is until RetryAfter has passed. Refusals keeps, per key
+// and limit, the instant it refuses until (the local time the query was sent
+// plus RetryAfter: never later than the store's), and, per guard key (the
+// dynamic lists), that the key was absent. A query in Consume mode whose
+// guards are all known absent and one of whose enforcing checks is known to
+// refuse is refused without asking the store. It never refuses what the
+// store would admit, with one exception it cannot see: an operator's change
+// to the store (a quota reset, a list entry added) makes a refusal it
+// remembers wrong. Whoever changes the store calls Clear, on every process
+// that keeps Refusals (joingate broadcasts it over NATS).
+//
+// A refusal from memory names only the checks known to refuse: Results of
+// the others read Allowed, and RetryAfter is the longest known. The store
+// might have named an earlier rule that refuses too, or a longer wait.
+// Shadow checks never refuse from memory, and Peek and GuardsOnly queries
+// always go to the store.
+//
+// Memory is bounded: past size entries (refusals and guards together),
+// expired ones are dropped, then arbitrary others (counted as evictions).
+// Guards are remembered for guardTTL, so that a list changed behind
+// joingate's back (redis-cli) is seen within that time.
+type Refusals struct {
+	store interface {
+		Decide(ctx context.Context, q *Query, a *Answer) error
+	}
+	size  int
+	epoch time.Time // the monotonic clock's origin
+
+	mu      sync.Mutex
+	refused map[refusedKey]int64 // until, ns since epoch
+	absent  map[string]int64     // guard key -> known absent until, ns since epoch
+	gen     uint64               // incremented by Clear
+
+	hits, evictions atomic.Uint64
+	// slack, set by tests only, lengthens every refusal remembered: the
+	// differential test proves it notices.
+	slack time.Duration
+}
+
+type refusedKey struct {
+	key   string
+	limit Limit
+}
+
+// guardTTL is how long a guard key is remembered absent.
+const guardTTL = 10 * time.Second
+
+// DefaultRefusalsSize is the number of entries Refusals keeps by default:
+// some 10 MB.
+const DefaultRefusalsSize = 100_000
+
+// NewRefusals returns a memory of refusals in front of store, keeping at
+// most size entries (DefaultRefusalsSize when size < 1).
+func NewRefusals(store interface {
+	Decide(ctx context.Context, q *Query, a *Answer) error
+}, size int) *Refusals {
+	if size < 1 {
+		size = DefaultRefusalsSize
+	}
+	return &Refusals{
+		store:   store,
+		size:    size,
+		epoch:   time.Now(),
+		refused: make(map[refusedKey]int64),
+		absent:  make(map[string]int64),
+	}
+}
+
+func (r *Refusals) now() int64 { return int64(time.Since(r.epoch)) }
+
+// Decide answers q from memory when the store is bound to refuse it, and
+// asks the store otherwise, remembering what its answer tells.
+func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
+	if q.Mode != Consume {
+		return r.store.Decide(ctx, q, a)
+	}
+	sent := r.now()
+	r.mu.Lock()
+	gen := r.gen
+	hit := r.recall(q, a, sent)
+	r.mu.Unlock()
+	if hit {
+		r.hits.Add(1)
+		return nil
+	}
+	if err := r.store.Decide(ctx, q, a); err != nil {
+		return err
+	}
+	if a.Guard >= 0 || a.Admitted(q) {
+		return nil // only refusals are remembered, and the guards they need
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gen != gen {
+		// Cleared while the store answered: the answer may predate the
+		// change.
+		return nil
+	}
+	for _, g := range q.Guards {
+		if _, ok := r.absent[g]; !ok {
+			r.makeRoom()
+		}
+		r.absent[g] = sent + int64(guardTTL)
+	}
+	for i := range q.Checks {
+		c, res := &q.Checks[i], &a.Results[i]
+		if c.Shadow || res.Allowed || res.RetryAfter <= time.Microsecond {
+			continue
+		}
+		k := refusedKey{c.Key, c.Limit}
+		if _, ok := r.refused[k]; !ok {
+			r.makeRoom()
+		}
+		// RetryAfter counts from the store's instant, which is after
+		// sent; a microsecond off for the store's rounding.
+		r.refused[k] = sent + int64(res.RetryAfter-time.Microsecond+r.slack)
+	}
+	return nil
+}
+
+// recall fills a with a refusal when memory says the store is bound to
+// refuse q at now. r.mu is held.
+func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
+	if len(r.refused) == 0 {
+		return false
+	}
+	for _, g := range q.Guards {
+		if r.absent[g] <= now {
+			return false
+		}
+	}
+	hit := false
+	for i := range q.Checks {
+		c := &q.Checks[i]
+		if c.Shadow {
+			continue
+		}
+		if until := r.refused[refusedKey{c.Key, c.Limit}]; until > now {
+			if !hit {
+				a.reset(q)
+				for j := range a.Results {
+					a.Results[j].Allowed = true
+				}
+				hit = true
+			}
+			a.Results[i] = Result{RetryAfter: time.Duration(until - now)}
+		}
+	}
+	return hit
+}
+
+// makeRoom makes room for a new entry when memory is full: it drops the
+// expired entries, and when that frees less than an eighth of the memory,
+// arbitrary others up to that eighth, so that the cost of a sweep is
+// spread over the inserts it makes room for. r.mu is held.
+func (r *Refusals) makeRoom() {
+	if len(r.refused)+len(r.absent) < r.size {
+		return
+	}
+	now := r.now()
+	for k, until := range r.refused {
+		if until <= now {
+			delete(r.refused, k)
+		}
+	}
+	for k, until := range r.absent {
+		if until <= now {
+			delete(r.absent, k)
+		}
+	}
+	target := r.size - max(r.size/8, 1)
+	for k := range r.refused {
+		if len(r.refused)+len(r.absent) <= target {
+			break
+		}
+		delete(r.refused, k)
+		r.evictions.Add(1)
+	}
+	for k := range r.absent {
+		if len(r.refused)+len(r.absent) <= target {
+			break
+		}
+		delete(r.absent, k)
+		r.evictions.Add(1)
+	}
+}
+
+// Clear forgets everything: the store changed in a way a remembered
+// refusal cannot tell (a quota reset, a list changed, a new policy).
+// Answers the store gives to queries sent before Clear are not remembered.
+func (r *Refusals) Clear() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gen++
+	clear(r.refused)
+	clear(r.absent)
+}
+
+// RefusalStats are a Refusals' counters, for metrics.
+type RefusalStats struct {
+	Hits      uint64 // queries refused from memory
+	Entries   int    // refusals and guards remembered
+	Evictions uint64 // entries dropped before they expired, for room
+}
+
+// Stats returns the counters.
+func (r *Refusals) Stats() RefusalStats {
+	r.mu.Lock()
+	n := len(r.refused) + len(r.absent)
+	r.mu.Unlock()
+	return RefusalStats{Hits: r.hits.Load(), Entries: n, Evictions: r.evictions.Load()}
+}

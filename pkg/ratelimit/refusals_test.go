@@ -1,0 +1,250 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// refusalsRun is the differential test of Refusals: two workers, each with
+// its memory of refusals, and one without (a worker of an older version),
+// share one Redis; random queries on four keys under limits of 100 ms to an
+// hour interleave with an operator's changes (list entries added and
+// removed, quotas reset), each followed by the broadcast (Clear on every
+// worker) unless the run leaves it out. Every answer given from memory is
+// checked at once against Redis (Peek): no guard may exist, and every check
+// it says refuses must refuse there too, for at least as long. The clock of
+// a claim is the instant before the call, that of Redis's verdict the
+// instant after the Peek, so the check holds whatever the scheduling: a
+// claim is wrong only if it outlasts what Redis says.
+type refusalsRun struct {
+	t         *testing.T
+	red       *Redis
+	workers   []*Refusals
+	rng       *rand.Rand
+	broadcast bool
+	hits      int
+	wrong     []string
+}
+
+func newRefusalsRun(t *testing.T, srv *testenv.Redis, seed uint64, slack time.Duration, broadcast bool) *refusalsRun {
+	if err := srv.Client.FlushDB(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	red := NewRedis(srv.Client)
+	r := &refusalsRun{t: t, red: red, rng: rand.New(rand.NewPCG(seed, 7)), broadcast: broadcast}
+	for range 2 {
+		w := NewRefusals(red, 10) // small: evictions happen
+		w.slack = slack
+		r.workers = append(r.workers, w)
+	}
+	return r
+}
+
+var refusalLimits = []Limit{
+	{Rate: 2, Period: 100 * time.Millisecond, Burst: 1},
+	{Rate: 5, Period: 300 * time.Millisecond, Burst: 2},
+	{Rate: 3, Period: time.Hour, Burst: 3},
+}
+
+func (r *refusalsRun) query() Query {
+	q := Query{Guards: []string{"allow", fmt.Sprint("deny", r.rng.IntN(3))}}
+	for i := range 1 + r.rng.IntN(3) {
+		q.Checks = append(q.Checks, Check{
+			Key:    fmt.Sprint("k", r.rng.IntN(4)),
+			Limit:  refusalLimits[(i+r.rng.IntN(2))%len(refusalLimits)],
+			Shadow: r.rng.IntN(6) == 0,
+		})
+	}
+	return q
+}
+
+func (r *refusalsRun) step(i int) {
+	ctx := context.Background()
+	switch n := r.rng.IntN(100); {
+	case n < 3: // an operator's change
+		var err error
+		switch r.rng.IntN(3) {
+		case 0:
+			err = r.red.ListAdd(ctx, "idx", "x", []string{"allow", "deny0", "deny1", "deny2"}[r.rng.IntN(4)])
+		case 1:
+			err = r.red.ListRemove(ctx, "idx", "x", []string{"allow", "deny0", "deny1", "deny2"}[r.rng.IntN(4)])
+		default:
+			err = r.red.Reset(ctx, fmt.Sprint("k", r.rng.IntN(4)))
+		}
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if r.broadcast {
+			for _, w := range r.workers {
+				w.Clear()
+			}
+		}
+	case n < 13: // the worker without memory
+		q := r.query()
+		var a Answer
+		if err := r.red.Decide(ctx, &q, &a); err != nil {
+			r.t.Fatal(err)
+		}
+	default:
+		w := r.workers[r.rng.IntN(len(r.workers))]
+		q := r.query()
+		var a Answer
+		hits := w.Stats().Hits
+		before := time.Now()
+		if err := w.Decide(ctx, &q, &a); err != nil {
+			r.t.Fatal(err)
+		}
+		if w.Stats().Hits == hits {
+			return
+		}
+		r.hits++
+		peek := q
+		peek.Mode = Peek
+		var truth Answer
+		if err := r.red.Decide(ctx, &peek, &truth); err != nil {
+			r.t.Fatal(err)
+		}
+		after := time.Now()
+		if truth.Guard >= 0 {
+			r.wrong = append(r.wrong, fmt.Sprintf("step %d: refused from memory, but guard %q exists", i, q.Guards[truth.Guard]))
+			return
+		}
+		refused := false
+		for j, res := range a.Results {
+			if res.Allowed {
+				continue
+			}
+			refused = true
+			claim, real := before.Add(res.RetryAfter), after
+			if !truth.Results[j].Allowed {
+				real = after.Add(truth.Results[j].RetryAfter)
+			}
+			if q.Checks[j].Shadow || claim.After(real) {
+				r.wrong = append(r.wrong, fmt.Sprintf("step %d: check %+v refused from memory for %s, Redis says %+v", i, q.Checks[j], res.RetryAfter, truth.Results[j]))
+			}
+		}
+		if !refused {
+			r.wrong = append(r.wrong, fmt.Sprintf("step %d: a hit that refuses no check: %+v", i, a))
+		}
+	}
+	if i%16 == 0 {
+		time.Sleep(time.Duration(r.rng.IntN(3000)) * time.Microsecond) // let limits of 100 ms refill
+	}
+}
+
+func (r *refusalsRun) run(steps int) {
+	for i := range steps {
+		r.step(i)
+	}
+}
+
+// Refusals never refuses what Redis would admit, over random interleavings
+// of workers with and without it and of operator changes broadcast; and it
+// does answer from memory, often.
+func TestRefusalsAgainstRedis(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	for seed := range uint64(3) {
+		r := newRefusalsRun(t, srv, seed, 0, true)
+		r.run(3000)
+		for _, w := range r.wrong {
+			t.Error(w)
+		}
+		if r.hits < 150 {
+			t.Errorf("seed %d: %d answers from memory in 3000 steps: the test exercises nothing", seed, r.hits)
+		}
+		ev := r.workers[0].Stats().Evictions + r.workers[1].Stats().Evictions
+		if ev == 0 {
+			t.Errorf("seed %d: no eviction: memory was never full", seed)
+		}
+		t.Logf("seed %d: %d answers from memory, %d evictions", seed, r.hits, ev)
+	}
+}
+
+// The differential test notices a memory that refuses 50 ms too long, and
+// one that misses the operator's broadcast.
+func TestRefusalsTestCatchesBugs(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	for _, c := range []struct {
+		name      string
+		slack     time.Duration
+		broadcast bool
+	}{{"refusing 50ms too long", 50 * time.Millisecond, true}, {"no broadcast", 0, false}} {
+		r := newRefusalsRun(t, srv, 1, c.slack, c.broadcast)
+		r.run(3000)
+		if len(r.wrong) == 0 {
+			t.Errorf("%s: no wrong answer noticed in %d answers from memory", c.name, r.hits)
+		}
+	}
+}
+
+// Shadow checks and Peek queries never answer from memory; memory stays
+// within its size, counting what it evicts; Clear forgets, and an answer to
+// a query sent before a Clear is not remembered.
+func TestRefusalsBounds(t *testing.T) {
+	red := NewRedis(testenv.StartRedis(t).Client)
+	ctx := context.Background()
+	w := NewRefusals(red, 16)
+	hour := Limit{Rate: 1, Period: time.Hour, Burst: 1}
+	refuse := func(key string, shadow bool) Query {
+		q := Query{Guards: []string{"allow"}, Checks: []Check{{Key: key, Limit: hour, Shadow: shadow}}}
+		var a Answer
+		for range 2 { // the second is refused by Redis
+			if err := w.Decide(ctx, &q, &a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return q
+	}
+	q := refuse("shadow", true)
+	var a Answer
+	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 0 || w.Stats().Entries != 0 {
+		t.Fatalf("a shadow check was remembered: %+v, %v", w.Stats(), err)
+	}
+	q = refuse("enforcing", false)
+	peek := q
+	peek.Mode = Peek
+	if err := w.Decide(ctx, &peek, &a); err != nil || w.Stats().Hits != 0 {
+		t.Fatalf("Peek answered from memory: %+v, %v", w.Stats(), err)
+	}
+	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 1 || a.Admitted(&q) || a.Results[0].RetryAfter < 59*time.Minute {
+		t.Fatalf("refused key: %+v, stats %+v, %v; want a refusal from memory for about an hour", a, w.Stats(), err)
+	}
+	w.Clear()
+	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 1 {
+		t.Fatalf("answered from memory after Clear: %+v", w.Stats())
+	}
+	for i := range 40 {
+		refuse(fmt.Sprint("many", i), false)
+		if n := w.Stats().Entries; n > 16 {
+			t.Fatalf("%d entries, size 16", n)
+		}
+	}
+	if w.Stats().Evictions == 0 {
+		t.Fatal("no eviction counted for 41 refused keys in 16 entries")
+	}
+
+	// A Clear while the store answers: that answer is not remembered.
+	slow := &clearing{Redis: red}
+	w = NewRefusals(slow, 16)
+	slow.during = w.Clear
+	q = refuse("cleared", false)
+	if w.Stats().Entries != 0 {
+		t.Fatalf("an answer that predates a Clear was remembered: %+v", w.Stats())
+	}
+}
+
+// clearing is a store that runs during while each Decide is in flight.
+type clearing struct {
+	*Redis
+	during func()
+}
+
+func (c *clearing) Decide(ctx context.Context, q *Query, a *Answer) error {
+	c.during()
+	return c.Redis.Decide(ctx, q, a)
+}
