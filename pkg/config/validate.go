@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/redact"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
@@ -73,8 +74,9 @@ func (l *loader) validate() error {
 		bad(key, "must be one of %s, got %q", strings.Join(allowed, ", "), v)
 	}
 	refusal := func(key string, r *Refusal) {
-		if r.ErrCode < 5000 || r.ErrCode > 9999 {
-			bad(key+".err_code", "must be in 5000-9999 (IMServer passes it to the client; 0 reads as success, under 100 as a server error), got %d", r.ErrCode)
+		if r.ErrCode < callback.MinRefusalCode || r.ErrCode > callback.MaxRefusalCode {
+			bad(key+".err_code", "must be in %d-%d (IMServer passes it to the client; 0 reads as success, under 100 as a server error), got %d",
+				callback.MinRefusalCode, callback.MaxRefusalCode, r.ErrCode)
 		}
 		if r.ErrMsg == "" {
 			bad(key+".err_msg", "must not be empty")
