@@ -57,8 +57,10 @@ type Options struct {
 	BasicUser, BasicPassword string
 	AllowNets                []netip.Prefix
 	TLSCertFile, TLSKeyFile  string
-	Logger                   *slog.Logger
-	Registerer               prometheus.Registerer
+	// Logger nil discards the logs; Registerer nil registers the metrics
+	// with a registry of the gateway's own.
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultOptions returns the options a gateway runs with unless told
@@ -77,6 +79,7 @@ func DefaultOptions() Options {
 	}
 }
 
+// validate reports what is wrong with o; it changes nothing.
 func (o *Options) validate() error {
 	var errs []error
 	if o.Conn == nil {
@@ -93,12 +96,6 @@ func (o *Options) validate() error {
 	}
 	if o.MaxBodyBytes <= 0 || o.ReadTimeout <= 0 || o.IdleTimeout <= 0 || o.MaxConns <= 0 || o.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("body limit, timeouts and connection limit must be positive"))
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Registerer == nil {
-		o.Registerer = prometheus.NewRegistry()
 	}
 	return errors.Join(errs...)
 }
@@ -123,6 +120,12 @@ type Gateway struct {
 
 // New checks opts, binds the listener and builds the gateway; Run serves.
 func New(opts Options) (*Gateway, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("gateway options: %w", err)
 	}

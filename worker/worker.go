@@ -63,8 +63,10 @@ type Options struct {
 	// DrainTimeout bounds how long Run waits, once stopped, for requests
 	// already received to be answered.
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// Logger nil discards the logs; Registerer nil registers the metrics
+	// with a registry of the worker's own.
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultOptions returns the options a worker runs with unless told
@@ -85,6 +87,7 @@ func DefaultOptions() Options {
 	}
 }
 
+// validate reports what is wrong with o; it changes nothing.
 func (o *Options) validate() error {
 	var errs []error
 	if o.Conn == nil {
@@ -105,12 +108,6 @@ func (o *Options) validate() error {
 	if o.MissingDeadline <= 0 || o.DrainTimeout <= 0 || o.StoreBudget <= 0 || o.BreakerCooldown <= 0 || o.BreakerFailures < 1 ||
 		o.ProbeInterval <= 0 || o.RejoinAfter < 0 {
 		errs = append(errs, errors.New("MissingDeadline, DrainTimeout, StoreBudget, BreakerCooldown, BreakerFailures and ProbeInterval must be positive, RejoinAfter not negative"))
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Registerer == nil {
-		o.Registerer = prometheus.NewRegistry()
 	}
 	return errors.Join(errs...)
 }
@@ -135,6 +132,12 @@ type Worker struct {
 
 // New checks opts and builds a worker; Run starts it.
 func New(opts Options) (*Worker, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}

@@ -144,7 +144,8 @@ type Limit struct {
 	Limit  int           `yaml:"limit"`
 	Period time.Duration `yaml:"period"`
 	Burst  int           `yaml:"burst"`
-	// ErrCode and ErrMsg default to 5001 and "too many join requests".
+	// Burst 0 is Limit; ErrCode 0 and ErrMsg "" are DefaultLimitErrCode
+	// and DefaultLimitErrMsg (Load fills them in).
 	ErrCode int    `yaml:"err_code"`
 	ErrMsg  string `yaml:"err_msg"`
 	Shadow  bool   `yaml:"shadow"`
@@ -198,9 +199,33 @@ func Default() Config {
 			MessageRefusal: Refusal{ErrCode: 5003, ErrMsg: "join request message too long"},
 			BlockedRefusal: Refusal{ErrCode: 5004, ErrMsg: "join request message not allowed"},
 			Limits: []Limit{
-				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 5, ErrCode: 5001, ErrMsg: "too many join requests"},
-				{Name: "group-per-minute", Key: KeyGroup, Limit: 60, Period: time.Minute, Burst: 60, ErrCode: 5001, ErrMsg: "too many join requests for this group"},
+				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 5, ErrCode: DefaultLimitErrCode, ErrMsg: DefaultLimitErrMsg},
+				{Name: "group-per-minute", Key: KeyGroup, Limit: 60, Period: time.Minute, Burst: 60, ErrCode: DefaultLimitErrCode, ErrMsg: "too many join requests for this group"},
 			},
 		},
+	}
+}
+
+// The refusal of a limit that names none.
+const (
+	DefaultLimitErrCode = 5001
+	DefaultLimitErrMsg  = "too many join requests"
+)
+
+// ensureDefaults fills in the values whose default depends on another
+// value: a limit's burst is its limit unless given, and its refusal the
+// default one. Load calls it after merging every layer, before validate.
+func (c *Config) ensureDefaults() {
+	for i := range c.JoinGroup.Limits {
+		lim := &c.JoinGroup.Limits[i]
+		if lim.Burst == 0 {
+			lim.Burst = lim.Limit
+		}
+		if lim.ErrCode == 0 {
+			lim.ErrCode = DefaultLimitErrCode
+		}
+		if lim.ErrMsg == "" {
+			lim.ErrMsg = DefaultLimitErrMsg
+		}
 	}
 }

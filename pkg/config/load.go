@@ -57,6 +57,7 @@ func Load(path string, environ []string, flags map[string]string) (Config, error
 			return Config{}, err
 		}
 	}
+	l.cfg.ensureDefaults()
 	if err := l.validate(); err != nil {
 		return Config{}, err
 	}

@@ -44,8 +44,9 @@ func (l *loader) sourceOf(key string) (string, bool) {
 	return strings.Join(srcs, ", "), len(srcs) > 0
 }
 
-// validate checks the merged configuration and fills defaults that depend
-// on other keys. Each error names the key and where its value came from.
+// validate reports what is wrong with the merged configuration, after
+// ensureDefaults; it changes nothing. Each error names the key and where
+// its value came from.
 func (l *loader) validate() error {
 	c := &l.cfg
 	var errs []error
@@ -235,16 +236,8 @@ func (l *loader) validate() error {
 		} else if lim.Limit > 0 && lim.Period/time.Duration(lim.Limit) < time.Microsecond {
 			bad(key+".limit", "%d per %s is finer than one request per microsecond", lim.Limit, lim.Period)
 		}
-		if lim.Burst == 0 {
-			lim.Burst = lim.Limit
-		} else if lim.Burst < 0 {
+		if lim.Burst < 0 {
 			bad(key+".burst", "must be positive (or 0 for the limit), got %d", lim.Burst)
-		}
-		if lim.ErrCode == 0 {
-			lim.ErrCode = 5001
-		}
-		if lim.ErrMsg == "" {
-			lim.ErrMsg = "too many join requests"
 		}
 		refusal(key, &Refusal{ErrCode: lim.ErrCode, ErrMsg: lim.ErrMsg})
 	}
