@@ -6,8 +6,11 @@
 package config
 
 import (
+	"log/slog"
+	"net/netip"
 	"time"
 
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
 
@@ -34,8 +37,9 @@ type Config struct {
 
 // Log configures the process's structured log.
 type Log struct {
-	Level  string `yaml:"level"`
-	Format string `yaml:"format"`
+	// Level is written debug, info, warn or error.
+	Level  slog.Level `yaml:"level"`
+	Format string     `yaml:"format"`
 }
 
 // NATS names the message bus between gateways and workers.
@@ -85,8 +89,18 @@ type Gateway struct {
 	IdleTimeout     time.Duration `yaml:"idle_timeout"`
 	MaxConns        int           `yaml:"max_conns"`
 	BasicAuth       BasicAuth     `yaml:"basic_auth"`
-	AllowCIDRs      []string      `yaml:"allow_cidrs"`
-	TLS             TLS           `yaml:"tls"`
+	// AllowCIDRs are written as CIDRs or single addresses.
+	AllowCIDRs []netip.Prefix `yaml:"allow_cidrs"`
+	TLS        TLS            `yaml:"tls"`
+}
+
+// FallbackBody is the gateway's answer when no decision comes in time:
+// allow, or FallbackRefusal when Fallback is deny.
+func (g Gateway) FallbackBody() []byte {
+	if g.Fallback == Deny {
+		return callback.AppendRefusal(nil, g.FallbackRefusal.ErrCode, g.FallbackRefusal.ErrMsg, "")
+	}
+	return []byte(callback.AllowJSON)
 }
 
 // BasicAuth are the credentials callbacks must carry when Username is set.
@@ -174,7 +188,7 @@ func Default() Config {
 		Listen:          ":10006",
 		AdminListen:     ":9090",
 		ShutdownTimeout: 15 * time.Second,
-		Log:             Log{Level: "info", Format: "text"},
+		Log:             Log{Level: slog.LevelInfo, Format: "text"},
 		NATS:            NATS{Subject: "joingate", Queue: "joingate-workers"},
 		Redis:           Redis{Mode: "standalone", KeyPrefix: "joingate:", Timeout: 100 * time.Millisecond},
 		Gateway: Gateway{
