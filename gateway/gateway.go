@@ -26,6 +26,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/throttle"
 )
@@ -64,18 +65,20 @@ type Options struct {
 }
 
 // DefaultOptions returns the options a gateway runs with unless told
-// otherwise; the caller sets Conn.
+// otherwise: those of config.Default(), so that a default is written once.
+// The caller sets Conn.
 func DefaultOptions() Options {
+	c := config.Default()
 	return Options{
-		Listen:          ":10006",
-		Subject:         "joingate",
-		DecisionTimeout: 300 * time.Millisecond,
-		FallbackBody:    []byte(callback.AllowJSON),
-		MaxBodyBytes:    64 << 10,
-		ReadTimeout:     5 * time.Second,
-		IdleTimeout:     90 * time.Second,
-		MaxConns:        100_000,
-		ShutdownTimeout: 15 * time.Second,
+		Listen:          c.Listen,
+		Subject:         c.NATS.Subject,
+		DecisionTimeout: c.Gateway.DecisionTimeout,
+		FallbackBody:    c.Gateway.FallbackBody(),
+		MaxBodyBytes:    c.Gateway.MaxBodyBytes,
+		ReadTimeout:     c.Gateway.ReadTimeout,
+		IdleTimeout:     c.Gateway.IdleTimeout,
+		MaxConns:        c.Gateway.MaxConns,
+		ShutdownTimeout: c.ShutdownTimeout,
 	}
 }
 

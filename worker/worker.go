@@ -18,6 +18,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
@@ -70,20 +71,23 @@ type Options struct {
 }
 
 // DefaultOptions returns the options a worker runs with unless told
-// otherwise; the caller sets Conn, Policy and Store.
+// otherwise: those of config.Default() (drained within shutdown_timeout,
+// rejoining after breaker_cooldown), so that a default is written once.
+// The caller sets Conn, Policy and Store.
 func DefaultOptions() Options {
+	c := config.Default()
 	return Options{
-		Subject:         "joingate",
-		Queue:           "joingate-workers",
-		Concurrency:     256,
+		Subject:         c.NATS.Subject,
+		Queue:           c.NATS.Queue,
+		Concurrency:     c.Worker.Concurrency,
 		MissingDeadline: time.Second,
-		DecisionTimeout: 300 * time.Millisecond,
-		DrainTimeout:    10 * time.Second,
-		StoreBudget:     100 * time.Millisecond,
-		BreakerFailures: 5,
-		BreakerCooldown: time.Second,
+		DecisionTimeout: c.Gateway.DecisionTimeout,
+		DrainTimeout:    c.ShutdownTimeout,
+		StoreBudget:     c.Redis.Timeout,
+		BreakerFailures: c.Worker.BreakerFailures,
+		BreakerCooldown: c.Worker.BreakerCooldown,
 		ProbeInterval:   250 * time.Millisecond,
-		RejoinAfter:     time.Second,
+		RejoinAfter:     c.Worker.BreakerCooldown,
 	}
 }
 
