@@ -2,7 +2,9 @@
 // file, then JOINGATE_* environment variables, then command-line flags, each
 // overriding the one before. Unknown keys and invalid values are errors that
 // name where the value came from (file and line, variable, or flag) and the
-// key.
+// key. Defaults are written here only (gateway and worker take theirs from
+// Default), and values are parsed once, as they load, into the types the
+// wiring uses.
 package config
 
 import (
