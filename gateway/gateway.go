@@ -26,6 +26,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/throttle"
 )
@@ -57,26 +58,31 @@ type Options struct {
 	BasicUser, BasicPassword string
 	AllowNets                []netip.Prefix
 	TLSCertFile, TLSKeyFile  string
-	Logger                   *slog.Logger
-	Registerer               prometheus.Registerer
+	// Logger nil discards the logs; Registerer nil registers the metrics
+	// with a registry of the gateway's own.
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultOptions returns the options a gateway runs with unless told
-// otherwise; the caller sets Conn.
+// otherwise: those of config.Default(), so that a default is written once.
+// The caller sets Conn.
 func DefaultOptions() Options {
+	c := config.Default()
 	return Options{
-		Listen:          ":10006",
-		Subject:         "joingate",
-		DecisionTimeout: 300 * time.Millisecond,
-		FallbackBody:    []byte(callback.AllowJSON),
-		MaxBodyBytes:    64 << 10,
-		ReadTimeout:     5 * time.Second,
-		IdleTimeout:     90 * time.Second,
-		MaxConns:        100_000,
-		ShutdownTimeout: 15 * time.Second,
+		Listen:          c.Listen,
+		Subject:         c.NATS.Subject,
+		DecisionTimeout: c.Gateway.DecisionTimeout,
+		FallbackBody:    c.Gateway.FallbackBody(),
+		MaxBodyBytes:    c.Gateway.MaxBodyBytes,
+		ReadTimeout:     c.Gateway.ReadTimeout,
+		IdleTimeout:     c.Gateway.IdleTimeout,
+		MaxConns:        c.Gateway.MaxConns,
+		ShutdownTimeout: c.ShutdownTimeout,
 	}
 }
 
+// validate reports what is wrong with o; it changes nothing.
 func (o *Options) validate() error {
 	var errs []error
 	if o.Conn == nil {
@@ -93,12 +99,6 @@ func (o *Options) validate() error {
 	}
 	if o.MaxBodyBytes <= 0 || o.ReadTimeout <= 0 || o.IdleTimeout <= 0 || o.MaxConns <= 0 || o.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("body limit, timeouts and connection limit must be positive"))
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Registerer == nil {
-		o.Registerer = prometheus.NewRegistry()
 	}
 	return errors.Join(errs...)
 }
@@ -123,6 +123,12 @@ type Gateway struct {
 
 // New checks opts, binds the listener and builds the gateway; Run serves.
 func New(opts Options) (*Gateway, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("gateway options: %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/config"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
@@ -63,28 +64,34 @@ type Options struct {
 	// DrainTimeout bounds how long Run waits, once stopped, for requests
 	// already received to be answered.
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// Logger nil discards the logs; Registerer nil registers the metrics
+	// with a registry of the worker's own.
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // DefaultOptions returns the options a worker runs with unless told
-// otherwise; the caller sets Conn, Policy and Store.
+// otherwise: those of config.Default() (drained within shutdown_timeout,
+// rejoining after breaker_cooldown), so that a default is written once.
+// The caller sets Conn, Policy and Store.
 func DefaultOptions() Options {
+	c := config.Default()
 	return Options{
-		Subject:         "joingate",
-		Queue:           "joingate-workers",
-		Concurrency:     256,
+		Subject:         c.NATS.Subject,
+		Queue:           c.NATS.Queue,
+		Concurrency:     c.Worker.Concurrency,
 		MissingDeadline: time.Second,
-		DecisionTimeout: 300 * time.Millisecond,
-		DrainTimeout:    10 * time.Second,
-		StoreBudget:     100 * time.Millisecond,
-		BreakerFailures: 5,
-		BreakerCooldown: time.Second,
+		DecisionTimeout: c.Gateway.DecisionTimeout,
+		DrainTimeout:    c.ShutdownTimeout,
+		StoreBudget:     c.Redis.Timeout,
+		BreakerFailures: c.Worker.BreakerFailures,
+		BreakerCooldown: c.Worker.BreakerCooldown,
 		ProbeInterval:   250 * time.Millisecond,
-		RejoinAfter:     time.Second,
+		RejoinAfter:     c.Worker.BreakerCooldown,
 	}
 }
 
+// validate reports what is wrong with o; it changes nothing.
 func (o *Options) validate() error {
 	var errs []error
 	if o.Conn == nil {
@@ -105,12 +112,6 @@ func (o *Options) validate() error {
 	if o.MissingDeadline <= 0 || o.DrainTimeout <= 0 || o.StoreBudget <= 0 || o.BreakerCooldown <= 0 || o.BreakerFailures < 1 ||
 		o.ProbeInterval <= 0 || o.RejoinAfter < 0 {
 		errs = append(errs, errors.New("MissingDeadline, DrainTimeout, StoreBudget, BreakerCooldown, BreakerFailures and ProbeInterval must be positive, RejoinAfter not negative"))
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Registerer == nil {
-		o.Registerer = prometheus.NewRegistry()
 	}
 	return errors.Join(errs...)
 }
@@ -136,6 +137,12 @@ type Worker struct {
 
 // New checks opts and builds a worker; Run starts it.
 func New(opts Options) (*Worker, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}

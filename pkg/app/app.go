@@ -22,7 +22,6 @@ import (
 
 	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/admin"
-	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/config"
 	"github.com/joingate/joingate/pkg/control"
 	"github.com/joingate/joingate/pkg/natsconn"
@@ -170,18 +169,13 @@ func New(cfg config.Config, opts Options) (_ *App, err error) {
 		opts.Conn, opts.Listen = nc, cfg.Listen
 		opts.Subject = cfg.NATS.Subject
 		opts.DecisionTimeout = cfg.Gateway.DecisionTimeout
-		if cfg.Gateway.Fallback == config.Deny {
-			opts.FallbackBody = callback.AppendRefusal(nil, cfg.Gateway.FallbackRefusal.ErrCode, cfg.Gateway.FallbackRefusal.ErrMsg, "")
-		}
+		opts.FallbackBody = cfg.Gateway.FallbackBody()
 		opts.MaxBodyBytes = cfg.Gateway.MaxBodyBytes
 		opts.ReadTimeout, opts.IdleTimeout = cfg.Gateway.ReadTimeout, cfg.Gateway.IdleTimeout
 		opts.MaxConns = cfg.Gateway.MaxConns
 		opts.ShutdownTimeout = cfg.ShutdownTimeout
 		opts.BasicUser, opts.BasicPassword = cfg.Gateway.BasicAuth.Username, cfg.Gateway.BasicAuth.Password
-		for _, c := range cfg.Gateway.AllowCIDRs {
-			p, _ := config.ParsePrefix(c) // validated
-			opts.AllowNets = append(opts.AllowNets, p)
-		}
+		opts.AllowNets = cfg.Gateway.AllowCIDRs
 		opts.TLSCertFile, opts.TLSKeyFile = cfg.Gateway.TLS.CertFile, cfg.Gateway.TLS.KeyFile
 		opts.Logger, opts.Registerer = log, reg
 		if a.gw, err = gateway.New(opts); err != nil {

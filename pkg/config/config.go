@@ -2,12 +2,17 @@
 // file, then JOINGATE_* environment variables, then command-line flags, each
 // overriding the one before. Unknown keys and invalid values are errors that
 // name where the value came from (file and line, variable, or flag) and the
-// key.
+// key. Defaults are written here only (gateway and worker take theirs from
+// Default), and values are parsed once, as they load, into the types the
+// wiring uses.
 package config
 
 import (
+	"log/slog"
+	"net/netip"
 	"time"
 
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
 
@@ -34,8 +39,9 @@ type Config struct {
 
 // Log configures the process's structured log.
 type Log struct {
-	Level  string `yaml:"level"`
-	Format string `yaml:"format"`
+	// Level is written debug, info, warn or error.
+	Level  slog.Level `yaml:"level"`
+	Format string     `yaml:"format"`
 }
 
 // NATS names the message bus between gateways and workers.
@@ -85,8 +91,18 @@ type Gateway struct {
 	IdleTimeout     time.Duration `yaml:"idle_timeout"`
 	MaxConns        int           `yaml:"max_conns"`
 	BasicAuth       BasicAuth     `yaml:"basic_auth"`
-	AllowCIDRs      []string      `yaml:"allow_cidrs"`
-	TLS             TLS           `yaml:"tls"`
+	// AllowCIDRs are written as CIDRs or single addresses.
+	AllowCIDRs []netip.Prefix `yaml:"allow_cidrs"`
+	TLS        TLS            `yaml:"tls"`
+}
+
+// FallbackBody is the gateway's answer when no decision comes in time:
+// allow, or FallbackRefusal when Fallback is deny.
+func (g Gateway) FallbackBody() []byte {
+	if g.Fallback == Deny {
+		return callback.AppendRefusal(nil, g.FallbackRefusal.ErrCode, g.FallbackRefusal.ErrMsg, "")
+	}
+	return []byte(callback.AllowJSON)
 }
 
 // BasicAuth are the credentials callbacks must carry when Username is set.
@@ -144,7 +160,8 @@ type Limit struct {
 	Limit  int           `yaml:"limit"`
 	Period time.Duration `yaml:"period"`
 	Burst  int           `yaml:"burst"`
-	// ErrCode and ErrMsg default to 5001 and "too many join requests".
+	// Burst 0 is Limit; ErrCode 0 and ErrMsg "" are DefaultLimitErrCode
+	// and DefaultLimitErrMsg (Load fills them in).
 	ErrCode int    `yaml:"err_code"`
 	ErrMsg  string `yaml:"err_msg"`
 	Shadow  bool   `yaml:"shadow"`
@@ -173,7 +190,7 @@ func Default() Config {
 		Listen:          ":10006",
 		AdminListen:     ":9090",
 		ShutdownTimeout: 15 * time.Second,
-		Log:             Log{Level: "info", Format: "text"},
+		Log:             Log{Level: slog.LevelInfo, Format: "text"},
 		NATS:            NATS{Subject: "joingate", Queue: "joingate-workers"},
 		Redis:           Redis{Mode: "standalone", KeyPrefix: "joingate:", Timeout: 100 * time.Millisecond},
 		Gateway: Gateway{
@@ -198,9 +215,33 @@ func Default() Config {
 			MessageRefusal: Refusal{ErrCode: 5003, ErrMsg: "join request message too long"},
 			BlockedRefusal: Refusal{ErrCode: 5004, ErrMsg: "join request message not allowed"},
 			Limits: []Limit{
-				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 5, ErrCode: 5001, ErrMsg: "too many join requests"},
-				{Name: "group-per-minute", Key: KeyGroup, Limit: 60, Period: time.Minute, Burst: 60, ErrCode: 5001, ErrMsg: "too many join requests for this group"},
+				{Name: "applicant-per-minute", Key: KeyApplicant, Limit: 5, Period: time.Minute, Burst: 5, ErrCode: DefaultLimitErrCode, ErrMsg: DefaultLimitErrMsg},
+				{Name: "group-per-minute", Key: KeyGroup, Limit: 60, Period: time.Minute, Burst: 60, ErrCode: DefaultLimitErrCode, ErrMsg: "too many join requests for this group"},
 			},
 		},
+	}
+}
+
+// The refusal of a limit that names none.
+const (
+	DefaultLimitErrCode = 5001
+	DefaultLimitErrMsg  = "too many join requests"
+)
+
+// ensureDefaults fills in the values whose default depends on another
+// value: a limit's burst is its limit unless given, and its refusal the
+// default one. Load calls it after merging every layer, before validate.
+func (c *Config) ensureDefaults() {
+	for i := range c.JoinGroup.Limits {
+		lim := &c.JoinGroup.Limits[i]
+		if lim.Burst == 0 {
+			lim.Burst = lim.Limit
+		}
+		if lim.ErrCode == 0 {
+			lim.ErrCode = DefaultLimitErrCode
+		}
+		if lim.ErrMsg == "" {
+			lim.ErrMsg = DefaultLimitErrMsg
+		}
 	}
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"flag"
+	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -32,7 +34,7 @@ func TestLoadFull(t *testing.T) {
 		Listen:          "127.0.0.1:10007",
 		AdminListen:     "",
 		ShutdownTimeout: 5 * time.Second,
-		Log:             Log{Level: "debug", Format: "json"},
+		Log:             Log{Level: slog.LevelDebug, Format: "json"},
 		NATS:            NATS{URL: "nats://127.0.0.1:4222", Subject: "jg.prod", Queue: "deciders"},
 		Redis:           Redis{URL: "redis://127.0.0.1:6379/2", Mode: "standalone", KeyPrefix: "jg:", Timeout: 100 * time.Millisecond},
 		Gateway: Gateway{
@@ -238,15 +240,57 @@ func TestAllowCIDRs(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, c := range cfg.Gateway.AllowCIDRs {
-		p, err := ParsePrefix(c)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, p := range cfg.Gateway.AllowCIDRs {
 		got = append(got, p.String())
 	}
 	if want := []string{"10.0.0.0/8", "192.168.1.7/32", "::1/128"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("allow_cidrs read as %q, want %q", got, want)
+	}
+}
+
+// log.level and gateway.allow_cidrs are parsed once, by Load, from a file,
+// the environment or a flag; the errors are those of any other key.
+func TestParsedValues(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "typed.yaml")
+	if err := os.WriteFile(path, []byte("log: {level: warn}\ngateway: {allow_cidrs: [10.1.2.3/8, 192.168.1.7, \"::ffff:10.0.0.1\"]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantNets := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.1.7/32"), netip.MustParsePrefix("10.0.0.1/32")}
+	if cfg.Log.Level != slog.LevelWarn || !reflect.DeepEqual(cfg.Gateway.AllowCIDRs, wantNets) {
+		t.Fatalf("read log.level %v, allow_cidrs %v; want WARN, %v", cfg.Log.Level, cfg.Gateway.AllowCIDRs, wantNets)
+	}
+	cfg, err = Load(path, []string{"JOINGATE_LOG_LEVEL=error", "JOINGATE_GATEWAY_ALLOW_CIDRS="}, map[string]string{"log.level": "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Log.Level != slog.LevelDebug || cfg.Gateway.AllowCIDRs != nil {
+		t.Fatalf("read log.level %v, allow_cidrs %v; want the flag's DEBUG and none", cfg.Log.Level, cfg.Gateway.AllowCIDRs)
+	}
+
+	for _, c := range []struct {
+		file  string
+		env   []string
+		flags map[string]string
+		want  string
+	}{
+		{file: "testdata/bad_log_level.yaml", want: `config testdata/bad_log_level.yaml line 2: log.level: must be one of debug, info, warn, error, got "loud"`},
+		{env: []string{"JOINGATE_LOG_LEVEL=INFO"}, want: `environment JOINGATE_LOG_LEVEL: log.level: must be one of debug, info, warn, error, got "INFO"`},
+		{flags: map[string]string{"log.level": "info+1"}, want: `flag --log-level: log.level: must be one of debug, info, warn, error, got "info+1"`},
+		{file: "testdata/bad_allow_cidrs.yaml", want: `config testdata/bad_allow_cidrs.yaml line 4: gateway.allow_cidrs[1]: must be an address or CIDR such as 10.0.0.0/8, got "not-an-ip"`},
+		{env: []string{"JOINGATE_GATEWAY_ALLOW_CIDRS=10.0.0.0/8,not-an-ip"},
+			want: `environment JOINGATE_GATEWAY_ALLOW_CIDRS: gateway.allow_cidrs[1]: must be an address or CIDR such as 10.0.0.0/8, got "not-an-ip"`},
+		{env: []string{"JOINGATE_GATEWAY_ALLOW_CIDRS=[10.0.0.0/33]"},
+			want: `environment JOINGATE_GATEWAY_ALLOW_CIDRS: gateway.allow_cidrs[0]: must be an address or CIDR such as 10.0.0.0/8, got "10.0.0.0/33"`},
+	} {
+		_, err := Load(c.file, c.env, c.flags)
+		if err == nil || err.Error() != c.want {
+			t.Errorf("Load(%q, %q, %q): %v\nwant %s", c.file, c.env, c.flags, err, c.want)
+		}
 	}
 }
 

@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
@@ -57,6 +59,7 @@ func Load(path string, environ []string, flags map[string]string) (Config, error
 			return Config{}, err
 		}
 	}
+	l.cfg.ensureDefaults()
 	if err := l.validate(); err != nil {
 		return Config{}, err
 	}
@@ -153,14 +156,31 @@ func (l *loader) set(key, val, source string) error {
 		field.SetString(val)
 		l.source[key] = source
 		return nil
-	case field.Type() == reflect.TypeOf([]string(nil)) && !strings.HasPrefix(strings.TrimSpace(val), "["):
-		var list []string
-		for _, s := range strings.Split(val, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				list = append(list, s)
-			}
+	case isText(field.Type()):
+		if err := parseText(field, val); err != nil {
+			return fmt.Errorf("%s: %s: %w", source, key, err)
 		}
-		field.Set(reflect.ValueOf(list))
+		l.source[key] = source
+		return nil
+	case field.Kind() == reflect.Slice && (field.Type().Elem().Kind() == reflect.String || isText(field.Type().Elem())) &&
+		!strings.HasPrefix(strings.TrimSpace(val), "["):
+		list := reflect.MakeSlice(field.Type(), 0, 0)
+		for _, s := range strings.Split(val, ",") {
+			if s = strings.TrimSpace(s); s == "" {
+				continue
+			}
+			item := reflect.New(field.Type().Elem()).Elem()
+			if item.Kind() == reflect.String {
+				item.SetString(s)
+			} else if err := parseText(item, s); err != nil {
+				return fmt.Errorf("%s: %s[%d]: %w", source, key, list.Len(), err)
+			}
+			list = reflect.Append(list, item)
+		}
+		if list.Len() == 0 {
+			list = reflect.Zero(field.Type()) // nil, as an empty YAML list
+		}
+		field.Set(list)
 		l.source[key] = source
 		return nil
 	}
@@ -262,7 +282,7 @@ func leafKeys(t reflect.Type, prefix string) []string {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		key := prefix + f.Tag.Get("yaml")
-		if f.Type.Kind() == reflect.Struct {
+		if f.Type.Kind() == reflect.Struct && !isText(f.Type) {
 			keys = append(keys, leafKeys(f.Type, key+".")...)
 			continue
 		}
@@ -271,7 +291,55 @@ func leafKeys(t reflect.Type, prefix string) []string {
 	return keys
 }
 
-var durationType = reflect.TypeOf(time.Duration(0))
+var (
+	durationType = reflect.TypeFor[time.Duration]()
+	prefixType   = reflect.TypeFor[netip.Prefix]()
+	levelType    = reflect.TypeFor[slog.Level]()
+)
+
+// isText reports whether values of t are written as one string that
+// parseText reads, although t is not a Go string.
+func isText(t reflect.Type) bool { return t == prefixType || t == levelType }
+
+// logLevels are the names log.level takes.
+var logLevels = []string{"debug", "info", "warn", "error"}
+
+// parseText reads s into v, whose type isText: the values that are
+// parsed once, here, and used as they are.
+func parseText(v reflect.Value, s string) error {
+	switch v.Type() {
+	case prefixType:
+		p, err := parsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("must be an address or CIDR such as 10.0.0.0/8, got %q", s)
+		}
+		v.Set(reflect.ValueOf(p))
+	case levelType:
+		var l slog.Level
+		if !slices.Contains(logLevels, s) || l.UnmarshalText([]byte(s)) != nil {
+			return fmt.Errorf("must be one of %s, got %q", strings.Join(logLevels, ", "), s)
+		}
+		v.Set(reflect.ValueOf(l))
+	default:
+		panic("config: parseText of " + v.Type().String()) // isText and parseText disagree
+	}
+	return nil
+}
+
+// levelName is l as log.level writes it.
+func levelName(l slog.Level) string { return strings.ToLower(l.String()) }
+
+// parsePrefix reads a CIDR, or a single address as a one-address prefix.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
 
 // walker decodes a YAML node into a Go value strictly: unknown and
 // duplicate keys, and values of the wrong kind, are errors naming the key.
@@ -292,13 +360,22 @@ func (w walker) decode(n *yaml.Node, v reflect.Value, key string) error {
 		return &lineError{line: n.Line, err: err}
 	}
 	isNull := n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-	if v.Kind() != reflect.Struct && v.Kind() != reflect.Slice && n.Kind != yaml.ScalarNode {
+	text := isText(v.Type())
+	if (text || v.Kind() != reflect.Struct && v.Kind() != reflect.Slice) && n.Kind != yaml.ScalarNode {
 		return where("must be a single value")
 	}
 	if key != "" {
 		w.seen[key] = w.source(key, n)
 	}
 	switch {
+	case text:
+		s := n.Value
+		if isNull {
+			s = ""
+		}
+		if err := parseText(v, s); err != nil {
+			return where("%w", err)
+		}
 	case v.Kind() == reflect.Struct:
 		if isNull {
 			return nil
@@ -402,7 +479,7 @@ var Flags = []Flag{
 		func(c Config) string { return c.Redis.URL }},
 	{"decision-timeout", "gateway.decision_timeout", "how long the gateway waits for a worker's decision", []string{"all", "gateway"},
 		func(c Config) string { return c.Gateway.DecisionTimeout.String() }},
-	{"log-level", "log.level", "debug, info, warn or error", []string{"all", "gateway", "worker"}, func(c Config) string { return c.Log.Level }},
+	{"log-level", "log.level", "debug, info, warn or error", []string{"all", "gateway", "worker"}, func(c Config) string { return levelName(c.Log.Level) }},
 }
 
 // FlagValues registers on fs the Flags that cmd reads (all of them for

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -13,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/redact"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
@@ -43,8 +43,9 @@ func (l *loader) sourceOf(key string) (string, bool) {
 	return strings.Join(srcs, ", "), len(srcs) > 0
 }
 
-// validate checks the merged configuration and fills defaults that depend
-// on other keys. Each error names the key and where its value came from.
+// validate reports what is wrong with the merged configuration, after
+// ensureDefaults; it changes nothing. Each error names the key and where
+// its value came from.
 func (l *loader) validate() error {
 	c := &l.cfg
 	var errs []error
@@ -73,8 +74,9 @@ func (l *loader) validate() error {
 		bad(key, "must be one of %s, got %q", strings.Join(allowed, ", "), v)
 	}
 	refusal := func(key string, r *Refusal) {
-		if r.ErrCode < 5000 || r.ErrCode > 9999 {
-			bad(key+".err_code", "must be in 5000-9999 (IMServer passes it to the client; 0 reads as success, under 100 as a server error), got %d", r.ErrCode)
+		if r.ErrCode < callback.MinRefusalCode || r.ErrCode > callback.MaxRefusalCode {
+			bad(key+".err_code", "must be in %d-%d (IMServer passes it to the client; 0 reads as success, under 100 as a server error), got %d",
+				callback.MinRefusalCode, callback.MaxRefusalCode, r.ErrCode)
 		}
 		if r.ErrMsg == "" {
 			bad(key+".err_msg", "must not be empty")
@@ -89,7 +91,6 @@ func (l *loader) validate() error {
 	if c.ShutdownDelay < 0 {
 		bad("shutdown_delay", "must not be negative, got %s", c.ShutdownDelay)
 	}
-	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
 
 	for _, u := range strings.Split(c.NATS.URL, ",") {
@@ -170,11 +171,6 @@ func (l *loader) validate() error {
 	if g.IdleTimeout <= 0 {
 		bad("gateway.idle_timeout", "must be positive, got %s", g.IdleTimeout)
 	}
-	for i, c := range g.AllowCIDRs {
-		if _, err := ParsePrefix(c); err != nil {
-			bad(fmt.Sprintf("gateway.allow_cidrs[%d]", i), "must be an address or CIDR such as 10.0.0.0/8, got %q", c)
-		}
-	}
 	if g.BasicAuth.Password != "" && g.BasicAuth.Username == "" {
 		bad("gateway.basic_auth.username", "must be set when basic_auth.password is")
 	}
@@ -233,30 +229,10 @@ func (l *loader) validate() error {
 		} else if lim.Limit > 0 && lim.Period/time.Duration(lim.Limit) < time.Microsecond {
 			bad(key+".limit", "%d per %s is finer than one request per microsecond", lim.Limit, lim.Period)
 		}
-		if lim.Burst == 0 {
-			lim.Burst = lim.Limit
-		} else if lim.Burst < 0 {
+		if lim.Burst < 0 {
 			bad(key+".burst", "must be positive (or 0 for the limit), got %d", lim.Burst)
-		}
-		if lim.ErrCode == 0 {
-			lim.ErrCode = 5001
-		}
-		if lim.ErrMsg == "" {
-			lim.ErrMsg = "too many join requests"
 		}
 		refusal(key, &Refusal{ErrCode: lim.ErrCode, ErrMsg: lim.ErrMsg})
 	}
 	return errors.Join(errs...)
-}
-
-// ParsePrefix reads a CIDR, or a single address as a one-address prefix.
-func ParsePrefix(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }

@@ -69,6 +69,7 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
+// validate reports what is wrong with o; it changes nothing.
 func (o *Options) validate() error {
 	if o.Path == "" {
 		return errors.New("reload: Options.Path is empty")
@@ -78,15 +79,6 @@ func (o *Options) validate() error {
 	}
 	if o.Debounce < 0 {
 		return fmt.Errorf("reload: Options.Debounce is negative (%v)", o.Debounce)
-	}
-	if o.Debounce == 0 {
-		o.Debounce = DefaultDebounce
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Registerer == nil {
-		o.Registerer = prometheus.NewRegistry()
 	}
 	return nil
 }
@@ -114,6 +106,15 @@ type Watcher struct {
 // content as the loaded one (the caller loaded it before): Run reloads only
 // when the content differs from it. New starts nothing.
 func New(opts Options) (*Watcher, error) {
+	if opts.Debounce == 0 {
+		opts.Debounce = DefaultDebounce
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
