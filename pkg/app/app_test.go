@@ -105,7 +105,7 @@ func errCode(t *testing.T, resp *http.Response) int {
 func testConfig() config.Config {
 	cfg := config.Default()
 	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Log.Level = "debug"
+	cfg.Log.Level = slog.LevelDebug
 	cfg.JoinGroup.DenyApplicants = []string{"mallory"}
 	return cfg
 }
