@@ -65,7 +65,14 @@ func TestCause(t *testing.T) {
 		{"never answers", "redis://" + hole.Addr().String(), redisconn.TLS{}, redisconn.CauseTimeout},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cl, err := redisconn.NewUniversal(c.url, redisconn.Standalone, c.tls, 200*time.Millisecond, 4)
+			// A short timeout where the timeout is the answer; a long one
+			// elsewhere, so that a TLS handshake slowed by a busy machine
+			// (-race) is not read as one.
+			timeout := 5 * time.Second
+			if c.want == redisconn.CauseTimeout {
+				timeout = 200 * time.Millisecond
+			}
+			cl, err := redisconn.NewUniversal(c.url, redisconn.Standalone, c.tls, timeout, 4)
 			if err != nil {
 				t.Fatal(err)
 			}
