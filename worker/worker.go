@@ -61,6 +61,10 @@ type Options struct {
 	// has succeeded (longer when it flaps: see hysteresis).
 	ProbeInterval time.Duration
 	RejoinAfter   time.Duration
+	// RefusalMemory is how many refusals the worker keeps, to refuse again
+	// without a store call while GCRA would (ratelimit.Refusals); 0 turns
+	// it off. Changes to the store must be followed by Invalidate.
+	RefusalMemory int
 	// DrainTimeout bounds how long Run waits, once stopped, for requests
 	// already received to be answered.
 	DrainTimeout time.Duration
@@ -88,6 +92,7 @@ func DefaultOptions() Options {
 		BreakerCooldown: c.Worker.BreakerCooldown,
 		ProbeInterval:   250 * time.Millisecond,
 		RejoinAfter:     c.Worker.BreakerCooldown,
+		RefusalMemory:   c.Worker.RefusalMemory,
 	}
 }
 
@@ -106,6 +111,9 @@ func (o *Options) validate() error {
 	if o.Subject == "" || o.Queue == "" {
 		errs = append(errs, errors.New("subject and queue must be set"))
 	}
+	if o.RefusalMemory < 0 {
+		errs = append(errs, fmt.Errorf("RefusalMemory must not be negative, got %d", o.RefusalMemory))
+	}
 	if o.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("concurrency must be at least 1, got %d", o.Concurrency))
 	}
@@ -122,8 +130,10 @@ type Worker struct {
 	log     *slog.Logger
 	metrics *metrics
 	policy  atomic.Pointer[policy.JoinGroup]
-	store   Store
-	prefix  string // "<subject>."
+	store   Store        // the store behind the breaker
+	decider policy.Store // what decisions ask: store, or memory in front of it
+	memory  *memory      // nil without RefusalMemory
+	prefix  string       // "<subject>."
 
 	// Per-request log lines that metrics count too, at most one a second
 	// each: an outage or a hot rule must not flood the log.
@@ -167,6 +177,11 @@ func New(opts Options) (*Worker, error) {
 		}
 	})
 	w.store = guardedStore{Store: opts.Store, breaker: w.breaker, hist: w.metrics.storeTime}
+	w.decider = w.store
+	if opts.RefusalMemory > 0 {
+		w.memory = newMemory(w.store, opts.RefusalMemory, opts.Conn, opts.Subject, opts.Registerer)
+		w.decider = w.memory
+	}
 	w.policy.Store(opts.Policy)
 	w.metrics.concurrency.Set(float64(opts.Concurrency))
 	return w, nil
@@ -180,6 +195,21 @@ func (w *Worker) Policy() *policy.JoinGroup { return w.policy.Load() }
 func (w *Worker) SetPolicy(p *policy.JoinGroup) {
 	w.metrics.addRules(p.Rules())
 	w.policy.Store(p)
+	if w.memory != nil {
+		w.memory.clear("reload")
+	}
+}
+
+// Invalidate tells every worker's memory of refusals, this one's too, that
+// the store changed (a list entry, a quota reset) or a policy did: it
+// returns once NATS has the broadcast, so that the callbacks sent after it
+// are decided without what the memory held. A no-op without
+// RefusalMemory.
+func (w *Worker) Invalidate(ctx context.Context) error {
+	if w.memory == nil {
+		return nil
+	}
+	return w.memory.invalidate(ctx)
 }
 
 // Run joins the queue group once the store answers, decides requests, and
@@ -229,6 +259,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.log.Info("worker stopped")
 	}()
 
+	if w.memory != nil {
+		if err := w.memory.listen(); err != nil {
+			return err
+		}
+	}
 	sub, err := w.keepMembership(ctx, handler)
 	if err != nil || sub == nil {
 		return err
@@ -317,7 +352,10 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 		storeBy = deadline
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), storeBy)
-	d, err := w.policy.Load().Decide(ctx, req, w.store, s)
+	if w.memory != nil {
+		w.memory.catchUp()
+	}
+	d, err := w.policy.Load().Decide(ctx, req, w.decider, s)
 	cancel()
 	if err != nil && !time.Now().Before(deadline) {
 		// The store was too slow for this request's budget (go-redis says

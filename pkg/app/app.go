@@ -153,12 +153,16 @@ func New(cfg config.Config, opts Options) (_ *App, err error) {
 		opts.DrainTimeout = cfg.ShutdownTimeout
 		opts.BreakerFailures, opts.BreakerCooldown = cfg.Worker.BreakerFailures, cfg.Worker.BreakerCooldown
 		opts.StoreBudget, opts.RejoinAfter = cfg.Redis.Timeout, cfg.Worker.BreakerCooldown
+		if cfg.Redis.URL != "" {
+			// In memory, the store itself costs no more than a memory of it.
+			opts.RefusalMemory = cfg.Worker.RefusalMemory
+		}
 		opts.Logger, opts.Registerer = log, reg
 		if wk, err = worker.New(opts); err != nil {
 			return nil, err
 		}
 		checks = append(checks, admin.Check{Name: "worker", Check: wk.Ready})
-		api = control.Handler(store, wk.Policy, log.With("component", "control"))
+		api = control.Handler(invalidating{store, wk.Invalidate}, wk.Policy, log.With("component", "control"))
 	}
 	if runGateway {
 		nc, err := connect("gateway")
@@ -302,6 +306,13 @@ func newWatcher(running config.Config, path string, load func() (config.Config, 
 		}
 		changed := slices.DeleteFunc(config.Diff(applied, cfg), func(k string) bool { return !config.Reloadable(k) })
 		wk.SetPolicy(pol)
+		ctx, cancel := context.WithTimeout(context.Background(), running.ShutdownTimeout)
+		defer cancel()
+		if err := wk.Invalidate(ctx); err != nil {
+			// The new policy applies here all the same; the other workers
+			// reload their own.
+			log.Warn("the other workers' memory of refusals was not told of the new policy", "err", err)
+		}
 		applied = cfg
 		log.Info("policy in force", "limits", len(cfg.JoinGroup.Limits), "dry_run", cfg.JoinGroup.DryRun)
 		return changed, nil
@@ -311,6 +322,36 @@ func newWatcher(running config.Config, path string, load func() (config.Config, 
 		return nil, fmt.Errorf("config reload: %w", err)
 	}
 	return w, nil
+}
+
+// invalidating is the store as the admin API changes it: each change is
+// followed by a broadcast that clears every worker's memory of refusals.
+type invalidating struct {
+	store
+	invalidate func(context.Context) error
+}
+
+func (s invalidating) Reset(ctx context.Context, keys ...string) error {
+	return s.then(ctx, s.store.Reset(ctx, keys...))
+}
+
+func (s invalidating) ListAdd(ctx context.Context, index, member, flag string) error {
+	return s.then(ctx, s.store.ListAdd(ctx, index, member, flag))
+}
+
+func (s invalidating) ListRemove(ctx context.Context, index, member, flag string) error {
+	return s.then(ctx, s.store.ListRemove(ctx, index, member, flag))
+}
+
+// then broadcasts after a change that succeeded.
+func (s invalidating) then(ctx context.Context, err error) error {
+	if err != nil {
+		return err
+	}
+	if err := s.invalidate(ctx); err != nil {
+		return fmt.Errorf("changed in the store, but other workers may still refuse from memory what it changed, until those refusals expire (retry once NATS is back): %w", err)
+	}
+	return nil
 }
 
 // store is what the worker decides with and the admin API manages.

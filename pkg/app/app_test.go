@@ -301,3 +301,46 @@ join_group:
 		t.Fatalf("bob after SIGHUP: errCode %d, want %d", got, deny)
 	}
 }
+
+// With Redis, a worker refuses a refused applicant again from memory; an
+// operator's change through the admin API (what joingate ctl sends) is
+// followed by the broadcast, so the very next callback sees it.
+func TestOperatorChangeClearsRefusalMemory(t *testing.T) {
+	cfg := testConfig()
+	cfg.Redis.URL = testenv.StartRedis(t).URL
+	cfg.AdminToken = "t0ken"
+	cfg.JoinGroup.Limits = cfg.JoinGroup.Limits[:1]
+	cfg.JoinGroup.Limits[0].Limit, cfg.JoinGroup.Limits[0].Burst, cfg.JoinGroup.Limits[0].Period = 1, 1, time.Hour
+	s := start(t, cfg, Options{Role: "all"})
+	limited := cfg.JoinGroup.Limits[0].ErrCode
+	hits := func() string {
+		resp, err := http.Get("http://" + s.AdminAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Sprint(testenv.TextValue(t, string(b), "joingate_worker_refusal_memory_hits_total"))
+	}
+	for i, want := range []int{0, limited, limited, limited} {
+		if got := s.join(t, "g1", "alice"); got != want {
+			t.Fatalf("application %d of alice: errCode %d, want %d", i+1, got, want)
+		}
+	}
+	if got := hits(); got != "2" {
+		t.Fatalf("refusals from memory: %s, want 2 (the first refusal asks Redis)", got)
+	}
+	req, _ := http.NewRequest(http.MethodPut, "http://"+s.AdminAddr()+"/api/v1/lists/allow_applicants/alice", nil)
+	req.Header.Set("Authorization", "Bearer t0ken")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("allow add: %s", resp.Status)
+	}
+	if got := s.join(t, "g1", "alice"); got != 0 {
+		t.Fatalf("alice after she was allow-listed: errCode %d, want 0", got)
+	}
+}

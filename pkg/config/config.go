@@ -129,6 +129,10 @@ type Worker struct {
 	// BatchRedis sends the decisions a worker makes at once to Redis
 	// together, in one script call (not on Redis Cluster).
 	BatchRedis bool `yaml:"batch_redis"`
+	// RefusalMemory is how many refusals (and list keys known absent) a
+	// worker keeps, to refuse again without asking Redis until GCRA would
+	// admit; 0 turns it off.
+	RefusalMemory int `yaml:"refusal_memory"`
 }
 
 // Refusal is what IMServer passes on to the client when joingate refuses.
@@ -209,6 +213,7 @@ func Default() Config {
 			BreakerFailures:   5,
 			BreakerCooldown:   time.Second,
 			BatchRedis:        true,
+			RefusalMemory:     100_000,
 		},
 		JoinGroup: JoinGroup{
 			DenyRefusal:    Refusal{ErrCode: 5002, ErrMsg: "join request not allowed"},

@@ -42,7 +42,7 @@ func TestLoadFull(t *testing.T) {
 			FallbackRefusal: Refusal{5100, "paused"}, MaxBodyBytes: 4096,
 			ReadTimeout: 2 * time.Second, IdleTimeout: 30 * time.Second, MaxConns: 1000,
 		},
-		Worker: Worker{Concurrency: 32, OnStoreError: Deny, StoreErrorRefusal: Refusal{5101, "store down"}, BreakerFailures: 3, BreakerCooldown: 2 * time.Second},
+		Worker: Worker{Concurrency: 32, OnStoreError: Deny, StoreErrorRefusal: Refusal{5101, "store down"}, BreakerFailures: 3, BreakerCooldown: 2 * time.Second, RefusalMemory: 5000},
 		JoinGroup: JoinGroup{
 			AllowApplicants: []string{"admin", "bot-1"},
 			DenyApplicants:  []string{"spammer"},

@@ -191,6 +191,9 @@ func (l *loader) validate() error {
 	}
 	oneOf("worker.on_store_error", w.OnStoreError, Allow, Deny)
 	refusal("worker.store_error_refusal", &w.StoreErrorRefusal)
+	if w.RefusalMemory < 0 {
+		bad("worker.refusal_memory", "must be 0 (off) or a number of entries, got %d", w.RefusalMemory)
+	}
 	if w.BreakerFailures < 1 {
 		bad("worker.breaker_failures", "must be at least 1, got %d", w.BreakerFailures)
 	}

@@ -34,9 +34,7 @@ import (
 // Guards are remembered for guardTTL, so that a list changed behind
 // joingate's back (redis-cli) is seen within that time.
 type Refusals struct {
-	store interface {
-		Decide(ctx context.Context, q *Query, a *Answer) error
-	}
+	store Decider
 	size  int
 	epoch time.Time // the monotonic clock's origin
 
@@ -49,6 +47,11 @@ type Refusals struct {
 	// slack, set by tests only, lengthens every refusal remembered: the
 	// differential test proves it notices.
 	slack time.Duration
+}
+
+// Decider is the store Refusals asks.
+type Decider interface {
+	Decide(ctx context.Context, q *Query, a *Answer) error
 }
 
 type refusedKey struct {
@@ -65,9 +68,7 @@ const DefaultRefusalsSize = 100_000
 
 // NewRefusals returns a memory of refusals in front of store, keeping at
 // most size entries (DefaultRefusalsSize when size < 1).
-func NewRefusals(store interface {
-	Decide(ctx context.Context, q *Query, a *Answer) error
-}, size int) *Refusals {
+func NewRefusals(store Decider, size int) *Refusals {
 	if size < 1 {
 		size = DefaultRefusalsSize
 	}

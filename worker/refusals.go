@@ -1,0 +1,125 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/joingate/joingate/pkg/ratelimit"
+)
+
+// The worker's memory of refusals (ratelimit.Refusals, Options.
+// RefusalMemory) is kept true to the store across workers: every change an
+// operator makes (joingate ctl: lists, quota resets) and every policy
+// reload is followed by Invalidate, which clears it on every worker at
+// once, through a NATS broadcast on <Subject>_invalidate (outside the
+// queue group's <Subject>.>).
+//
+// "At once": the broadcast is received on a synchronous subscription that
+// the worker looks at before each decision. On one NATS server, whatever
+// a worker receives after the broadcast was flushed (a callback sent after
+// the operator's ctl command returned) is read from its socket after the
+// broadcast, so the decision sees it. A worker that was disconnected may
+// have missed one: it clears its memory when it sees that it reconnected.
+
+// flushTimeout bounds how long Invalidate waits for NATS to have the
+// broadcast.
+const flushTimeout = 5 * time.Second
+
+// InvalidateSubject is the subject of the broadcast for a subject prefix.
+func InvalidateSubject(subject string) string { return subject + "_invalidate" }
+
+// memory is a worker's memory of refusals and what keeps it true.
+type memory struct {
+	*ratelimit.Refusals
+	nc         *nats.Conn
+	subject    string
+	sub        atomic.Pointer[nats.Subscription] // set by Run
+	reconnects atomic.Uint64                     // as last seen
+	clears     *prometheus.CounterVec
+}
+
+func newMemory(store ratelimit.Decider, size int, nc *nats.Conn, subject string, reg prometheus.Registerer) *memory {
+	m := &memory{Refusals: ratelimit.NewRefusals(store, size), nc: nc, subject: InvalidateSubject(subject)}
+	m.reconnects.Store(nc.Stats().Reconnects)
+	f := promauto.With(reg)
+	f.NewCounterFunc(prometheus.CounterOpts{
+		Name: "joingate_worker_refusal_memory_hits_total",
+		Help: "Refusals answered from the worker's memory of refusals, without a store call (worker.refusal_memory).",
+	}, func() float64 { return float64(m.Stats().Hits) })
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "joingate_worker_refusal_memory_entries",
+		Help: "Refusals and list keys known absent that the worker's memory of refusals holds.",
+	}, func() float64 { return float64(m.Stats().Entries) })
+	f.NewCounterFunc(prometheus.CounterOpts{
+		Name: "joingate_worker_refusal_memory_evictions_total",
+		Help: "Entries dropped from the memory of refusals before they expired, for room: worker.refusal_memory is too small for the keys refused.",
+	}, func() float64 { return float64(m.Stats().Evictions) })
+	m.clears = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "joingate_worker_refusal_memory_clears_total",
+		Help: "Times the memory of refusals was cleared, by cause: broadcast (an operator's change or a reload, made on any worker), reconnect (a broadcast may have been missed), change (an operator's change made through this worker), reload (this worker's policy changed).",
+	}, []string{"cause"})
+	for _, c := range []string{"broadcast", "reconnect", "change", "reload"} {
+		m.clears.WithLabelValues(c)
+	}
+	return m
+}
+
+// listen subscribes to the broadcast; the subscription lasts as long as
+// the connection, in the queue group or out.
+func (m *memory) listen() error {
+	sub, err := m.nc.SubscribeSync(m.subject)
+	if err != nil {
+		return fmt.Errorf("subscribe to %s: %w", m.subject, err)
+	}
+	m.sub.Store(sub)
+	return nil
+}
+
+// catchUp clears the memory when a broadcast arrived or the connection was
+// lost since the last decision.
+func (m *memory) catchUp() {
+	if n := m.nc.Stats().Reconnects; n != m.reconnects.Load() {
+		m.reconnects.Store(n)
+		m.clear("reconnect")
+	}
+	sub := m.sub.Load()
+	if sub == nil {
+		return
+	}
+	if n, _, _ := sub.Pending(); n == 0 {
+		return
+	}
+	for {
+		if _, err := sub.NextMsg(0); err != nil {
+			break
+		}
+	}
+	m.clear("broadcast")
+}
+
+func (m *memory) clear(cause string) {
+	m.Clear()
+	m.clears.WithLabelValues(cause).Inc()
+}
+
+// invalidate clears this worker's memory and every other's, and returns
+// once NATS has the broadcast.
+func (m *memory) invalidate(ctx context.Context) error {
+	m.clear("change")
+	if err := m.nc.Publish(m.subject, nil); err != nil {
+		return fmt.Errorf("broadcast to %s: %w", m.subject, err)
+	}
+	// Flush needs a deadline; ctx may bring an earlier one.
+	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	defer cancel()
+	if err := m.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("broadcast to %s: %w", m.subject, err)
+	}
+	return nil
+}

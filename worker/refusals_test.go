@@ -1,0 +1,105 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/joingate/joingate/pkg/policy"
+	"github.com/joingate/joingate/pkg/ratelimit"
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+// Two workers with their memory of refusals share one Redis: a refused
+// applicant is refused again from memory, without a store call, and an
+// operator's change made through one worker (allow-listing the applicant,
+// or resetting its quota) followed by Invalidate is seen by the very next
+// callback, whichever worker takes it. Ten rounds, so that both workers
+// answer from memory and take the callback after the change.
+func TestRefusalMemoryAcrossWorkers(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	red := ratelimit.NewRedis(srv.Client)
+	p := testPolicy(t, perApplicant(1))
+	withMemory := func(o *Options) { o.RefusalMemory = 1000 }
+	a, regA, _ := startWorker(t, ns, red, p, withMemory)
+	_, regB, _ := startWorker(t, ns, red, p, withMemory)
+	nc := testenv.Conn(t, ns)
+	ctx := context.Background()
+	join := func(applicant string) answer {
+		t.Helper()
+		m, err := request(t, nc, joinBody(applicant, "g1"), time.Now().Add(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return decode(t, m)
+	}
+	hits := func() float64 {
+		return testenv.Value(t, regA, "joingate_worker_refusal_memory_hits_total") +
+			testenv.Value(t, regB, "joingate_worker_refusal_memory_hits_total")
+	}
+	for round := range 10 {
+		applicant := fmt.Sprint("flooder-", round)
+		if got := join(applicant); got.ErrCode != 0 {
+			t.Fatalf("round %d: first application refused: %+v", round, got)
+		}
+		before := hits()
+		for i := range 6 {
+			if got := join(applicant); got.ErrCode != 5001 {
+				t.Fatalf("round %d: application %d: %+v, want 5001", round, i+2, got)
+			}
+		}
+		if hits() < before+2 {
+			t.Fatalf("round %d: %v refusals from memory of 6 (one per worker may ask Redis)", round, hits()-before)
+		}
+		if round%2 == 0 {
+			keys := p.Keys()
+			if err := red.ListAdd(ctx, keys.Index(policy.ListAllowApplicants), applicant, keys.Flag(policy.ListAllowApplicants, applicant)); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			check, err := p.Rule("per-applicant", applicant, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := red.Reset(ctx, check.Key); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := a.Invalidate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := join(applicant); got.ErrCode != 0 {
+			t.Fatalf("round %d: refused after the operator's change was broadcast: %+v", round, got)
+		}
+	}
+	// B clears when it next decides after a broadcast (pending broadcasts
+	// together): at most once per broadcast, at least once.
+	if n := testenv.Value(t, regB, "joingate_worker_refusal_memory_clears_total", "broadcast"); n < 1 || n > 10 {
+		t.Fatalf("worker B cleared its memory %v times on 10 broadcasts", n)
+	}
+}
+
+// A worker's memory refuses nothing a shadow rule or a dry run would
+// refuse, and without RefusalMemory there is none.
+func TestRefusalMemoryNeverShadow(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	shadow := perApplicant(1)
+	shadow.Shadow = true
+	_, reg, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, shadow), func(o *Options) { o.RefusalMemory = 1000 })
+	nc := testenv.Conn(t, ns)
+	for i := range 5 {
+		m, err := request(t, nc, joinBody("u1", "g1"), time.Now().Add(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := decode(t, m); got.ErrCode != 0 {
+			t.Fatalf("application %d under a shadow rule: %+v", i+1, got)
+		}
+	}
+	if n := testenv.Value(t, reg, "joingate_worker_refusal_memory_entries"); n != 0 {
+		t.Fatalf("%v entries remembered for a shadow rule", n)
+	}
+}
