@@ -5,8 +5,8 @@ package worker
 // without the NATS delivery in front of it.
 
 import (
-	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,19 +53,20 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 }
 
 // benchHandle handles the messages in turn, b.N times in all, with a
-// policy of the default two limits set too high to refuse.
-func benchHandle(b *testing.B, store Store) {
+// policy of the default two limits set to limit per period (and burst),
+// and wants every answer to start with want.
+func benchHandle(b *testing.B, store Store, limit int, period time.Duration, memory int, want string) {
 	ns := testenv.NATS(b)
 	cfg := config.Default()
 	for i := range cfg.JoinGroup.Limits {
-		cfg.JoinGroup.Limits[i].Limit, cfg.JoinGroup.Limits[i].Burst, cfg.JoinGroup.Limits[i].Period = 1_000_000, 1_000_000, time.Second
+		cfg.JoinGroup.Limits[i].Limit, cfg.JoinGroup.Limits[i].Burst, cfg.JoinGroup.Limits[i].Period = limit, limit, period
 	}
 	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "bench:")
 	if err != nil {
 		b.Fatal(err)
 	}
 	opts := DefaultOptions()
-	opts.Conn, opts.Store, opts.Policy = testenv.Conn(b, ns), store, p
+	opts.Conn, opts.Store, opts.Policy, opts.RefusalMemory = testenv.Conn(b, ns), store, p, memory
 	w, err := New(opts)
 	if err != nil {
 		b.Fatal(err)
@@ -75,26 +76,37 @@ func benchHandle(b *testing.B, store Store) {
 		s   policy.Scratch
 		req callback.JoinGroup
 	)
+	for _, m := range msgs { // every applicant once: a flood finds them refused
+		w.handle(m, &s, &req)
+	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		w.handle(msgs[i%len(msgs)], &s, &req)
-		if string(s.Body) != callback.AllowJSON {
-			b.Fatalf("decided %q, want allow", s.Body)
+		if !strings.HasPrefix(string(s.Body), want) {
+			b.Fatalf("decided %q, want %s...", s.Body, want)
 		}
 	}
 }
 
+const benchAllow = callback.AllowJSON
+
 // The decision with the in-memory store (`joingate all` without Redis).
 func BenchmarkHandleMemory(b *testing.B) {
-	benchHandle(b, ratelimit.NewMemory())
+	benchHandle(b, ratelimit.NewMemory(), 1_000_000, time.Second, 0, benchAllow)
 }
 
 // The decision with a real Redis on a unix socket: one script call per
 // request, the round trip included.
 func BenchmarkHandleRedis(b *testing.B) {
-	r := testenv.StartRedis(b)
-	if err := r.Client.Ping(context.Background()).Err(); err != nil {
-		b.Fatal(err)
-	}
-	benchHandle(b, ratelimit.NewRedis(r.Client))
+	benchHandle(b, ratelimit.NewRedis(testenv.StartRedis(b).Client), 1_000_000, time.Second, 0, benchAllow)
+}
+
+// A flood: every applicant already at its limit (one an hour), so every
+// decision is a refusal; without the memory of refusals each costs a Redis
+// call, with it none.
+func BenchmarkHandleRedisFlood(b *testing.B) {
+	red := ratelimit.NewRedis(testenv.StartRedis(b).Client)
+	refusal := `{"actionCode":0,"errCode":5001`
+	b.Run("memory=off", func(b *testing.B) { benchHandle(b, red, 1, time.Hour, 0, refusal) })
+	b.Run("memory=on", func(b *testing.B) { benchHandle(b, red, 1, time.Hour, 100_000, refusal) })
 }
