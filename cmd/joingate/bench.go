@@ -14,15 +14,15 @@ import (
 	"syscall"
 
 	"github.com/joingate/joingate/gateway"
-	"github.com/joingate/joingate/pkg/ceiling"
 	"github.com/joingate/joingate/pkg/loadgen"
+	"github.com/joingate/joingate/pkg/reference"
 )
 
 const benchUsage = `usage:
   joingate bench [flags]                 send IMServer-like load to a webhook (see flags)
   joingate bench --reference [--listen ADDR]
   joingate bench reference [--listen ADDR]
-                                         run the reference server: the ceiling the bench compares with
+                                         run the reference server, the one the bench compares with
   joingate bench suite [flags]           what 'make bench' runs: the reference server, 'joingate all'
                                          with Redis and the distributed set under the same load, and
                                          a table of the results ('joingate bench suite -h')
@@ -48,8 +48,8 @@ func runBench(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, benchUsage)
 		fs.PrintDefaults()
 	}
-	reference := fs.Bool("reference", false, "run the reference server on --listen instead of sending load")
-	listen := fs.String("listen", ceiling.DefaultOptions().Listen, "--reference: the address to serve on")
+	asReference := fs.Bool("reference", false, "run the reference server on --listen instead of sending load")
+	listen := fs.String("listen", reference.DefaultOptions().Listen, "--reference: the address to serve on")
 	opts := loadgen.DefaultOptions()
 	loadFlags(fs, &opts, true)
 	metricsURLs := fs.String("metrics-url", "", "gateways' Prometheus endpoints, comma-separated (http://127.0.0.1:9090/metrics):\n"+
@@ -67,7 +67,7 @@ func runBench(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "joingate bench: unexpected arguments %q\n", fs.Args())
 		return exitUsage
 	}
-	if *reference {
+	if *asReference {
 		return serveReference(*listen, stderr)
 	}
 	if *metricsURLs != "" {
@@ -136,7 +136,7 @@ func loadFlags(fs *flag.FlagSet, opts *loadgen.Options, withTarget bool) {
 func runReference(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("joingate bench reference", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", ceiling.DefaultOptions().Listen, "the address to serve on")
+	listen := fs.String("listen", reference.DefaultOptions().Listen, "the address to serve on")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -150,12 +150,12 @@ func runReference(args []string, stderr io.Writer) int {
 	return serveReference(*listen, stderr)
 }
 
-// serveReference runs the ceiling until SIGINT or SIGTERM.
+// serveReference runs the reference server until SIGINT or SIGTERM.
 func serveReference(listen string, stderr io.Writer) int {
-	opts := ceiling.DefaultOptions()
+	opts := reference.DefaultOptions()
 	opts.NewServer = gateway.NewDefaultHTTPServer
 	opts.Listen = listen
-	srv, err := ceiling.New(opts)
+	srv, err := reference.New(opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "joingate bench reference: %v\n", err)
 		return 1

@@ -35,7 +35,7 @@ func runSoak(args, environ []string, stdout, stderr io.Writer) int {
 	o := suiteOptions{load: loadgen.DefaultOptions(), setups: []string{setupReference, setupAll}}
 	loadFlags(fs, &o.load, false)
 	fs.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
-	fs.Float64Var(&o.openFactor, "factor", 0.5, "without --rate: this fraction of the ceiling's rate, measured first")
+	fs.Float64Var(&o.openFactor, "factor", 0.5, "without --rate: this fraction of the reference's rate, measured first")
 	interval := fs.Duration("interval", 5*time.Second, "how often to sample the process")
 	o.load.Duration = 10 * time.Minute
 	if err := fs.Parse(args); err != nil {
@@ -79,7 +79,7 @@ func runSoak(args, environ []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// soak measures the ceiling (unless --rate is given), starts Redis and
+// soak measures the reference (unless --rate is given), starts Redis and
 // `joingate all`, loads it in open loop and samples it until the load ends.
 func (s *suite) soak(ctx context.Context, interval time.Duration) ([]soakSample, *loadgen.Result, error) {
 	rate := s.o.load.Rate

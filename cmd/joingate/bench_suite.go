@@ -4,7 +4,7 @@ package main
 // on this machine, in one invocation, the reference server, `joingate all`
 // with a real Redis, and the distributed set (nats-server, a gateway, two
 // workers, Redis), each as separate processes under the same load from this
-// process, then an open loop against `all` at a fraction of the ceiling's
+// process, then an open loop against `all` at a fraction of the reference's
 // rate, and a table of the results. Everything listens on 127.0.0.1 only;
 // every child is killed when the suite ends, fails or is interrupted.
 
@@ -80,11 +80,11 @@ func runSuite(args, environ []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	o := suiteOptions{load: loadgen.DefaultOptions()}
 	loadFlags(fs, &o.load, false)
-	setups := fs.String("setups", strings.Join([]string{setupReference, setupAll, setupDistributed}, ","), "setups to run, comma-separated (the reference always runs: it is the ceiling)")
+	setups := fs.String("setups", strings.Join([]string{setupReference, setupAll, setupDistributed}, ","), "setups to run, comma-separated (the reference always runs: every ratio is to it)")
 	fs.StringVar(&o.joingate, "joingate", "", "joingate binary that runs the servers (default: this one)")
 	fs.StringVar(&o.natsServer, "nats-server", "", "nats-server binary for the distributed set (default: next to the joingate binary, then $PATH)")
 	fs.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
-	fs.Float64Var(&o.openFactor, "open-factor", 0.5, "the open-loop run of `all` sends this fraction of the ceiling's measured rate; 0 skips it")
+	fs.Float64Var(&o.openFactor, "open-factor", 0.5, "the open-loop run of `all` sends this fraction of the reference's measured rate; 0 skips it")
 	fs.StringVar(&o.profile, "profile", "", "also take a CPU profile of `all` under closed-loop load and write it to `FILE`")
 	fs.DurationVar(&o.profileFor, "profile-duration", 5*time.Second, "length of the --profile")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the results to `FILE` as JSON")
@@ -385,8 +385,8 @@ func freeAddrs(n int) ([]string, error) {
 type Row struct {
 	Setup  string          `json:"setup"`
 	Result *loadgen.Result `json:"result"`
-	// Ratio is the throughput over the ceiling's.
-	Ratio float64 `json:"ratio_to_ceiling"`
+	// Ratio is the throughput over the reference's.
+	Ratio float64 `json:"ratio_to_reference"`
 	// Processes are the server processes measured (Redis excluded: every
 	// setup but the reference uses the same one).
 	Processes []string `json:"processes"`
@@ -403,7 +403,7 @@ type Row struct {
 	OtherCPU float64 `json:"other_cpu_cores"`
 }
 
-// Target is one of the suite's goals (a ratio to the ceiling, memory) and
+// Target is one of the suite's goals (a ratio to the reference, memory) and
 // whether this run met it.
 type Target struct {
 	Name string `json:"name"`
@@ -430,11 +430,11 @@ func (s *suite) run(ctx context.Context) (*SuiteReport, error) {
 	rep := &SuiteReport{WorkDir: s.dir, Machine: s.machine(), Load: s.describeLoad()}
 	fmt.Fprintf(s.stderr, "joingate bench suite: %s; working directory %s\n", rep.Load, s.dir)
 
-	ceiling, err := s.runReference(ctx, rep)
+	ref, err := s.runReference(ctx, rep)
 	if err != nil {
 		return nil, err
 	}
-	rep.Rows = append(rep.Rows, *ceiling)
+	rep.Rows = append(rep.Rows, *ref)
 	var redisAddr string
 	if len(s.o.setups) > 1 {
 		if redisAddr, err = s.startRedis(ctx); err != nil {
@@ -446,7 +446,7 @@ func (s *suite) run(ctx context.Context) (*SuiteReport, error) {
 		var row *Row
 		switch setup {
 		case setupAll:
-			row, err = s.runAll(ctx, redisAddr, ceiling.Result.Throughput, rep)
+			row, err = s.runAll(ctx, redisAddr, ref.Result.Throughput, rep)
 		case setupDistributed:
 			row, err = s.runDistributed(ctx, redisAddr)
 		}
@@ -460,17 +460,17 @@ func (s *suite) run(ctx context.Context) (*SuiteReport, error) {
 	return rep, nil
 }
 
-// finish computes the ratios to the ceiling (the first row) and checks
+// finish computes the ratios to the reference (the first row) and checks
 // the targets.
 func (rep *SuiteReport) finish() {
-	ceiling := rep.Rows[0]
+	ref := rep.Rows[0]
 	for i := range rep.Rows {
-		if ceiling.Result.Throughput > 0 {
-			rep.Rows[i].Ratio = rep.Rows[i].Result.Throughput / ceiling.Result.Throughput
+		if ref.Result.Throughput > 0 {
+			rep.Rows[i].Ratio = rep.Rows[i].Result.Throughput / ref.Result.Throughput
 		}
 	}
-	if rep.OpenLoop != nil && ceiling.Result.Throughput > 0 {
-		rep.OpenLoop.Ratio = rep.OpenLoop.Result.Throughput / ceiling.Result.Throughput
+	if rep.OpenLoop != nil && ref.Result.Throughput > 0 {
+		rep.OpenLoop.Ratio = rep.OpenLoop.Result.Throughput / ref.Result.Throughput
 	}
 	rep.Targets = targets(rep)
 }
@@ -561,7 +561,7 @@ func (s *suite) runReference(ctx context.Context, rep *SuiteReport) (*Row, error
 	if s.o.openFactor > 0 && slices.Contains(s.o.setups, setupAll) && row.Result.Throughput > 0 {
 		// The open loop `all` will get, against the reference: what the
 		// generator and the machine can measure at that rate.
-		open, err := s.load(ctx, fmt.Sprintf("reference, open loop at %.2g of the ceiling", s.o.openFactor), base, nil, row.Result.Throughput*s.o.openFactor, c)
+		open, err := s.load(ctx, fmt.Sprintf("reference, open loop at %.2g of the reference", s.o.openFactor), base, nil, row.Result.Throughput*s.o.openFactor, c)
 		if err != nil {
 			return nil, err
 		}
@@ -594,7 +594,7 @@ func (s *suite) joingateArgs(cmd string, extra ...string) []string {
 	return append([]string{cmd, "--config", filepath.Join(s.dir, "bench.yaml")}, extra...)
 }
 
-func (s *suite) runAll(ctx context.Context, redisAddr string, ceilingRate float64, rep *SuiteReport) (*Row, error) {
+func (s *suite) runAll(ctx context.Context, redisAddr string, refRate float64, rep *SuiteReport) (*Row, error) {
 	addrs, err := freeAddrs(2)
 	if err != nil {
 		return nil, err
@@ -613,9 +613,9 @@ func (s *suite) runAll(ctx context.Context, redisAddr string, ceilingRate float6
 	if err != nil {
 		return nil, err
 	}
-	if s.o.openFactor > 0 && ceilingRate > 0 {
-		rate := ceilingRate * s.o.openFactor
-		open, err := s.load(ctx, fmt.Sprintf("all, open loop at %.2g of the ceiling", s.o.openFactor), base, metrics, rate, c)
+	if s.o.openFactor > 0 && refRate > 0 {
+		rate := refRate * s.o.openFactor
+		open, err := s.load(ctx, fmt.Sprintf("all, open loop at %.2g of the reference", s.o.openFactor), base, metrics, rate, c)
 		if err != nil {
 			return nil, err
 		}
@@ -845,10 +845,10 @@ func targets(rep *SuiteReport) []Target {
 		switch r.Setup {
 		case setupAll:
 			ts = append(ts,
-				Target{Name: "all >= 0.5 of the ceiling (closed loop)", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.5},
+				Target{Name: "all >= 0.5 of the reference (closed loop)", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.5},
 				Target{Name: "all RSS < 100 MiB", Got: fmt.Sprintf("%.0f MiB peak", r.PeakRSSMiB), Met: r.PeakRSSMiB < 100})
 		case setupDistributed:
-			ts = append(ts, Target{Name: "distributed >= 0.3 of the ceiling", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.3})
+			ts = append(ts, Target{Name: "distributed >= 0.3 of the reference", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.3})
 		}
 	}
 	if o := rep.OpenLoop; o != nil {
@@ -866,7 +866,7 @@ func targets(rep *SuiteReport) []Target {
 			got += fmt.Sprintf("; the reference server's p99 at that rate: %s", fmtMs(f.Result.Latency.P99))
 		}
 		ts = append(ts, Target{
-			Name: "all, open loop at half the ceiling: p99 < 2ms, no fallback",
+			Name: "all, open loop at half the reference: p99 < 2ms, no fallback",
 			Got:  got,
 			Met:  o.Result.Latency.P99 < 2 && o.Result.Fallbacks != nil && *o.Result.Fallbacks == 0 && o.Result.HTTPErrors() == 0,
 		})
@@ -899,7 +899,7 @@ func (rep *SuiteReport) print(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	const format = "%-12s %9s %8s %8s %8s %8s %9s %7s %8s %8s %6s %8s %6s\n"
-	fmt.Fprintf(w, format, "setup", "req/s", "×ceiling", "p50", "p99", "p99.9", "fallback", "errors", "RSS MiB", "srv CPU", "redis", "gen CPU", "other")
+	fmt.Fprintf(w, format, "setup", "req/s", "×ref", "p50", "p99", "p99.9", "fallback", "errors", "RSS MiB", "srv CPU", "redis", "gen CPU", "other")
 	row := func(name string, r Row) {
 		res := r.Result
 		fb, redisCPU := "-", "-"

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/joingate/joingate/gateway"
-	"github.com/joingate/joingate/pkg/ceiling"
 	"github.com/joingate/joingate/pkg/loadgen"
+	"github.com/joingate/joingate/pkg/reference"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -43,10 +43,10 @@ func TestBenchCommandLine(t *testing.T) {
 // `joingate bench` against the reference server: the report on stdout and
 // the same results as JSON.
 func TestBenchAgainstReference(t *testing.T) {
-	opts := ceiling.DefaultOptions()
+	opts := reference.DefaultOptions()
 	opts.NewServer = gateway.NewDefaultHTTPServer
 	opts.Listen = "127.0.0.1:0"
-	srv, err := ceiling.New(opts)
+	srv, err := reference.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestBenchSuite(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("suite still running after 90s\n%s\n%s", stdout.String(), stderr.String())
 	}
-	for _, want := range []string{"×ceiling", "reference", "distributed", "targets:"} {
+	for _, want := range []string{"×ref", "reference", "distributed", "targets:"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout.String())
 		}

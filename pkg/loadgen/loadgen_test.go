@@ -15,7 +15,7 @@ import (
 
 	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/callback"
-	"github.com/joingate/joingate/pkg/ceiling"
+	"github.com/joingate/joingate/pkg/reference"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -243,10 +243,10 @@ func TestAgainstReferenceServer(t *testing.T) {
 				t.Fatal(err)
 			}
 			cl := &countingListener{Listener: ln}
-			copts := ceiling.DefaultOptions()
+			copts := reference.DefaultOptions()
 			copts.NewServer = gateway.NewDefaultHTTPServer
 			copts.Listener = cl
-			srv, err := ceiling.New(copts)
+			srv, err := reference.New(copts)
 			if err != nil {
 				t.Fatal(err)
 			}
