@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -10,12 +9,11 @@ import (
 	"net/http"
 	"os/signal"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/joingate/joingate/pkg/loadgen"
+	"github.com/joingate/joingate/pkg/promtext"
 )
 
 // soakSample is one reading of the process under load.
@@ -157,43 +155,32 @@ func (s *suite) soak(ctx context.Context, interval time.Duration) ([]soakSample,
 // sampleProcess reads the process collector's figures from /metrics.
 func sampleProcess(url string) (soakSample, error) {
 	var x soakSample
-	resp, err := http.Get(url)
+	text, err := promtext.Get(sampleClient, url)
 	if err != nil {
 		return x, err
 	}
-	defer resp.Body.Close()
-	found := 0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		if !ok {
-			continue
-		}
-		var dst *float64
-		switch name {
-		case "process_resident_memory_bytes":
-			dst = &x.RSSMiB
-		case "go_goroutines":
-			dst = &x.Goroutines
-		case "process_open_fds":
-			dst = &x.OpenFDs
-		default:
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
+	for _, m := range []struct {
+		name string
+		dst  *float64
+	}{
+		{"process_resident_memory_bytes", &x.RSSMiB},
+		{"go_goroutines", &x.Goroutines},
+		{"process_open_fds", &x.OpenFDs},
+	} {
+		v, found, err := promtext.Value(text, m.name)
 		if err != nil {
-			return x, fmt.Errorf("%s: %w", name, err)
+			return x, fmt.Errorf("%s: %w", url, err)
 		}
-		*dst = v
-		found++
+		if !found {
+			return x, fmt.Errorf("%s lacks the process metric %s", url, m.name)
+		}
+		*m.dst = v
 	}
 	x.RSSMiB /= 1 << 20
-	if found != 3 {
-		return x, fmt.Errorf("%s lacks the process metrics", url)
-	}
-	return x, sc.Err()
+	return x, nil
 }
+
+var sampleClient = &http.Client{Timeout: 5 * time.Second}
 
 type verdict struct {
 	text string

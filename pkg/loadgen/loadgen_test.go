@@ -398,25 +398,3 @@ func TestParseAnswer(t *testing.T) {
 		}
 	}
 }
-
-func TestParseSample(t *testing.T) {
-	for _, c := range []struct {
-		line string
-		v    float64
-		ok   bool
-	}{
-		{`joingate_gateway_fallbacks_total{cause="timeout"} 12`, 12, true},
-		{`joingate_gateway_fallbacks_total 3.5e+06 1700000000000`, 3.5e6, true},
-		{`joingate_gateway_fallbacks_totally 1`, 0, false},
-		{`# HELP joingate_gateway_fallbacks_total answers`, 0, false},
-		{`joingate_gateway_requests_total{outcome="fallback"} 9`, 0, false},
-	} {
-		v, ok, err := parseSample(c.line, FallbacksMetric)
-		if err != nil || v != c.v || ok != c.ok {
-			t.Errorf("parseSample(%q) = %v %v %v, want %v %v", c.line, v, ok, err, c.v, c.ok)
-		}
-	}
-	if _, _, err := parseSample(`joingate_gateway_fallbacks_total{cause="x"} many`, FallbacksMetric); err == nil {
-		t.Error("want an error for a value that is not a number")
-	}
-}
