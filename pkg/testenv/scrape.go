@@ -1,11 +1,7 @@
 package testenv
 
 import (
-	"bufio"
-	"fmt"
-	"net"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,37 +9,6 @@ import (
 )
 
 var scrapeClient = &http.Client{Timeout: 5 * time.Second}
-
-// WaitNATS waits until a NATS server accepts connections on addr: it
-// greets every client with an INFO line.
-func WaitNATS(t testing.TB, p *Process, addr string) {
-	t.Helper()
-	var lastErr error
-	ok := Eventually(10*time.Second, func() bool {
-		if p.Exited() {
-			return true
-		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			lastErr = err
-			return false
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil || !strings.HasPrefix(line, "INFO ") {
-			lastErr = fmt.Errorf("greeting %q: %v", line, err)
-			return false
-		}
-		return true
-	})
-	if p.Exited() {
-		t.Fatalf("nats-server exited: %s", p.Cmd.ProcessState)
-	}
-	if !ok {
-		t.Fatalf("nats-server not accepting connections on %s within 10s: %v", addr, lastErr)
-	}
-}
 
 // Scrape fetches the Prometheus text of an admin listener.
 func Scrape(t testing.TB, admin string) string {
