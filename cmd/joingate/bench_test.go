@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/joingate/joingate/gateway"
+	"github.com/joingate/joingate/pkg/benchsuite"
 	"github.com/joingate/joingate/pkg/loadgen"
 	"github.com/joingate/joingate/pkg/reference"
 	"github.com/joingate/joingate/pkg/testenv"
@@ -116,7 +117,7 @@ func TestBenchSuite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep SuiteReport
+	var rep benchsuite.Report
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +128,7 @@ func TestBenchSuite(t *testing.T) {
 		if res.Responses == 0 || res.HTTPErrors() != 0 || res.Allowed != res.Responses || r.PeakRSSMiB <= 0 {
 			t.Errorf("%s: %d responses, %d allowed, %d errors, %v MiB", r.Setup, res.Responses, res.Allowed, res.HTTPErrors(), r.PeakRSSMiB)
 		}
-		if r.Setup != setupReference && (res.Fallbacks == nil || *res.Fallbacks != 0) {
+		if r.Setup != benchsuite.SetupReference && (res.Fallbacks == nil || *res.Fallbacks != 0) {
 			t.Errorf("%s: fallbacks %v (%s), want 0", r.Setup, res.Fallbacks, res.FallbacksNote)
 		}
 	}

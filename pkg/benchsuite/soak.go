@@ -1,15 +1,12 @@
-package main
+package benchsuite
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
-	"os/signal"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/joingate/joingate/pkg/loadgen"
@@ -24,92 +21,79 @@ type soakSample struct {
 	OpenFDs    float64
 }
 
-// runSoak is `joingate bench soak`: `joingate all` with Redis under a steady
-// open-loop load for a long, bounded time, sampling its memory, goroutines
-// and open files; it fails when one of them keeps growing.
-func runSoak(args, environ []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("joingate bench soak", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	o := suiteOptions{load: loadgen.DefaultOptions(), setups: []string{setupReference, setupAll}}
-	loadFlags(fs, &o.load, false)
-	fs.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
-	fs.Float64Var(&o.openFactor, "factor", 0.5, "without --rate: this fraction of the reference's rate, measured first")
-	interval := fs.Duration("interval", 5*time.Second, "how often to sample the process")
-	o.load.Duration = 10 * time.Minute
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return exitUsage
-	}
-	if fs.NArg() > 0 || *interval <= 0 || o.load.Duration < 10**interval {
-		fmt.Fprintf(stderr, "joingate bench soak: want no arguments and --duration of at least 10 --interval\n")
-		return exitUsage
-	}
-	o.load.Progress = stderr
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	s, err := newSuite(o, environ, stdout, stderr)
+// SoakReport is what a soak measured: the load, the samples of the
+// process and the verdict on each resource.
+type SoakReport struct {
+	Result   *loadgen.Result
+	Samples  []soakSample
+	Verdicts []verdict
+}
+
+// Soak is `joingate bench soak`: `joingate all` with Redis under a steady
+// open-loop load (o.Load.Rate, or o.OpenFactor of the reference's rate,
+// measured first) for o.Load.Duration, sampling its memory, goroutines and
+// open files every interval.
+func Soak(ctx context.Context, o Options, interval time.Duration) (*SoakReport, error) {
+	o.Setups = []string{SetupReference, SetupAll}
+	s, err := newSuite(o)
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench soak: %v\n", err)
-		return 1
+		return nil, err
 	}
-	samples, res, err := s.soak(ctx, *interval)
+	samples, res, err := s.soak(ctx, interval)
 	s.close(err != nil)
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench soak: %v\n", err)
-		return 1
+		return nil, err
 	}
-	loadgen.Report(stdout, res)
-	fmt.Fprintf(stdout, "\n| time | RSS MiB | goroutines | open fds |\n|---|---|---|---|\n")
-	for _, x := range samples {
-		fmt.Fprintf(stdout, "| %s | %.1f | %.0f | %.0f |\n", x.At.Round(time.Second), x.RSSMiB, x.Goroutines, x.OpenFDs)
+	return &SoakReport{Result: res, Samples: samples, Verdicts: soakVerdicts(samples)}, nil
+}
+
+// Grew reports whether a resource kept growing.
+func (r *SoakReport) Grew() bool {
+	for _, v := range r.Verdicts {
+		if v.grew {
+			return true
+		}
 	}
-	verdicts := soakVerdicts(samples)
-	failed := false
-	for _, v := range verdicts {
-		fmt.Fprintln(stdout, v.text)
-		failed = failed || v.grew
+	return false
+}
+
+// Print writes the load's report, the samples as a table and the verdicts.
+func (r *SoakReport) Print(w io.Writer) {
+	loadgen.Report(w, r.Result)
+	fmt.Fprintf(w, "\n| time | RSS MiB | goroutines | open fds |\n|---|---|---|---|\n")
+	for _, x := range r.Samples {
+		fmt.Fprintf(w, "| %s | %.1f | %.0f | %.0f |\n", x.At.Round(time.Second), x.RSSMiB, x.Goroutines, x.OpenFDs)
 	}
-	if failed {
-		return 1
+	for _, v := range r.Verdicts {
+		fmt.Fprintln(w, v.text)
 	}
-	return 0
 }
 
 // soak measures the reference (unless --rate is given), starts Redis and
 // `joingate all`, loads it in open loop and samples it until the load ends.
 func (s *suite) soak(ctx context.Context, interval time.Duration) ([]soakSample, *loadgen.Result, error) {
-	rate := s.o.load.Rate
+	rate := s.o.Load.Rate
 	if rate == 0 {
 		probe := *s
-		probe.o.load.Duration, probe.o.openFactor = 10*time.Second, 0
-		row, err := probe.runReference(ctx, &SuiteReport{})
+		probe.o.Load.Duration, probe.o.OpenFactor = 10*time.Second, 0
+		row, err := probe.runReference(ctx, &Report{})
 		if err != nil {
 			return nil, nil, err
 		}
-		rate = row.Result.Throughput * s.o.openFactor
+		rate = row.Result.Throughput * s.o.OpenFactor
 	}
 	redisAddr, err := s.startRedis(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	addrs, err := freeAddrs(2)
+	c, listen, admin, err := s.startAll(ctx, redisAddr)
 	if err != nil {
 		return nil, nil, err
 	}
-	listen, admin := addrs[0], addrs[1]
-	c, err := s.start("all", s.self, s.joingateArgs("all", "--listen", listen, "--admin-listen", admin, "--redis", "redis://"+redisAddr+"/0")...)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer c.stop()
-	if err := waitFor(ctx, c, readyz(admin)); err != nil {
-		return nil, nil, err
-	}
-	fmt.Fprintf(s.stderr, "--- soak: `joingate all` with Redis, open loop at %.0f req/s for %s\n", rate, s.o.load.Duration)
+	defer c.Stop(stopGrace)
+	fmt.Fprintf(s.o.Stderr, "--- soak: `joingate all` with Redis, open loop at %.0f req/s for %s\n", rate, s.o.Load.Duration)
 
-	opts := s.o.load
+	opts := s.o.Load
 	opts.Base, opts.Rate = "http://"+listen+"/callbackExample", rate
 	opts.MetricsURLs = []string{"http://" + admin + "/metrics"}
 	done := make(chan struct{})
@@ -146,8 +130,8 @@ func (s *suite) soak(ctx context.Context, interval time.Duration) ([]soakSample,
 	if sampleErr != nil {
 		return nil, nil, fmt.Errorf("sampling: %w", sampleErr)
 	}
-	if c.exited() {
-		return nil, nil, c.failure(errors.New("exited under load"))
+	if c.Exited() {
+		return nil, nil, c.Failed(errors.New("exited under load"))
 	}
 	return samples, res, nil
 }
