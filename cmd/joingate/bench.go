@@ -77,26 +77,22 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
-			fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-			return 1
+			return failed(stderr, "joingate bench", err, 1)
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-			return 1
+			return failed(stderr, "joingate bench", err, 1)
 		}
 		defer pprof.StopCPUProfile()
 	}
 	res, err := loadgen.Run(ctx, opts)
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-		return exitUsage
+		return failed(stderr, "joingate bench", err, exitUsage)
 	}
 	loadgen.Report(stdout, res)
 	if *jsonOut != "" {
 		if err := writeJSONFile(*jsonOut, res); err != nil {
-			fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-			return 1
+			return failed(stderr, "joingate bench", err, 1)
 		}
 	}
 	if res.Responses == 0 {
@@ -145,15 +141,13 @@ func serveReference(listen string, stderr io.Writer) int {
 	opts.Listen = listen
 	srv, err := reference.New(opts)
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench reference: %v\n", err)
-		return 1
+		return failed(stderr, "joingate bench reference", err, 1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	fmt.Fprintf(stderr, "reference server (decode the callback, answer allow, nothing else) listening on %s\n", srv.Addr())
 	if err := srv.Run(ctx); err != nil {
-		fmt.Fprintf(stderr, "joingate bench reference: %v\n", err)
-		return 1
+		return failed(stderr, "joingate bench reference", err, 1)
 	}
 	return 0
 }
@@ -181,12 +175,10 @@ func runSuite(args []string, stdout, stderr io.Writer) int {
 		err = o.Validate()
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench suite: %v\n", err)
-		return exitUsage
+		return failed(stderr, "joingate bench suite", err, exitUsage)
 	}
 	if o.Joingate, err = selfUnless(o.Joingate); err != nil {
-		fmt.Fprintf(stderr, "joingate bench suite: %v\n", err)
-		return 1
+		return failed(stderr, "joingate bench suite", err, 1)
 	}
 	o.Load.Progress, o.Stdout, o.Stderr = stderr, stdout, stderr
 
@@ -202,8 +194,7 @@ func runSuite(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench suite: %v\n", err)
-		return 1
+		return failed(stderr, "joingate bench suite", err, 1)
 	}
 	return 0
 }
@@ -230,16 +221,14 @@ func runSoak(args []string, stdout, stderr io.Writer) int {
 	}
 	var err error
 	if o.Joingate, err = selfUnless(""); err != nil {
-		fmt.Fprintf(stderr, "joingate bench soak: %v\n", err)
-		return 1
+		return failed(stderr, "joingate bench soak", err, 1)
 	}
 	o.Load.Progress, o.Stdout, o.Stderr = stderr, stdout, stderr
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	rep, err := benchsuite.Soak(ctx, o, *interval)
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench soak: %v\n", err)
-		return 1
+		return failed(stderr, "joingate bench soak", err, 1)
 	}
 	rep.Print(stdout)
 	if rep.Grew() {
@@ -262,6 +251,12 @@ func parseBenchFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code in
 		return exitUsage, false
 	}
 	return 0, true
+}
+
+// failed writes err on stderr as cmd's and returns code, the exit code.
+func failed(stderr io.Writer, cmd string, err error, code int) int {
+	fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
+	return code
 }
 
 // selfUnless is bin, or this executable when bin is empty.
