@@ -102,7 +102,7 @@ CHAOS_REPORT ?=
 chaos: test-deps
 	CHAOS_REPORT=$(CHAOS_REPORT) $(GO) test -tags chaos -count=1 -run Chaos -v ./cmd/joingate
 
-# A long run of `joingate all` with Redis at half the ceiling's rate (open
+# A long run of `joingate all` with Redis at half the reference server's rate (open
 # loop), sampling RSS, goroutines and open files every 5s; fails if one of
 # them keeps growing. Not in CI: 10 minutes by default, e.g.
 #   make soak SOAK_FLAGS='--duration 2m'

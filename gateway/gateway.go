@@ -188,7 +188,7 @@ func New(opts Options) (*Gateway, error) {
 
 // NewHTTPServer returns a fasthttp server for h with the gateway's HTTP
 // settings from opts (body limit, timeouts, connection limit) and nothing
-// else of the gateway: the benchmarks' reference server (pkg/ceiling) is
+// else of the gateway: the benchmarks' reference server (pkg/reference) is
 // built by it too, so that only the work differs.
 func NewHTTPServer(h fasthttp.RequestHandler, opts Options) *fasthttp.Server {
 	return &fasthttp.Server{
@@ -207,7 +207,7 @@ func NewHTTPServer(h fasthttp.RequestHandler, opts Options) *fasthttp.Server {
 }
 
 // NewDefaultHTTPServer is NewHTTPServer with the default options: the
-// reference server's (ceiling.Options.NewServer).
+// reference server's (reference.Options.NewServer).
 func NewDefaultHTTPServer(h fasthttp.RequestHandler) *fasthttp.Server {
 	return NewHTTPServer(h, DefaultOptions())
 }

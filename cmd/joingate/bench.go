@@ -12,17 +12,19 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/joingate/joingate/gateway"
-	"github.com/joingate/joingate/pkg/ceiling"
+	"github.com/joingate/joingate/pkg/benchsuite"
 	"github.com/joingate/joingate/pkg/loadgen"
+	"github.com/joingate/joingate/pkg/reference"
 )
 
 const benchUsage = `usage:
   joingate bench [flags]                 send IMServer-like load to a webhook (see flags)
   joingate bench --reference [--listen ADDR]
   joingate bench reference [--listen ADDR]
-                                         run the reference server: the ceiling the bench compares with
+                                         run the reference server, the one the bench compares with
   joingate bench suite [flags]           what 'make bench' runs: the reference server, 'joingate all'
                                          with Redis and the distributed set under the same load, and
                                          a table of the results ('joingate bench suite -h')
@@ -31,15 +33,15 @@ const benchUsage = `usage:
 
 // runBench is `joingate bench`: the load generator, the reference server
 // and the benchmark suite.
-func runBench(args, environ []string, stdout, stderr io.Writer) int {
+func runBench(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "reference":
 			return runReference(args[1:], stderr)
 		case "suite":
-			return runSuite(args[1:], environ, stdout, stderr)
+			return runSuite(args[1:], stdout, stderr)
 		case "soak":
-			return runSoak(args[1:], environ, stdout, stderr)
+			return runSoak(args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("joingate bench", flag.ContinueOnError)
@@ -48,8 +50,8 @@ func runBench(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, benchUsage)
 		fs.PrintDefaults()
 	}
-	reference := fs.Bool("reference", false, "run the reference server on --listen instead of sending load")
-	listen := fs.String("listen", ceiling.DefaultOptions().Listen, "--reference: the address to serve on")
+	asReference := fs.Bool("reference", false, "run the reference server on --listen instead of sending load")
+	listen := fs.String("listen", reference.DefaultOptions().Listen, "--reference: the address to serve on")
 	opts := loadgen.DefaultOptions()
 	loadFlags(fs, &opts, true)
 	metricsURLs := fs.String("metrics-url", "", "gateways' Prometheus endpoints, comma-separated (http://127.0.0.1:9090/metrics):\n"+
@@ -57,17 +59,10 @@ func runBench(args, environ []string, stdout, stderr io.Writer) int {
 	jsonOut := fs.String("json", "", "also write the results to `FILE` as JSON")
 	quiet := fs.Bool("quiet", false, "no progress line every second")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the generator itself to `FILE`")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return exitUsage
+	if code, ok := parseBenchFlags(fs, args, stderr); !ok {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "joingate bench: unexpected arguments %q\n", fs.Args())
-		return exitUsage
-	}
-	if *reference {
+	if *asReference {
 		return serveReference(*listen, stderr)
 	}
 	if *metricsURLs != "" {
@@ -82,26 +77,22 @@ func runBench(args, environ []string, stdout, stderr io.Writer) int {
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
-			fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-			return 1
+			return failed(stderr, "joingate bench", err, 1)
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-			return 1
+			return failed(stderr, "joingate bench", err, 1)
 		}
 		defer pprof.StopCPUProfile()
 	}
 	res, err := loadgen.Run(ctx, opts)
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-		return exitUsage
+		return failed(stderr, "joingate bench", err, exitUsage)
 	}
 	loadgen.Report(stdout, res)
 	if *jsonOut != "" {
 		if err := writeJSONFile(*jsonOut, res); err != nil {
-			fmt.Fprintf(stderr, "joingate bench: %v\n", err)
-			return 1
+			return failed(stderr, "joingate bench", err, 1)
 		}
 	}
 	if res.Responses == 0 {
@@ -136,38 +127,148 @@ func loadFlags(fs *flag.FlagSet, opts *loadgen.Options, withTarget bool) {
 func runReference(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("joingate bench reference", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", ceiling.DefaultOptions().Listen, "the address to serve on")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "joingate bench reference: unexpected arguments %q\n", fs.Args())
-		return exitUsage
+	listen := fs.String("listen", reference.DefaultOptions().Listen, "the address to serve on")
+	if code, ok := parseBenchFlags(fs, args, stderr); !ok {
+		return code
 	}
 	return serveReference(*listen, stderr)
 }
 
-// serveReference runs the ceiling until SIGINT or SIGTERM.
+// serveReference runs the reference server until SIGINT or SIGTERM.
 func serveReference(listen string, stderr io.Writer) int {
-	opts := ceiling.DefaultOptions()
+	opts := reference.DefaultOptions()
 	opts.NewServer = gateway.NewDefaultHTTPServer
 	opts.Listen = listen
-	srv, err := ceiling.New(opts)
+	srv, err := reference.New(opts)
 	if err != nil {
-		fmt.Fprintf(stderr, "joingate bench reference: %v\n", err)
-		return 1
+		return failed(stderr, "joingate bench reference", err, 1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	fmt.Fprintf(stderr, "reference server (decode the callback, answer allow, nothing else) listening on %s\n", srv.Addr())
 	if err := srv.Run(ctx); err != nil {
-		fmt.Fprintf(stderr, "joingate bench reference: %v\n", err)
+		return failed(stderr, "joingate bench reference", err, 1)
+	}
+	return 0
+}
+
+// runSuite is `joingate bench suite` (pkg/benchsuite): its flags.
+func runSuite(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("joingate bench suite", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := benchsuite.DefaultOptions()
+	loadFlags(fs, &o.Load, false)
+	setups := fs.String("setups", strings.Join(o.Setups, ","), "setups to run, comma-separated (the reference always runs: every ratio is to it)")
+	fs.StringVar(&o.Joingate, "joingate", "", "joingate binary that runs the servers (default: this one)")
+	fs.StringVar(&o.NATSServer, "nats-server", "", "nats-server binary for the distributed set (default: next to the joingate binary, then $PATH)")
+	fs.StringVar(&o.RedisServer, "redis-server", o.RedisServer, "redis-server binary")
+	fs.Float64Var(&o.OpenFactor, "open-factor", o.OpenFactor, "the open-loop run of `all` sends this fraction of the reference's measured rate; 0 skips it")
+	fs.StringVar(&o.Profile, "profile", "", "also take a CPU profile of `all` under closed-loop load and write it to `FILE`")
+	fs.DurationVar(&o.ProfileFor, "profile-duration", o.ProfileFor, "length of the --profile")
+	jsonOut := fs.String("json", "", "also write the results to `FILE` as JSON")
+	fs.BoolVar(&o.Keep, "keep", false, "keep the working directory (configuration, logs) after the run")
+	if code, ok := parseBenchFlags(fs, args, stderr); !ok {
+		return code
+	}
+	var err error
+	if o.Setups, err = benchsuite.ParseSetups(*setups); err == nil {
+		err = o.Validate()
+	}
+	if err != nil {
+		return failed(stderr, "joingate bench suite", err, exitUsage)
+	}
+	if o.Joingate, err = selfUnless(o.Joingate); err != nil {
+		return failed(stderr, "joingate bench suite", err, 1)
+	}
+	o.Load.Progress, o.Stdout, o.Stderr = stderr, stdout, stderr
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rep, err := benchsuite.Run(ctx, o)
+	if rep != nil {
+		rep.Print(stdout)
+		if *jsonOut != "" {
+			if werr := writeJSONFile(*jsonOut, rep); werr != nil {
+				fmt.Fprintf(stderr, "joingate bench suite: %v\n", werr)
+			}
+		}
+	}
+	if err != nil {
+		return failed(stderr, "joingate bench suite", err, 1)
+	}
+	return 0
+}
+
+// runSoak is `joingate bench soak` (benchsuite.Soak): `joingate all` with
+// Redis under a steady open-loop load for a long, bounded time, sampling
+// its memory, goroutines and open files; it fails when one of them keeps
+// growing.
+func runSoak(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("joingate bench soak", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := benchsuite.DefaultOptions()
+	o.Load.Duration = 10 * time.Minute
+	loadFlags(fs, &o.Load, false)
+	fs.StringVar(&o.RedisServer, "redis-server", o.RedisServer, "redis-server binary")
+	fs.Float64Var(&o.OpenFactor, "factor", o.OpenFactor, "without --rate: this fraction of the reference's rate, measured first")
+	interval := fs.Duration("interval", 5*time.Second, "how often to sample the process")
+	if code, ok := parseBenchFlags(fs, args, stderr); !ok {
+		return code
+	}
+	if *interval <= 0 || o.Load.Duration < 10**interval {
+		fmt.Fprintf(stderr, "joingate bench soak: want --duration of at least 10 --interval\n")
+		return exitUsage
+	}
+	var err error
+	if o.Joingate, err = selfUnless(""); err != nil {
+		return failed(stderr, "joingate bench soak", err, 1)
+	}
+	o.Load.Progress, o.Stdout, o.Stderr = stderr, stdout, stderr
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rep, err := benchsuite.Soak(ctx, o, *interval)
+	if err != nil {
+		return failed(stderr, "joingate bench soak", err, 1)
+	}
+	rep.Print(stdout)
+	if rep.Grew() {
 		return 1
 	}
 	return 0
+}
+
+// parseBenchFlags parses args, which must hold flags only; when it
+// returns false the command exits with code (0 for -h).
+func parseBenchFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected arguments %q\n", fs.Name(), fs.Args())
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+// failed writes err on stderr as cmd's and returns code, the exit code.
+func failed(stderr io.Writer, cmd string, err error, code int) int {
+	fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
+	return code
+}
+
+// selfUnless is bin, or this executable when bin is empty.
+func selfUnless(bin string) (string, error) {
+	if bin != "" {
+		return bin, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("cannot find this executable: %w", err)
+	}
+	return self, nil
 }
 
 func writeJSONFile(path string, v any) error {

@@ -11,8 +11,9 @@ import (
 	"time"
 
 	"github.com/joingate/joingate/gateway"
-	"github.com/joingate/joingate/pkg/ceiling"
+	"github.com/joingate/joingate/pkg/benchsuite"
 	"github.com/joingate/joingate/pkg/loadgen"
+	"github.com/joingate/joingate/pkg/reference"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -43,10 +44,10 @@ func TestBenchCommandLine(t *testing.T) {
 // `joingate bench` against the reference server: the report on stdout and
 // the same results as JSON.
 func TestBenchAgainstReference(t *testing.T) {
-	opts := ceiling.DefaultOptions()
+	opts := reference.DefaultOptions()
 	opts.NewServer = gateway.NewDefaultHTTPServer
 	opts.Listen = "127.0.0.1:0"
-	srv, err := ceiling.New(opts)
+	srv, err := reference.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestBenchSuite(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("suite still running after 90s\n%s\n%s", stdout.String(), stderr.String())
 	}
-	for _, want := range []string{"×ceiling", "reference", "distributed", "targets:"} {
+	for _, want := range []string{"×ref", "reference", "distributed", "targets:"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout.String())
 		}
@@ -116,7 +117,7 @@ func TestBenchSuite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep SuiteReport
+	var rep benchsuite.Report
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +128,7 @@ func TestBenchSuite(t *testing.T) {
 		if res.Responses == 0 || res.HTTPErrors() != 0 || res.Allowed != res.Responses || r.PeakRSSMiB <= 0 {
 			t.Errorf("%s: %d responses, %d allowed, %d errors, %v MiB", r.Setup, res.Responses, res.Allowed, res.HTTPErrors(), r.PeakRSSMiB)
 		}
-		if r.Setup != setupReference && (res.Fallbacks == nil || *res.Fallbacks != 0) {
+		if r.Setup != benchsuite.SetupReference && (res.Fallbacks == nil || *res.Fallbacks != 0) {
 			t.Errorf("%s: fallbacks %v (%s), want 0", r.Setup, res.Fallbacks, res.FallbacksNote)
 		}
 	}

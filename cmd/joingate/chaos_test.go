@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/joingate/joingate/pkg/launch"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -155,46 +155,23 @@ func (l *load) stop() counts {
 	return l.snapshot()
 }
 
-// cluster is the distributed set under test.
+// cluster is the distributed set under test (launch.Set), on a Redis
+// of its own.
 type cluster struct {
-	t                 *testing.T
-	bin, natsBin      string
-	logs, config      string
-	redis             *testenv.Redis
-	redisURL          string // the workers'
-	natsAddr, natsURL string
-	nats              *testenv.Process
-	gwAddr, gwAdmin   string
-	gateway           *testenv.Process
-	workerAdmins      []string
-	workers           []*testenv.Process
+	*launch.Set
+	t        *testing.T
+	opts     launch.SetOptions
+	redis    *testenv.Redis
+	redisURL string // the workers'
 }
 
-// startCluster starts Redis, nats-server, the gateway and workers workers.
-func startCluster(t *testing.T, workers int) *cluster {
-	c := newCluster(t)
-	c.startServers()
-	for i := range workers {
-		c.startWorker(fmt.Sprint("worker", i+1))
-	}
-	return c
-}
-
-// startServers starts Redis, nats-server and the gateway.
-func (c *cluster) startServers() {
-	c.redis.Start(c.t)
-	c.startNATS()
-	c.startGateway()
-	waitReady(c.t, c.gateway, c.gwAdmin)
-}
-
-// newCluster prepares a cluster and starts nothing.
-func newCluster(t *testing.T) *cluster {
+// prepare writes the configuration and chooses Redis's socket; it starts
+// nothing.
+func prepare(t *testing.T) *cluster {
 	bin, natsBin := binaries(t)
-	c := &cluster{t: t, bin: bin, natsBin: natsBin, logs: t.TempDir(), redis: testenv.NewRedis(t)}
-	c.redisURL = c.redis.URL
-	c.config = filepath.Join(c.logs, "joingate.yaml")
-	os.WriteFile(c.config, []byte(fmt.Sprintf(`shutdown_timeout: 10s
+	logs := t.TempDir()
+	config := filepath.Join(logs, "joingate.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`shutdown_timeout: 10s
 gateway:
   decision_timeout: %s
 worker:
@@ -206,21 +183,50 @@ join_group:
     - {name: per-group, key: group, limit: 1000000, period: 1m}
     - {name: per-application, key: applicant_group, limit: %d, period: 1h}
 `, chaosTimeout, chaosExact)), 0o644)
-	c.natsAddr = testenv.Loopback(t)
-	c.natsURL = "nats://" + c.natsAddr
-	c.gwAddr, c.gwAdmin = testenv.Loopback(t), testenv.Loopback(t)
+	c := &cluster{t: t, redis: testenv.NewRedis(t)}
+	c.redisURL = c.redis.URL
+	c.opts = launch.SetOptions{Joingate: bin, NATSServer: natsBin, Config: config, RedisURL: c.redisURL, LogDir: logs}
 	return c
 }
 
-func (c *cluster) startGateway() {
-	c.gateway = startProcess(c.t, c.logs, "gateway", c.bin, "gateway", "--config", c.config, "--nats", c.natsURL,
-		"--listen", c.gwAddr, "--admin-listen", c.gwAdmin)
+// startCluster starts Redis, then nats-server, the gateway and workers
+// workers (testenv.StartSet), each ready.
+func startCluster(t *testing.T, workers int) *cluster {
+	c := prepare(t)
+	c.redis.Start(t)
+	c.opts.Workers = workers
+	c.Set = testenv.StartSet(t, c.opts)
+	return c
 }
 
+// newCluster prepares a cluster and starts nothing: the scenario starts
+// its pieces.
+func newCluster(t *testing.T) *cluster {
+	c := prepare(t)
+	c.Set = testenv.NewSet(t, c.opts)
+	return c
+}
+
+// startServers starts Redis, nats-server and the gateway.
+func (c *cluster) startServers() {
+	c.redis.Start(c.t)
+	c.startNATS()
+	c.startGateway()
+	waitReady(c.t, c.Gateway, c.GatewayAdmin)
+}
+
+func (c *cluster) startGateway() {
+	if err := c.StartGateway(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// startNATS starts nats-server, again after it was killed, on the same
+// address, and waits until it greets.
 func (c *cluster) startNATS() {
-	_, port, _ := net.SplitHostPort(c.natsAddr)
-	c.nats = startProcess(c.t, c.logs, "nats-server", c.natsBin, "-a", "127.0.0.1", "-p", port)
-	testenv.WaitNATS(c.t, c.nats, c.natsAddr)
+	if err := c.StartNATS(context.Background()); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 // startWorker starts a worker on c.redisURL and waits until it is ready.
@@ -231,11 +237,10 @@ func (c *cluster) startWorker(name string) {
 
 // spawnWorker starts a worker on redisURL and does not wait.
 func (c *cluster) spawnWorker(name, redisURL string) (*testenv.Process, string) {
-	admin := testenv.Loopback(c.t)
-	w := startProcess(c.t, c.logs, name, c.bin, "worker", "--config", c.config, "--nats", c.natsURL,
-		"--redis", redisURL, "--admin-listen", admin)
-	c.workers = append(c.workers, w)
-	c.workerAdmins = append(c.workerAdmins, admin)
+	w, admin, err := c.StartWorker(name, redisURL)
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	return w, admin
 }
 
@@ -254,7 +259,7 @@ func (c *cluster) readyz(admin string) (int, string) {
 // members counts the workers in the queue group.
 func (c *cluster) members() float64 {
 	var n float64
-	for _, a := range c.workerAdmins {
+	for _, a := range c.WorkerAdmins {
 		n += c.metric(a, "joingate_worker_queue_group_member")
 	}
 	return n
@@ -263,7 +268,7 @@ func (c *cluster) members() float64 {
 // storeErrors sums the workers' store errors of call (decide, probe).
 func (c *cluster) storeErrors(call string) float64 {
 	var n float64
-	for _, a := range c.workerAdmins {
+	for _, a := range c.WorkerAdmins {
 		n += c.metric(a, fmt.Sprintf(`joingate_worker_store_errors_total{call=%q,`, call))
 	}
 	return n
@@ -274,11 +279,11 @@ func (c *cluster) metric(admin, series string) float64 {
 }
 
 func (c *cluster) fallbacks(cause string) float64 {
-	return c.metric(c.gwAdmin, fmt.Sprintf(`joingate_gateway_fallbacks_total{cause=%q}`, cause))
+	return c.metric(c.GatewayAdmin, fmt.Sprintf(`joingate_gateway_fallbacks_total{cause=%q}`, cause))
 }
 
 // decided reports the gateway's count of worker decisions.
-func (c *cluster) decided() float64 { return c.metric(c.gwAdmin, gatewayDecided) }
+func (c *cluster) decided() float64 { return c.metric(c.GatewayAdmin, gatewayDecided) }
 
 // waitDecisions waits until the gateway has had n more decisions than it
 // had when called, and fails the test if that does not happen.
@@ -323,16 +328,16 @@ func expectClean(t *testing.T, c counts) {
 
 func TestChaosKillWorker(t *testing.T) {
 	c := startCluster(t, 2)
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	c.waitDecisions("before the kill", 200)
-	if err := c.workers[0].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := c.Workers[0].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	c.workers[0].Wait(5 * time.Second)
-	before := c.metric(c.workerAdmins[1], workerDecided)
+	c.Workers[0].Wait(5 * time.Second)
+	before := c.metric(c.WorkerAdmins[1], workerDecided)
 	c.waitDecisions("after the kill", 400)
 	got := l.stop()
-	survivor := c.metric(c.workerAdmins[1], workerDecided) - before
+	survivor := c.metric(c.WorkerAdmins[1], workerDecided) - before
 	report(t, "kill -9 one of two workers", got, fmt.Sprintf("survivor decided %v after the kill; fallbacks: timeout %v, no_responders %v",
 		survivor, c.fallbacks("timeout"), c.fallbacks("no_responders")))
 	expectClean(t, got)
@@ -345,16 +350,16 @@ func TestChaosKillWorker(t *testing.T) {
 // answers the fallback at once while it is away.
 func TestChaosRestartNATS(t *testing.T) {
 	c := startCluster(t, 2)
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	c.waitDecisions("before the restart", 200)
-	c.nats.Cmd.Process.Signal(syscall.SIGKILL)
-	c.nats.Wait(5 * time.Second)
+	c.NATS.Cmd.Process.Signal(syscall.SIGKILL)
+	c.NATS.Wait(5 * time.Second)
 	l.phase()
 	unavailable := c.fallbacks("nats_unavailable")
 	if !testenv.Eventually(10*time.Second, func() bool { return c.fallbacks("nats_unavailable") >= unavailable+100 }) {
 		t.Fatal("no nats_unavailable fallbacks while NATS was down")
 	}
-	status, body := c.readyz(c.gwAdmin)
+	status, body := c.readyz(c.GatewayAdmin)
 	down := l.phase()
 	report(t, "NATS down: the gateway answers alone", down, fmt.Sprintf("gateway /readyz %d", status))
 	if status != http.StatusOK {
@@ -411,14 +416,14 @@ func (c *cluster) recovered(l *load, what, scenario string) {
 // rejoined waits until every worker is back in the queue group.
 func (c *cluster) rejoined(what string) {
 	c.t.Helper()
-	if !testenv.Eventually(15*time.Second, func() bool { return c.members() == float64(len(c.workers)) }) {
-		c.t.Fatalf("%s: %v of %d workers back in the queue group", what, c.members(), len(c.workers))
+	if !testenv.Eventually(15*time.Second, func() bool { return c.members() == float64(len(c.Workers)) }) {
+		c.t.Fatalf("%s: %v of %d workers back in the queue group", what, c.members(), len(c.Workers))
 	}
 }
 
 func TestChaosRedis(t *testing.T) {
 	c := startCluster(t, 2)
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	c.waitDecisions("before the outage", 200)
 
 	// Stopped: connections refused at once; workers leave the group.
@@ -446,7 +451,7 @@ func TestChaosRedisBlackholed(t *testing.T) {
 	for i := range 2 {
 		c.startWorker(fmt.Sprint("worker", i+1))
 	}
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	c.waitDecisions("before the blackhole", 200)
 	c.outage(l, "Redis blackholed", hole.Drop)
 	hole.Pass()
@@ -478,11 +483,11 @@ func TestChaosWrongRedisPassword(t *testing.T) {
 		t.Fatalf("its log has no ERROR line with Redis's words (or shows the password):\n%s", out)
 	}
 
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	c.waitDecisions("with the misconfigured worker", 200)
 	allowed := 0
 	for i := range 4 * chaosExact {
-		_, _, a, err := tryCallback(c.gwAddr, joinCommand, fmt.Sprint("exact-", i), joinBody("g-exact", "exact-applicant"))
+		_, _, a, err := tryCallback(c.GatewayAddr, joinCommand, fmt.Sprint("exact-", i), joinBody("g-exact", "exact-applicant"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -507,12 +512,12 @@ func TestChaosWrongRedisPassword(t *testing.T) {
 func TestChaosStartBeforeNATSAndRedis(t *testing.T) {
 	c := newCluster(t)
 	c.startGateway()
-	waitReady(t, c.gateway, c.gwAdmin)
+	waitReady(t, c.Gateway, c.GatewayAdmin)
 	for i := range 2 {
 		w, admin := c.spawnWorker(fmt.Sprint("worker", i+1), c.redisURL)
 		testenv.WaitHTTP(t, w, "http://"+admin+"/healthz", 15*time.Second) // up, not ready
 	}
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	phase := func(scenario, cause, worker string) {
 		t.Helper()
 		from := c.fallbacks(cause)
@@ -521,7 +526,7 @@ func TestChaosStartBeforeNATSAndRedis(t *testing.T) {
 			body   string
 		)
 		if !testenv.Eventually(15*time.Second, func() bool {
-			status, body = c.readyz(c.workerAdmins[0])
+			status, body = c.readyz(c.WorkerAdmins[0])
 			return c.fallbacks(cause) >= from+100 && strings.Contains(body, worker)
 		}) || status != http.StatusServiceUnavailable {
 			t.Fatalf("%s: %v %s fallbacks; worker /readyz %d %q, want 503 saying %q", scenario, c.fallbacks(cause)-from, cause, status, body, worker)
@@ -554,11 +559,11 @@ func TestChaosStartBeforeNATSAndRedis(t *testing.T) {
 // afterwards.
 func TestChaosSlowRedis(t *testing.T) {
 	c := startCluster(t, 2)
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	c.waitDecisions("before", 200)
 	breakers := func(state float64) bool {
-		return c.metric(c.workerAdmins[0], "joingate_worker_store_breaker_state") == state &&
-			c.metric(c.workerAdmins[1], "joingate_worker_store_breaker_state") == state
+		return c.metric(c.WorkerAdmins[0], "joingate_worker_store_breaker_state") == state &&
+			c.metric(c.WorkerAdmins[1], "joingate_worker_store_breaker_state") == state
 	}
 	if err := <-testenv.BusyRedis(t, c.redis.URL, 1500*time.Millisecond); err != nil {
 		t.Fatal(err)
@@ -578,7 +583,7 @@ func TestChaosSlowRedis(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Go(func() {
-			_, _, a, err := tryCallback(c.gwAddr, joinCommand, fmt.Sprint("late-", i), joinBody("g-late", "late-applicant"))
+			_, _, a, err := tryCallback(c.GatewayAddr, joinCommand, fmt.Sprint("late-", i), joinBody("g-late", "late-applicant"))
 			if err != nil || !a.allowed() {
 				t.Errorf("callback %d while Redis is busy: %s, %v; want on_store_error, allow", i, a, err)
 			}
@@ -602,13 +607,13 @@ func TestChaosSlowRedis(t *testing.T) {
 
 func TestChaosSIGTERM(t *testing.T) {
 	c := startCluster(t, 2)
-	l := startLoad(c.gwAddr)
+	l := startLoad(c.GatewayAddr)
 	c.waitDecisions("before SIGTERM", 200)
 
 	// A worker stops: it drains, exits 0, and the other takes the load.
-	c.workers[0].Cmd.Process.Signal(syscall.SIGTERM)
-	if !c.workers[0].Wait(15*time.Second) || c.workers[0].Cmd.ProcessState.ExitCode() != 0 {
-		t.Fatalf("worker1 did not exit 0 after SIGTERM: %v", c.workers[0].Cmd.ProcessState)
+	c.Workers[0].Cmd.Process.Signal(syscall.SIGTERM)
+	if !c.Workers[0].Wait(15*time.Second) || c.Workers[0].Cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("worker1 did not exit 0 after SIGTERM: %v", c.Workers[0].Cmd.ProcessState)
 	}
 	c.waitDecisions("after the worker stopped", 200)
 	mid := l.snapshot()
@@ -618,9 +623,9 @@ func TestChaosSIGTERM(t *testing.T) {
 
 	// The gateway stops: every request it accepted is answered; after the
 	// listener closes, new connections are refused (nothing else).
-	c.gateway.Cmd.Process.Signal(syscall.SIGTERM)
-	if !c.gateway.Wait(15*time.Second) || c.gateway.Cmd.ProcessState.ExitCode() != 0 {
-		t.Fatalf("gateway did not exit 0 after SIGTERM: %v", c.gateway.Cmd.ProcessState)
+	c.Gateway.Cmd.Process.Signal(syscall.SIGTERM)
+	if !c.Gateway.Wait(15*time.Second) || c.Gateway.Cmd.ProcessState.ExitCode() != 0 {
+		t.Fatalf("gateway did not exit 0 after SIGTERM: %v", c.Gateway.Cmd.ProcessState)
 	}
 	got := l.stop()
 	report(t, "SIGTERM a worker, then the gateway", got, "worker exit 0, gateway exit 0")

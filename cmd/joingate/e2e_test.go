@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/launch"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -140,28 +141,10 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := t.TempDir()
-
 	rdb := testenv.StartRedis(t)
-	natsAddr := testenv.Loopback(t)
-	_, natsPort, _ := net.SplitHostPort(natsAddr)
-	ns := startProcess(t, logs, "nats-server", natsServer, "-a", "127.0.0.1", "-p", natsPort)
-	testenv.WaitNATS(t, ns, natsAddr)
-	natsURL := "nats://" + natsAddr
-
-	gwAddr, gwAdmin := testenv.Loopback(t), testenv.Loopback(t)
-	gw := startProcess(t, logs, "gateway", joingate, "gateway", "--config", config,
-		"--nats", natsURL, "--listen", gwAddr, "--admin-listen", gwAdmin)
-	workerAdmins := []string{testenv.Loopback(t), testenv.Loopback(t)}
-	var workers []*testenv.Process
-	for i, admin := range workerAdmins {
-		workers = append(workers, startProcess(t, logs, fmt.Sprintf("worker%d", i+1), joingate, "worker",
-			"--config", config, "--nats", natsURL, "--redis", rdb.URL, "--admin-listen", admin))
-	}
-	waitReady(t, gw, gwAdmin)
-	for i, w := range workers {
-		waitReady(t, w, workerAdmins[i])
-	}
+	set := testenv.StartSet(t, launch.SetOptions{Joingate: joingate, NATSServer: natsServer, Config: config, RedisURL: rdb.URL, Workers: 2})
+	gw, gwAddr, gwAdmin := set.Gateway, set.GatewayAddr, set.GatewayAdmin
+	workers, workerAdmins := set.Workers, set.WorkerAdmins
 	// A gateway serves no admin API, and says where it is.
 	if resp, err := client.Get("http://" + gwAdmin + "/api/v1/lists/deny_applicants"); err != nil {
 		t.Fatal(err)

@@ -35,6 +35,13 @@ func TestForbiddenImports(t *testing.T) {
 			"the store knows limits and keys, not the policy that builds them", nil},
 		{[]string{""}, []string{mod + "pkg/testenv", mod + "pkg/ratelimit/ratelimittest"},
 			"test helpers are for tests", nil},
+		{[]string{"gateway", "worker"}, []string{mod + "pkg/launch", mod + "pkg/benchsuite", mod + "pkg/loadgen", mod + "pkg/reference"},
+			"the components serve; starting processes and sending load are for tests and `joingate bench`", nil},
+		{[]string{"pkg/launch", "pkg/promtext"}, []string{mod},
+			"the process harness and the metrics reader sit below all that uses them: tests, pkg/testenv and the bench suite", nil},
+		{[]string{"pkg/benchsuite", "pkg/loadgen", "pkg/reference"}, []string{mod + "pkg/config", mod + "pkg/policy", mod + "pkg/ratelimit",
+			mod + "pkg/redisconn", mod + "pkg/natsconn", mod + "pkg/admin", mod + "pkg/control"},
+			"the benchmarks measure joingate from outside, over HTTP and as processes, as IMServer sees it", nil},
 	}
 
 	root, err := filepath.Abs("../..")

@@ -85,7 +85,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	case "ctl":
 		return runCtl(args, environ, os.Stdin, stdout, stderr)
 	case "bench":
-		return runBench(args, environ, stdout, stderr)
+		return runBench(args, stdout, stderr)
 	case "all", "gateway", "worker", "check-config":
 	default:
 		fmt.Fprintf(stderr, "joingate: unknown command %q\n\n%s", cmd, usage)

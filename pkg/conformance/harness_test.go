@@ -2,7 +2,6 @@ package conformance
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/openimsdk/tools/log"
 
+	"github.com/joingate/joingate/pkg/launch"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -90,31 +90,10 @@ func startAll(t *testing.T, config string) *deployment {
 func startDistributed(t *testing.T, config string) *deployment {
 	t.Helper()
 	bin, natsBin := binaries(t)
-	logs := t.TempDir()
 	rdb := testenv.StartRedis(t)
-	natsAddr := testenv.Loopback(t)
-	_, natsPort, _ := net.SplitHostPort(natsAddr)
-	ns := testenv.StartProcess(t, logs, "nats-server", nil, natsBin, "-a", "127.0.0.1", "-p", natsPort)
-	testenv.WaitNATS(t, ns, natsAddr)
-	natsURL := "nats://" + natsAddr
-
-	listen, gwAdmin := testenv.Loopback(t), testenv.Loopback(t)
-	gw := testenv.StartProcess(t, logs, "gateway", nil, bin, "gateway", "--config", config,
-		"--nats", natsURL, "--listen", listen, "--admin-listen", gwAdmin)
-	d := &deployment{base: "http://" + listen + "/callbackExample", gatewayAdm: gwAdmin, nats: ns,
-		redis: rdb, adminToken: adminToken, joingateBin: bin}
-	for i := range 2 {
-		admin := testenv.Loopback(t)
-		w := testenv.StartProcess(t, logs, fmt.Sprintf("worker%d", i+1), nil, bin, "worker", "--config", config,
-			"--nats", natsURL, "--redis", rdb.URL, "--admin-listen", admin)
-		d.workers = append(d.workers, w)
-		d.workerAdms = append(d.workerAdms, admin)
-	}
-	testenv.WaitHTTP(t, gw, "http://"+gwAdmin+"/readyz", 15*time.Second)
-	for i, w := range d.workers {
-		testenv.WaitHTTP(t, w, "http://"+d.workerAdms[i]+"/readyz", 15*time.Second)
-	}
-	return d
+	set := testenv.StartSet(t, launch.SetOptions{Joingate: bin, NATSServer: natsBin, Config: config, RedisURL: rdb.URL, Workers: 2})
+	return &deployment{base: "http://" + set.GatewayAddr + "/callbackExample", gatewayAdm: set.GatewayAdmin, workerAdms: set.WorkerAdmins,
+		nats: set.NATS, workers: set.Workers, redis: rdb, adminToken: adminToken, joingateBin: bin}
 }
 
 // ctl runs `joingate ctl` against the first worker's admin API, as an

@@ -200,6 +200,10 @@ type Result struct {
 	Timeouts     uint64            `json:"timeouts"`
 	Errors       uint64            `json:"errors"`
 	ErrorSamples map[string]uint64 `json:"error_samples,omitempty"`
+	// ConnectFailures counts the requests of the whole run, warm-up
+	// included, that could not connect; after each, the connection waited
+	// (connectBackoffMin, doubling to connectBackoffMax) before its next.
+	ConnectFailures uint64 `json:"connect_failures,omitempty"`
 	// Fallbacks is the growth of joingate_gateway_fallbacks_total over the
 	// window; nil without MetricsURLs or when they could not be read.
 	Fallbacks     *float64 `json:"fallbacks"`
@@ -489,9 +493,10 @@ type stats struct {
 // live are counters the progress line reads while workers run.
 type live struct {
 	count, errors, latSum, latMax, lagMax atomic.Int64
-	// answered counts every request answered or failed, never reset.
-	answered atomic.Int64
-	_        [16]byte // keep workers' counters on separate cache lines
+	// answered counts every request answered or failed, never reset;
+	// connectFailures, the failed connects a connection waited after.
+	answered, connectFailures atomic.Int64
+	_                         [16]byte // keep workers' counters on separate cache lines
 }
 
 func answered(workers []*worker) int64 {
@@ -515,6 +520,7 @@ type worker struct {
 	opID    []byte
 	opIDLen int
 	seq     uint64
+	backoff time.Duration // after a failed connect; see pause
 	stats   stats
 	live    live
 }
@@ -559,7 +565,7 @@ func (w *worker) loop() {
 	if !r.open {
 		for !r.isStopped() {
 			now := time.Now()
-			w.send(now, now)
+			w.pause(w.send(now, now))
 		}
 		return
 	}
@@ -569,13 +575,53 @@ func (w *worker) loop() {
 			return
 		default:
 		}
-		w.send(r.due(i), time.Now())
+		w.pause(w.send(r.due(i), time.Now()))
 	}
 }
 
-// send sends one request due at due and sent at sent, and counts its
-// answer if it belongs to the measured window.
-func (w *worker) send(due, sent time.Time) {
+// The wait of a connection after a failed connect: it starts at
+// connectBackoffMin, doubles with each failure in a row up to
+// connectBackoffMax, and ends with the first request that connects.
+// Without it a connection to a target that is down retries at once and
+// spins a core.
+const (
+	connectBackoffMin = 5 * time.Millisecond
+	connectBackoffMax = 200 * time.Millisecond
+)
+
+// pause waits after err, the outcome of the last request, when it was a
+// failure to connect. The end of the run cuts the wait short: of a closed
+// loop, the end of the window; of an open loop, its abort (after the
+// window it still sends what was due in it, and backs off there too).
+func (w *worker) pause(err error) {
+	if !connectFailed(err) {
+		w.backoff = 0
+		return
+	}
+	w.backoff = min(max(2*w.backoff, connectBackoffMin), connectBackoffMax)
+	w.live.connectFailures.Add(1)
+	end := w.r.stopped
+	if w.r.open {
+		end = w.r.abort
+	}
+	t := time.NewTimer(w.backoff)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-end:
+	}
+}
+
+// connectFailed reports whether a request failed because no connection
+// could be made.
+func connectFailed(err error) bool {
+	_, ok := errors.AsType[*fasthttp.ErrDialWithUpstream](err)
+	return ok || errors.Is(err, fasthttp.ErrDialTimeout)
+}
+
+// send sends one request due at due and sent at sent, counts its answer
+// if it belongs to the measured window, and returns its error.
+func (w *worker) send(due, sent time.Time) error {
 	r := w.r
 	w.fill()
 	err := w.client.DoTimeout(w.req, w.resp, r.opts.Timeout)
@@ -593,10 +639,10 @@ func (w *worker) send(due, sent time.Time) {
 		w.live.errors.Add(1)
 	}
 	if due.Before(r.measureStart) || !due.Before(r.end) {
-		return
+		return err
 	}
 	if end := r.windowEnd.Load(); end != 0 && due.UnixNano() >= end {
-		return // cancelled: after the window
+		return err // cancelled: after the window
 	}
 
 	s := &w.stats
@@ -611,7 +657,7 @@ func (w *worker) send(due, sent time.Time) {
 				s.errSamples[err.Error()]++
 			}
 		}
-		return
+		return err
 	}
 	s.responses++
 	s.latency.Record(lat)
@@ -626,7 +672,7 @@ func (w *worker) send(due, sent time.Time) {
 	if bytes.Equal(w.resp.Header.ContentEncoding(), []byte("gzip")) {
 		if body, err = w.resp.BodyGunzip(); err != nil {
 			s.nonJSON++
-			return
+			return nil
 		}
 	}
 	action, code, next, ok := parseAnswer(body)
@@ -640,6 +686,7 @@ func (w *worker) send(due, sent time.Time) {
 	default:
 		s.allowed++
 	}
+	return nil
 }
 
 // fill writes the next callback body and Operationid into the request.
@@ -719,6 +766,7 @@ func (r *run) result(workers []*worker, target string, windowEnd time.Time) *Res
 	}
 	for _, w := range workers {
 		s := &w.stats
+		res.ConnectFailures += uint64(w.live.connectFailures.Load())
 		res.Sent += s.sent
 		res.Responses += s.responses
 		res.Allowed += s.allowed

@@ -15,7 +15,7 @@ import (
 
 	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/callback"
-	"github.com/joingate/joingate/pkg/ceiling"
+	"github.com/joingate/joingate/pkg/reference"
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
@@ -243,10 +243,10 @@ func TestAgainstReferenceServer(t *testing.T) {
 				t.Fatal(err)
 			}
 			cl := &countingListener{Listener: ln}
-			copts := ceiling.DefaultOptions()
+			copts := reference.DefaultOptions()
 			copts.NewServer = gateway.NewDefaultHTTPServer
 			copts.Listener = cl
-			srv, err := ceiling.New(copts)
+			srv, err := reference.New(copts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -307,6 +307,61 @@ func TestTransportErrorsAreCounted(t *testing.T) {
 	res := runLoad(t, opts)
 	if res.Sent == 0 || res.Errors != res.Sent || res.Responses != 0 || len(res.ErrorSamples) == 0 {
 		t.Fatalf("sent %d, errors %d, responses %d, samples %v", res.Sent, res.Errors, res.Responses, res.ErrorSamples)
+	}
+}
+
+// A target that refuses connections does not make the generator spin: each
+// connection backs off after a failed connect, so that in a second four
+// connections try a few dozen times (without the back-off, tens of
+// thousands), closed loop and open loop alike; every try is an error.
+func TestRefusedConnectsBackOff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	// Per connection, a second holds the waits 5+10+...+160ms (315ms),
+	// then at most four of 200ms: 11 tries, and one more that the end
+	// of the run cuts short; an open loop may go on for a second after
+	// the window with what was due in it, five more.
+	const perConn = 18
+	for _, rate := range []float64{0, 10_000} {
+		opts := testOptions("http://" + addr)
+		opts.Duration, opts.Rate = time.Second, rate
+		res := runLoad(t, opts)
+		if res.Sent == 0 || res.Errors != res.Sent || res.ConnectFailures < res.Sent || res.ConnectFailures > perConn*uint64(opts.Connections) {
+			t.Errorf("rate %v: sent %d, errors %d, failed connects %d; want every request a failed connect, at most %d in all",
+				rate, res.Sent, res.Errors, res.ConnectFailures, perConn*opts.Connections)
+		}
+	}
+}
+
+// The back-off doubles with each failed connect in a row, up to its cap,
+// and a request that connects ends it.
+func TestConnectBackoffResets(t *testing.T) {
+	r := &run{stopped: make(chan struct{}), abort: make(chan struct{})}
+	close(r.stopped) // no waiting here
+	w := &worker{r: r}
+	refused := &fasthttp.ErrDialWithUpstream{Upstream: "127.0.0.1:1"}
+	var got []time.Duration
+	for range 8 {
+		w.pause(refused)
+		got = append(got, w.backoff)
+	}
+	want := []time.Duration{5, 10, 20, 40, 80, 160, 200, 200}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("back-offs %v, want %v ms", got, want)
+		}
+	}
+	w.pause(fmt.Errorf("read: %w", fasthttp.ErrTimeout)) // connected, then slow: not a connect failure
+	if w.backoff != 0 {
+		t.Fatalf("back-off %v after a request that connected, want 0", w.backoff)
+	}
+	w.pause(fasthttp.ErrDialTimeout)
+	if w.backoff != connectBackoffMin || w.live.connectFailures.Load() != 9 {
+		t.Fatalf("after a dial timeout: back-off %v, %d failures counted", w.backoff, w.live.connectFailures.Load())
 	}
 }
 
@@ -396,27 +451,5 @@ func TestParseAnswer(t *testing.T) {
 		if a != c.action || code != c.code || n != c.next || ok != c.ok {
 			t.Errorf("parseAnswer(%q) = %d %d %d %v, want %d %d %d %v", c.body, a, code, n, ok, c.action, c.code, c.next, c.ok)
 		}
-	}
-}
-
-func TestParseSample(t *testing.T) {
-	for _, c := range []struct {
-		line string
-		v    float64
-		ok   bool
-	}{
-		{`joingate_gateway_fallbacks_total{cause="timeout"} 12`, 12, true},
-		{`joingate_gateway_fallbacks_total 3.5e+06 1700000000000`, 3.5e6, true},
-		{`joingate_gateway_fallbacks_totally 1`, 0, false},
-		{`# HELP joingate_gateway_fallbacks_total answers`, 0, false},
-		{`joingate_gateway_requests_total{outcome="fallback"} 9`, 0, false},
-	} {
-		v, ok, err := parseSample(c.line, FallbacksMetric)
-		if err != nil || v != c.v || ok != c.ok {
-			t.Errorf("parseSample(%q) = %v %v %v, want %v %v", c.line, v, ok, err, c.v, c.ok)
-		}
-	}
-	if _, _, err := parseSample(`joingate_gateway_fallbacks_total{cause="x"} many`, FallbacksMetric); err == nil {
-		t.Error("want an error for a value that is not a number")
 	}
 }

@@ -59,6 +59,9 @@ func Report(w io.Writer, r *Result) {
 	for _, msg := range slices.Sorted(maps.Keys(r.ErrorSamples)) {
 		fmt.Fprintf(w, "              %dx %s\n", r.ErrorSamples[msg], msg)
 	}
+	if r.ConnectFailures > 0 {
+		fmt.Fprintf(w, "              %d failed connects in the run, each followed by a back-off of up to %s\n", r.ConnectFailures, connectBackoffMax)
+	}
 	fmt.Fprintf(w, "  generator   %.2f cores, %.1fµs CPU per request\n", r.GeneratorCPU, r.GeneratorCPUPerRequest)
 	if r.Behind {
 		fmt.Fprintf(w, "  WARNING: the schedule was not kept (send lag p99 %s, max %s; %d requests due in the window never sent).\n"+

@@ -1,129 +1,99 @@
 package testenv
 
 import (
-	"bytes"
-	"fmt"
-	"io"
+	"context"
 	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/joingate/joingate/pkg/launch"
 )
 
-// Process is a child process of a test (a joingate or nats-server binary):
-// its output goes to a file, shown when the test fails, and it is killed
-// when the test ends if it still runs.
-type Process struct {
-	Name string
-	Cmd  *exec.Cmd
-	Log  string // the file of its stdout and stderr
-	done chan struct{}
-}
+// Process is a child process of a test (launch.Process): its output goes
+// to a file, shown when the test fails, and it is killed when the test
+// ends if it still runs.
+type Process = launch.Process
 
-// StartProcess starts bin with args, its log in logDir/name.log, with this
-// process's environment minus JOINGATE_* variables (a test's configuration
-// is what it passes) plus env.
+// StartProcess starts bin with args (launch.Start), its log in
+// logDir/name.log, with this process's environment minus JOINGATE_*
+// variables (a test's configuration is what it passes) plus env, until the
+// test ends.
 func StartProcess(t testing.TB, logDir, name string, env []string, bin string, args ...string) *Process {
 	t.Helper()
-	p := &Process{Name: name, Log: filepath.Join(logDir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.Log)
+	p, err := launch.Start(name, bin, args, env, logDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close() // the child has its own descriptor
-	p.Cmd = exec.Command(bin, args...)
-	p.Cmd.Stdout, p.Cmd.Stderr = f, f
-	p.Cmd.Env = append(ChildEnv(), env...)
-	if err := p.Cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.Cmd.Wait()
-		close(p.done)
-	}()
+	stopAtEnd(t, func() []*Process { return []*Process{p} })
+	return p
+}
+
+// stopAtEnd kills the processes when the test ends and, if it failed,
+// logs what each wrote.
+func stopAtEnd(t testing.TB, procs func() []*Process) {
 	t.Cleanup(func() {
-		if !p.Exited() {
-			p.Cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("----- %s: %s\n%s----- end of %s (%s)", name, strings.Join(p.Cmd.Args, " "), p.Output(), name, p.Cmd.ProcessState)
+		for _, p := range procs() {
+			p.Stop(0)
+			if t.Failed() {
+				t.Logf("----- %s: %s\n%s----- end of %s (%s)", p.Name, strings.Join(p.Cmd.Args, " "), p.Output(), p.Name, p.Cmd.ProcessState)
+			}
 		}
 	})
-	return p
 }
 
 // ChildEnv is this process's environment without JOINGATE_* variables: a
 // child joingate's configuration is what its test passes.
-func ChildEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "JOINGATE_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// Exited reports whether the process has ended; Cmd.ProcessState is then
-// set.
-func (p *Process) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Wait waits up to timeout for the process to exit and reports whether it
-// did.
-func (p *Process) Wait(timeout time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(timeout):
-		return false
-	}
-}
-
-// Output is what the process has written so far.
-func (p *Process) Output() string {
-	b, _ := os.ReadFile(p.Log)
-	return string(b)
-}
+func ChildEnv() []string { return launch.ChildEnv() }
 
 // WaitHTTP polls GET url until it answers 200 within timeout, and fails the
 // test if it does not or if p exits first.
 func WaitHTTP(t testing.TB, p *Process, url string, timeout time.Duration) {
 	t.Helper()
-	client := &http.Client{Timeout: time.Second}
-	var last string
-	ok := Eventually(timeout, func() bool {
-		if p.Exited() {
-			return true
-		}
-		resp, err := client.Get(url)
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body))
-		return resp.StatusCode == http.StatusOK
-	})
-	if p.Exited() {
-		t.Fatalf("%s exited before %s answered 200: %s", p.Name, url, p.Cmd.ProcessState)
+	if err := launch.WaitReady(context.Background(), p, timeout, launch.HTTPOK(url)); err != nil {
+		t.Fatal(err)
 	}
-	if !ok {
-		t.Fatalf("%s: %s not 200 within %s; last: %s", p.Name, url, timeout, last)
+}
+
+// WaitNATS waits until a NATS server accepts connections on addr: it
+// greets every client with an INFO line.
+func WaitNATS(t testing.TB, p *Process, addr string) {
+	t.Helper()
+	if err := launch.WaitReady(context.Background(), p, 10*time.Second, launch.Greets(addr, "", "INFO ")); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// StartSet starts joingate's distributed set (launch.StartSet: nats-server,
+// a gateway, o.Workers workers, on o.RedisURL), its logs in a temporary
+// directory unless o.LogDir, and stops it when the test ends.
+func StartSet(t testing.TB, o launch.SetOptions) *launch.Set {
+	t.Helper()
+	if o.LogDir == "" {
+		o.LogDir = t.TempDir()
+	}
+	s, err := launch.StartSet(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, s.Processes)
+	return s
+}
+
+// NewSet is StartSet without the start (launch.NewSet): what the test
+// starts of it stops when the test ends.
+func NewSet(t testing.TB, o launch.SetOptions) *launch.Set {
+	t.Helper()
+	if o.LogDir == "" {
+		o.LogDir = t.TempDir()
+	}
+	s, err := launch.NewSet(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, s.Processes)
+	return s
 }
 
 // StartRedisServer runs redis-server without persistence on a free
@@ -147,5 +117,18 @@ func StartRedisServer(t testing.TB, tlsPort bool, args ...string) int {
 
 // Loopback returns a free address on 127.0.0.1.
 func Loopback(t testing.TB) string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
+	t.Helper()
+	addr, err := launch.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(Loopback(t))
+	n, _ := strconv.Atoi(port)
+	return n
 }

@@ -2,20 +2,18 @@ package testenv
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/joingate/joingate/pkg/launch"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
 
@@ -42,31 +40,34 @@ func StartCluster(t testing.TB) *Cluster {
 	c := &Cluster{}
 	// Each node needs a client port and a cluster bus port; the default
 	// bus port (port+10000) may be out of range or taken.
-	withFreePorts(t, 6, func(ports []int) error {
+	err := launch.OnFreeAddrs(6, func(addrs []string) error {
 		dir := t.TempDir()
 		c.Addrs = c.Addrs[:0]
+		var nodes []*Process
 		for i := range 3 {
-			port, bus := ports[2*i], ports[2*i+1]
+			addr, bus := addrs[2*i], launch.Port(addrs[2*i+1])
 			ndir := filepath.Join(dir, fmt.Sprint("node", i))
 			if err := os.Mkdir(ndir, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			addr := fmt.Sprintf("127.0.0.1:%d", port)
-			_, err := startProcess(t, bin, ndir, addr,
-				"--cluster-enabled", "yes",
-				"--cluster-config-file", filepath.Join(ndir, fmt.Sprintf("nodes-%d.conf", i)),
-				"--cluster-port", fmt.Sprint(bus),
-				"--port", fmt.Sprint(port), "--bind", "127.0.0.1",
-				"--save", "", "--appendonly", "no", "--dir", ndir,
-				"--daemonize", "no", "--loglevel", "warning",
-				"--logfile", filepath.Join(ndir, "redis.log"))
-			if err != nil {
 				return err
 			}
+			p, err := startRedis(t, "redis-server", bin, addr, ndir,
+				"--cluster-enabled", "yes",
+				"--cluster-config-file", filepath.Join(ndir, fmt.Sprintf("nodes-%d.conf", i)),
+				"--cluster-port", bus)
+			if err != nil {
+				for _, p := range nodes {
+					p.Stop(0)
+				}
+				return err
+			}
+			nodes = append(nodes, p)
 			c.Addrs = append(c.Addrs, addr)
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
@@ -142,39 +143,42 @@ func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
 	bin := lookRedis(t, "redis-server")
 	s := &Sentinel{MasterName: "mymaster"}
-	withFreePorts(t, 2, func(ports []int) error {
-		s.MasterAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-		s.SentinelAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+	err := launch.OnFreeAddrs(2, func(addrs []string) error {
+		s.MasterAddr, s.SentinelAddr = addrs[0], addrs[1]
 		dir := t.TempDir()
 		mdir, sdir := filepath.Join(dir, "master"), filepath.Join(dir, "sentinel")
 		for _, d := range []string{mdir, sdir} {
 			if err := os.Mkdir(d, 0o700); err != nil {
-				t.Fatal(err)
+				return err
 			}
 		}
-		_, err := startProcess(t, bin, mdir, s.MasterAddr,
-			"--port", fmt.Sprint(ports[0]), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", mdir,
-			"--daemonize", "no", "--loglevel", "warning",
-			"--logfile", filepath.Join(mdir, "redis.log"))
+		master, err := startRedis(t, "redis-server", bin, s.MasterAddr, mdir)
 		if err != nil {
 			return err
 		}
 		// Sentinel rewrites its configuration file, so it gets its own.
 		conf := filepath.Join(sdir, "sentinel.conf")
-		if err := os.WriteFile(conf, fmt.Appendf(nil, `port %d
+		if err := os.WriteFile(conf, fmt.Appendf(nil, `port %s
 bind 127.0.0.1
 daemonize no
 dir %s
-logfile %s
 loglevel warning
-sentinel monitor %s 127.0.0.1 %d 1
-`, ports[1], sdir, filepath.Join(sdir, "redis.log"), s.MasterName, ports[0]), 0o600); err != nil {
-			t.Fatal(err)
+sentinel monitor %s 127.0.0.1 %s 1
+`, launch.Port(s.SentinelAddr), sdir, s.MasterName, launch.Port(s.MasterAddr)), 0o600); err != nil {
+			return err
 		}
-		_, err = startProcess(t, bin, sdir, s.SentinelAddr, conf, "--sentinel")
-		return err
+		sentinel, err := launch.StartReady(context.Background(), "sentinel", bin, []string{conf, "--sentinel"}, nil, sdir,
+			launch.Greets(s.SentinelAddr, "PING\r\n", "+PONG"))
+		if err != nil {
+			master.Stop(0)
+			return err
+		}
+		stopAtEnd(t, func() []*Process { return []*Process{sentinel} })
+		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	ctx := context.Background()
 	sc := redis.NewSentinelClient(&redis.Options{Addr: s.SentinelAddr, DialTimeout: time.Second, ReadTimeout: time.Second})
@@ -213,97 +217,13 @@ func lookRedis(t testing.TB, name string) string {
 	return bin
 }
 
-// withFreePorts calls start with n free loopback ports, and again with new
-// ones, up to three times in all, when a server it started exited at once
-// (errExited): a port chosen free was taken before the server bound it,
-// by another test's connection.
-func withFreePorts(t testing.TB, n int, start func(ports []int) error) {
-	t.Helper()
-	for attempt := 1; ; attempt++ {
-		err := start(freePorts(t, n))
-		if err == nil {
-			return
-		}
-		if !errors.Is(err, errExited) || attempt == 3 {
-			t.Fatal(err)
-		}
-		t.Logf("retrying with other ports: %v", err)
-	}
-}
-
-// freePorts returns n distinct loopback TCP ports that were free a moment
-// ago (all held at once, so none repeats).
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	ports := make([]int, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
-
-// errExited is a server that exited before it answered.
-var errExited = errors.New("exited before it answered")
-
-// startProcess starts bin with args, logging to dir/redis.log (its own
-// output to dir/output.log), waits until addr answers PING and kills the
-// process when the test ends, or when stop is called. An early exit is an
-// error wrapping errExited, with the logs; not answering within 10s fails
-// the test.
-func startProcess(t testing.TB, bin, dir, addr string, args ...string) (stop func(), err error) {
-	t.Helper()
-	cmd := exec.Command(bin, args...)
-	out, err := os.Create(filepath.Join(dir, "output.log"))
+// startRedis starts redis-server (launch.StartRedis) on addr, its files
+// in dir, until the test ends or the process is stopped.
+func startRedis(t testing.TB, name, bin, addr, dir string, args ...string) (*Process, error) {
+	p, err := launch.StartRedis(context.Background(), name, bin, addr, dir, args...)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	defer out.Close() // the child has its own descriptor
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cmd.Process.Kill()
-			<-exited
-		})
-	}
-	t.Cleanup(stop)
-	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
-	defer c.Close()
-	var lastErr error
-	up := Eventually(10*time.Second, func() bool {
-		select {
-		case <-exited:
-			return true
-		default:
-		}
-		lastErr = c.Ping(context.Background()).Err()
-		return lastErr == nil
-	})
-	logs := func() string {
-		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-		output, _ := os.ReadFile(filepath.Join(dir, "output.log"))
-		return strings.TrimSpace(string(log) + string(output))
-	}
-	select {
-	case <-exited:
-		return stop, fmt.Errorf("%s %s on %s %w (%v):\n%s", bin, strings.Join(args, " "), addr, errExited, cmd.ProcessState, logs())
-	default:
-	}
-	if !up {
-		t.Fatalf("%s %s did not answer on %s within 10s: %v\n%s", bin, strings.Join(args, " "), addr, lastErr, logs())
-	}
-	return stop, nil
+	stopAtEnd(t, func() []*Process { return []*Process{p} })
+	return p, nil
 }

@@ -6,7 +6,6 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/joingate/joingate/pkg/launch"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
 
@@ -63,7 +63,7 @@ type Redis struct {
 	// Port is the loopback TCP port, for tools that need one.
 	Port   int
 	Client *redis.Client
-	stop   func()
+	proc   *Process
 	bin    string
 	dir    string
 }
@@ -103,32 +103,31 @@ func NewRedis(t testing.TB) *Redis {
 // free port, again (after Stop) on the same socket and port, its data gone.
 func (r *Redis) Start(t testing.TB) {
 	t.Helper()
-	if r.Port == 0 {
-		withFreePorts(t, 1, func(ports []int) error {
-			r.Port = ports[0]
-			return r.start(t)
-		})
+	if r.Port != 0 {
+		if err := r.start(t); err != nil {
+			t.Fatal(err)
+		}
 		return
 	}
-	if err := r.start(t); err != nil {
+	err := launch.OnFreeAddrs(1, func(addrs []string) error {
+		r.Port, _ = strconv.Atoi(launch.Port(addrs[0]))
+		return r.start(t)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }
 
 func (r *Redis) start(t testing.TB) (err error) {
-	r.stop, err = startProcess(t, r.bin, r.dir, fmt.Sprintf("127.0.0.1:%d", r.Port),
-		"--port", fmt.Sprint(r.Port), "--bind", "127.0.0.1",
-		"--unixsocket", r.Socket, "--unixsocketperm", "700",
-		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--daemonize", "no", "--loglevel", "warning",
-		"--logfile", filepath.Join(r.dir, "redis.log"))
+	r.proc, err = startRedis(t, "redis-server", r.bin, fmt.Sprintf("127.0.0.1:%d", r.Port), r.dir,
+		"--unixsocket", r.Socket, "--unixsocketperm", "700")
 	return err
 }
 
 // Stop kills the server, for tests of a store outage.
 func (r *Redis) Stop() {
-	if r.stop != nil {
-		r.stop()
+	if r.proc != nil {
+		r.proc.Stop(0)
 	}
 }
 
@@ -145,17 +144,6 @@ func Eventually(timeout time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // Value reads one series of reg; labels are the label values in the order

@@ -1,4 +1,4 @@
-package ceiling
+package reference
 
 import (
 	"encoding/json"

@@ -1,11 +1,11 @@
-// Package ceiling is the reference server joingate's benchmarks compare
+// Package reference is the reference server joingate's benchmarks compare
 // against: a bare fasthttp server, built as the gateway's (the caller
 // passes gateway.NewHTTPServer, so that only the work differs), that routes
 // a callback by the last path segment, decodes the join-group body with the
 // gateway's decoder and answers "allow". It does nothing else: no NATS, no
 // policy, no metrics, no logs. What joingate costs is its distance from
 // this server under the same load on the same machine.
-package ceiling
+package reference
 
 import (
 	"context"
@@ -42,7 +42,7 @@ type Server struct {
 // New binds the listener; Run serves.
 func New(opts Options) (*Server, error) {
 	if opts.NewServer == nil {
-		return nil, errors.New("ceiling options: no NewServer (pass the gateway's)")
+		return nil, errors.New("reference options: no NewServer (pass the gateway's)")
 	}
 	ln := opts.Listener
 	if ln == nil {

@@ -1,0 +1,183 @@
+package benchsuite
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+
+	"github.com/joingate/joingate/pkg/loadgen"
+)
+
+// Row is one setup under load.
+type Row struct {
+	Setup  string          `json:"setup"`
+	Result *loadgen.Result `json:"result"`
+	// Ratio is the throughput over the reference's.
+	Ratio float64 `json:"ratio_to_reference"`
+	// Processes are the server processes measured (Redis excluded: every
+	// setup but the reference uses the same one).
+	Processes []string `json:"processes"`
+	// RSSMiB is their resident memory at the end of the measured window,
+	// PeakRSSMiB their high-water mark since they started (VmHWM), summed.
+	RSSMiB     float64 `json:"rss_mib"`
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// ServerCPU is their CPU time over the window, in cores; RedisCPU
+	// that of Redis.
+	ServerCPU float64 `json:"server_cpu_cores"`
+	RedisCPU  float64 `json:"redis_cpu_cores,omitempty"`
+	// OtherCPU is what the rest of the machine used over the window, in
+	// cores: other programs competing with the bench (it should be ~0).
+	OtherCPU float64 `json:"other_cpu_cores"`
+}
+
+// Target is one of the suite's goals (a ratio to the reference, memory) and
+// whether this run met it.
+type Target struct {
+	Name string `json:"name"`
+	Got  string `json:"got"`
+	Met  bool   `json:"met"`
+}
+
+// Report is what the suite prints and writes as JSON.
+type Report struct {
+	// WorkDir held the configuration and the servers' logs.
+	WorkDir  string            `json:"work_dir"`
+	Machine  map[string]string `json:"machine"`
+	Load     string            `json:"load"`
+	Rows     []Row             `json:"rows"`
+	OpenLoop *Row              `json:"open_loop,omitempty"`
+	// OpenLoopReference is the same open loop against the reference
+	// server: the floor that the generator and the machine allow.
+	OpenLoopReference *Row     `json:"open_loop_reference,omitempty"`
+	Profile           string   `json:"profile,omitempty"`
+	Targets           []Target `json:"targets"`
+}
+
+// finish computes the ratios to the reference (the first row) and checks
+// the targets.
+func (rep *Report) finish() {
+	ref := rep.Rows[0]
+	for i := range rep.Rows {
+		if ref.Result.Throughput > 0 {
+			rep.Rows[i].Ratio = rep.Rows[i].Result.Throughput / ref.Result.Throughput
+		}
+	}
+	if rep.OpenLoop != nil && ref.Result.Throughput > 0 {
+		rep.OpenLoop.Ratio = rep.OpenLoop.Result.Throughput / ref.Result.Throughput
+	}
+	rep.Targets = targets(rep)
+}
+
+func targets(rep *Report) []Target {
+	var ts []Target
+	for _, r := range rep.Rows {
+		switch r.Setup {
+		case SetupAll:
+			ts = append(ts,
+				Target{Name: "all >= 0.5 of the reference (closed loop)", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.5},
+				Target{Name: "all RSS < 100 MiB", Got: fmt.Sprintf("%.0f MiB peak", r.PeakRSSMiB), Met: r.PeakRSSMiB < 100})
+		case SetupDistributed:
+			ts = append(ts, Target{Name: "distributed >= 0.3 of the reference", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.3})
+		}
+	}
+	if o := rep.OpenLoop; o != nil {
+		fb := "unknown"
+		if o.Result.Fallbacks != nil {
+			fb = fmt.Sprintf("%.0f", *o.Result.Fallbacks)
+		}
+		got := fmt.Sprintf("p99 %s, %s fallbacks, %d errors", fmtMs(o.Result.Latency.P99), fb, o.Result.HTTPErrors())
+		for _, r := range rep.Rows {
+			if r.Setup == SetupAll && r.Result.Throughput < o.Result.TargetRate {
+				got += fmt.Sprintf(" (all's closed-loop maximum, %.0f req/s, is below the %.0f req/s asked)", r.Result.Throughput, o.Result.TargetRate)
+			}
+		}
+		if f := rep.OpenLoopReference; f != nil {
+			got += fmt.Sprintf("; the reference server's p99 at that rate: %s", fmtMs(f.Result.Latency.P99))
+		}
+		ts = append(ts, Target{
+			Name: "all, open loop at half the reference: p99 < 2ms, no fallback",
+			Got:  got,
+			Met:  o.Result.Latency.P99 < 2 && o.Result.Fallbacks != nil && *o.Result.Fallbacks == 0 && o.Result.HTTPErrors() == 0,
+		})
+	}
+	return ts
+}
+
+func fmtMs(ms float64) string {
+	switch {
+	case ms < 1:
+		return fmt.Sprintf("%.0fµs", ms*1000)
+	case ms < 1000:
+		return fmt.Sprintf("%.3gms", ms)
+	default:
+		return fmt.Sprintf("%.3gs", ms/1000)
+	}
+}
+
+// Print writes the report as a table, with the open loops and the targets.
+func (rep *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "joingate bench suite: %s\n", rep.Load)
+	keys := make([]string, 0, len(rep.Machine))
+	for k := range rep.Machine {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if v := rep.Machine[k]; v != "" {
+			fmt.Fprintf(w, "  %-34s %s\n", k, v)
+		}
+	}
+	fmt.Fprintln(w)
+	const format = "%-12s %9s %8s %8s %8s %8s %9s %7s %8s %8s %6s %8s %6s\n"
+	fmt.Fprintf(w, format, "setup", "req/s", "×ref", "p50", "p99", "p99.9", "fallback", "errors", "RSS MiB", "srv CPU", "redis", "gen CPU", "other")
+	row := func(name string, r Row) {
+		res := r.Result
+		fb, redisCPU := "-", "-"
+		if res.Fallbacks != nil {
+			fb = fmt.Sprintf("%.0f", *res.Fallbacks)
+		}
+		if r.RedisCPU > 0 {
+			redisCPU = fmt.Sprintf("%.2f", r.RedisCPU)
+		}
+		fmt.Fprintf(w, format, name, fmt.Sprintf("%.0f", res.Throughput), fmt.Sprintf("%.2f", r.Ratio),
+			fmtMs(res.Latency.P50), fmtMs(res.Latency.P99), fmtMs(res.Latency.P999), fb,
+			strconv.FormatUint(res.HTTPErrors(), 10), fmt.Sprintf("%.0f", r.PeakRSSMiB),
+			fmt.Sprintf("%.2f", r.ServerCPU), redisCPU, fmt.Sprintf("%.2f", res.GeneratorCPU), fmt.Sprintf("%.2f", r.OtherCPU))
+	}
+	for _, r := range rep.Rows {
+		row(r.Setup, r)
+	}
+	for _, o := range []*Row{rep.OpenLoopReference, rep.OpenLoop} {
+		if o == nil {
+			continue
+		}
+		res := o.Result
+		fmt.Fprintf(w, "\n%s, %.0f req/s: %d of %d requests due in the window answered; latency from the due time p50 %s p99 %s p99.9 %s max %s;\n",
+			o.Setup, res.TargetRate, res.Responses, res.Sent+res.Unsent, fmtMs(res.Latency.P50), fmtMs(res.Latency.P99), fmtMs(res.Latency.P999), fmtMs(res.Latency.Max))
+		fb := "-"
+		if res.Fallbacks != nil {
+			fb = fmt.Sprintf("%.0f", *res.Fallbacks)
+		}
+		fmt.Fprintf(w, "  service time p99 %s, send lag p99 %s; fallbacks %s, errors %d; RSS %.0f MiB (peak %.0f); CPU srv %.2f gen %.2f other %.2f",
+			fmtMs(res.ServiceTime.P99), fmtMs(res.SendLag.P99), fb, res.HTTPErrors(), o.RSSMiB, o.PeakRSSMiB, o.ServerCPU, res.GeneratorCPU, o.OtherCPU)
+		if res.Behind {
+			fmt.Fprintf(w, "; BEHIND SCHEDULE (%d unsent)", res.Unsent)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "\nRSS: peak (VmHWM) of the server processes, summed; Redis excluded. CPU in cores over the window:")
+	fmt.Fprintln(w, "srv the server processes, redis the redis-server, gen this load generator, other the rest of")
+	fmt.Fprintln(w, "the machine (other programs: the figures are only fair when it is near 0). Closed-loop latency")
+	fmt.Fprintln(w, "runs from the send time, open-loop latency from each request's due time.")
+	if len(rep.Targets) > 0 {
+		fmt.Fprintln(w, "\ntargets:")
+		for _, t := range rep.Targets {
+			met := "MET    "
+			if !t.Met {
+				met = "NOT MET"
+			}
+			fmt.Fprintf(w, "  %s %-60s %s\n", met, t.Name, t.Got)
+		}
+	}
+}

@@ -1,0 +1,518 @@
+// Package benchsuite is `joingate bench suite` and `joingate bench soak`:
+// on this machine, in one run, the reference server, `joingate all` with a
+// real Redis, and the distributed set (nats-server, a gateway, two workers,
+// Redis), each as separate processes under the same load from this
+// process, then an open loop against `all` at a fraction of the
+// reference's rate, and a table of the results; or a long open loop
+// against `all` that watches it for leaks. Everything listens on 127.0.0.1
+// only; every child is stopped when the run ends, fails or is cancelled.
+package benchsuite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/joingate/joingate/pkg/launch"
+	"github.com/joingate/joingate/pkg/loadgen"
+)
+
+// Setups the suite can run, in the order it runs them.
+const (
+	SetupReference   = "reference"
+	SetupAll         = "all"
+	SetupDistributed = "distributed"
+)
+
+// Options configure a run of the suite or the soak.
+type Options struct {
+	// Load shapes the load of every setup; Base, MetricsURLs and Rate are
+	// set per setup.
+	Load loadgen.Options
+	// Setups are the setups to run: SetupReference first, always (every
+	// ratio is to it), then any of SetupAll and SetupDistributed.
+	Setups []string
+	// Joingate is the binary that runs the servers (required).
+	Joingate string
+	// NATSServer is the nats-server binary of the distributed set;
+	// default: next to Joingate, then $PATH.
+	NATSServer string
+	// RedisServer is the redis-server binary.
+	RedisServer string
+	// OpenFactor: the open loop against `all` sends this fraction of the
+	// reference's measured rate (the soak's, without Load.Rate); 0 skips
+	// it.
+	OpenFactor float64
+	// Profile, if set, is where a CPU profile of `all` under closed-loop
+	// load, ProfileFor long, is written.
+	Profile    string
+	ProfileFor time.Duration
+	// Keep keeps the working directory (configuration, logs) after the
+	// run; a failed run always keeps it.
+	Keep bool
+	// Stdout gets the results, Stderr the progress.
+	Stdout, Stderr io.Writer
+}
+
+// DefaultOptions are the suite's: every setup, the load generator's
+// defaults, an open loop at half the reference's rate.
+func DefaultOptions() Options {
+	return Options{
+		Load:        loadgen.DefaultOptions(),
+		Setups:      []string{SetupReference, SetupAll, SetupDistributed},
+		RedisServer: "redis-server",
+		OpenFactor:  0.5,
+		ProfileFor:  5 * time.Second,
+		Stdout:      io.Discard,
+		Stderr:      io.Discard,
+	}
+}
+
+// ParseSetups reads a comma-separated list of setups; the reference is
+// always first, whether listed or not.
+func ParseSetups(list string) ([]string, error) {
+	setups := []string{SetupReference}
+	for s := range strings.SplitSeq(list, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case SetupReference, "":
+		case SetupAll, SetupDistributed:
+			if !slices.Contains(setups, s) {
+				setups = append(setups, s)
+			}
+		default:
+			return nil, fmt.Errorf("unknown setup %q (want %s, %s, %s)", s, SetupReference, SetupAll, SetupDistributed)
+		}
+	}
+	return setups, nil
+}
+
+// Validate checks what the command line can get wrong.
+func (o Options) Validate() error {
+	if o.OpenFactor < 0 || o.OpenFactor > 1 {
+		return fmt.Errorf("--open-factor must be in 0..1, got %v", o.OpenFactor)
+	}
+	if len(o.Setups) == 0 || o.Setups[0] != SetupReference {
+		return errors.New("the setups must start with the reference")
+	}
+	return nil
+}
+
+// benchPolicy allows nearly everything but keeps both limits, so that every
+// decision still makes its Redis round trip with two keys, as the default
+// policy does.
+const benchPolicy = `# joingate bench suite: limits too high to refuse, so that the bench
+# measures the decision path rather than refusals. pprof on: --profile
+# reads /debug/pprof/profile of 'all'.
+admin_pprof: true
+log:
+  level: warn
+join_group:
+  limits:
+    - name: bench-applicant
+      key: applicant
+      limit: 1000000
+      period: 1s
+      burst: 1000000
+    - name: bench-group
+      key: group
+      limit: 1000000
+      period: 1s
+      burst: 1000000
+`
+
+// stopGrace is how long a child has to exit after SIGTERM.
+const stopGrace = 5 * time.Second
+
+// Run runs the suite. The report is returned, as far as it got, also with
+// an error.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	s, err := newSuite(o)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := s.run(ctx)
+	s.close(err != nil)
+	return rep, err
+}
+
+// suite is one run of the suite: its working directory, binaries and the
+// child processes alive.
+type suite struct {
+	o          Options
+	dir        string
+	self, nats string
+	redis      string
+	redisProc  *launch.Process
+	children   []*launch.Process
+}
+
+// absBinary finds bin as exec.Command would and makes its path absolute:
+// the children run in the suite's working directory.
+func absBinary(bin string) (string, error) {
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return "", fmt.Errorf("%s not found: %w", bin, err)
+	}
+	return filepath.Abs(path)
+}
+
+func newSuite(o Options) (*suite, error) {
+	s := &suite{o: o}
+	var err error
+	if s.self, err = absBinary(o.Joingate); err != nil {
+		return nil, err
+	}
+	if len(o.Setups) > 1 {
+		if s.redis, err = absBinary(o.RedisServer); err != nil {
+			return nil, fmt.Errorf("%v: install it (apt-get install redis-server) or pass --redis-server", err)
+		}
+	}
+	if slices.Contains(o.Setups, SetupDistributed) {
+		s.nats = o.NATSServer
+		if s.nats == "" {
+			s.nats = filepath.Join(filepath.Dir(s.self), "nats-server")
+			if _, err := os.Stat(s.nats); err != nil {
+				s.nats = "nats-server"
+			}
+		}
+		if s.nats, err = absBinary(s.nats); err != nil {
+			return nil, fmt.Errorf("%v: build it with `go build -o bin/nats-server github.com/nats-io/nats-server/v2` and pass --nats-server", err)
+		}
+	}
+	if s.dir, err = os.MkdirTemp("", "joingate-bench-"); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(s.dir, "bench.yaml"), []byte(benchPolicy), 0o644); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// close stops every child still running and removes the working
+// directory, unless asked to keep it or the run failed.
+func (s *suite) close(failed bool) {
+	for i := len(s.children) - 1; i >= 0; i-- {
+		s.children[i].Stop(stopGrace)
+	}
+	if s.o.Keep || failed {
+		fmt.Fprintf(s.o.Stderr, "joingate bench suite: configuration and logs kept in %s\n", s.dir)
+		return
+	}
+	os.RemoveAll(s.dir)
+}
+
+// startOn starts a child on n free loopback addresses with start, which
+// also waits until it is ready, and again on other addresses when it
+// exits at once (launch.OnFreeAddrs); the suite stops it when it closes.
+func (s *suite) startOn(n int, start func(addrs []string) (*launch.Process, error)) (*launch.Process, []string, error) {
+	var (
+		p    *launch.Process
+		used []string
+	)
+	err := launch.OnFreeAddrs(n, func(addrs []string) (err error) {
+		p, err = start(addrs)
+		used = addrs
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	s.children = append(s.children, p)
+	return p, used, nil
+}
+
+func (s *suite) run(ctx context.Context) (*Report, error) {
+	rep := &Report{WorkDir: s.dir, Machine: s.machine(), Load: s.describeLoad()}
+	fmt.Fprintf(s.o.Stderr, "joingate bench suite: %s; working directory %s\n", rep.Load, s.dir)
+
+	ref, err := s.runReference(ctx, rep)
+	if err != nil {
+		return nil, err
+	}
+	rep.Rows = append(rep.Rows, *ref)
+	var redisAddr string
+	if len(s.o.Setups) > 1 {
+		if redisAddr, err = s.startRedis(ctx); err != nil {
+			rep.finish()
+			return rep, err
+		}
+	}
+	for _, setup := range s.o.Setups[1:] {
+		var row *Row
+		switch setup {
+		case SetupAll:
+			row, err = s.runAll(ctx, redisAddr, ref.Result.Throughput, rep)
+		case SetupDistributed:
+			row, err = s.runDistributed(ctx, redisAddr)
+		}
+		if err != nil {
+			rep.finish()
+			return rep, fmt.Errorf("%s: %w", setup, err)
+		}
+		rep.Rows = append(rep.Rows, *row)
+	}
+	rep.finish()
+	return rep, nil
+}
+
+func (s *suite) describeLoad() string {
+	l := s.o.Load
+	conn := "keep-alive"
+	if !l.KeepAlive {
+		conn = "a new connection per request"
+	}
+	return fmt.Sprintf("closed loop, %d connections (%s), %s after %s warm-up, %d applicants and %d groups (%s)",
+		l.Connections, conn, l.Duration, l.Warmup, l.Applicants, l.Groups, l.Distribution)
+}
+
+// load runs the generator against base and samples the server processes
+// over the measured window.
+func (s *suite) load(ctx context.Context, setup, base string, metrics []string, rate float64, procs ...*launch.Process) (*Row, error) {
+	opts := s.o.Load
+	opts.Base, opts.MetricsURLs, opts.Rate = base, metrics, rate
+	row := &Row{Setup: setup}
+	for _, p := range procs {
+		row.Processes = append(row.Processes, p.Name)
+	}
+	var redis []*launch.Process
+	if s.redisProc != nil {
+		redis = []*launch.Process{s.redisProc}
+	}
+	var cpuStart, redisStart, machineStart time.Duration
+	var windowStart time.Time
+	var machineCPU float64
+	opts.OnMeasure = func(start bool) {
+		if start {
+			windowStart, cpuStart, redisStart, machineStart = time.Now(), procsCPU(procs), procsCPU(redis), machineBusy()
+			return
+		}
+		window := time.Since(windowStart).Seconds()
+		row.ServerCPU = (procsCPU(procs) - cpuStart).Seconds() / window
+		machineCPU = (machineBusy() - machineStart).Seconds() / window
+		row.RSSMiB = procsMemory(procs, "VmRSS")
+		if redis != nil {
+			row.RedisCPU = (procsCPU(redis) - redisStart).Seconds() / window
+		}
+	}
+	fmt.Fprintf(s.o.Stderr, "--- %s\n", setup)
+	res, err := loadgen.Run(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	for _, p := range procs {
+		if p.Exited() {
+			return nil, p.Failed(errors.New("exited under load"))
+		}
+	}
+	row.Result = res
+	row.PeakRSSMiB = procsMemory(procs, "VmHWM")
+	row.OtherCPU = max(machineCPU-row.ServerCPU-row.RedisCPU-res.GeneratorCPU, 0)
+	loadgen.Report(s.o.Stdout, res)
+	fmt.Fprintf(s.o.Stdout, "  server      %s: %.2f cores, RSS %.0f MiB (peak %.0f MiB)",
+		strings.Join(row.Processes, " + "), row.ServerCPU, row.RSSMiB, row.PeakRSSMiB)
+	if redis != nil {
+		fmt.Fprintf(s.o.Stdout, "; redis-server %.2f cores", row.RedisCPU)
+	}
+	fmt.Fprintf(s.o.Stdout, "; other programs %.2f cores\n\n", row.OtherCPU)
+	return row, nil
+}
+
+func (s *suite) runReference(ctx context.Context, rep *Report) (*Row, error) {
+	c, addrs, err := s.startOn(1, func(addrs []string) (*launch.Process, error) {
+		return launch.StartReady(ctx, "reference", s.self, []string{"bench", "reference", "--listen", addrs[0]}, nil, s.dir,
+			launch.Greets(addrs[0], "", ""))
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Stop(stopGrace)
+	base := "http://" + addrs[0] + "/callbackExample"
+	row, err := s.load(ctx, SetupReference, base, nil, 0, c)
+	if err != nil {
+		return nil, err
+	}
+	if s.o.OpenFactor > 0 && slices.Contains(s.o.Setups, SetupAll) && row.Result.Throughput > 0 {
+		// The open loop `all` will get, against the reference: what the
+		// generator and the machine can measure at that rate.
+		open, err := s.load(ctx, fmt.Sprintf("reference, open loop at %.2g of the reference", s.o.OpenFactor), base, nil, row.Result.Throughput*s.o.OpenFactor, c)
+		if err != nil {
+			return nil, err
+		}
+		rep.OpenLoopReference = open
+	}
+	return row, nil
+}
+
+func (s *suite) startRedis(ctx context.Context) (string, error) {
+	c, addrs, err := s.startOn(1, func(addrs []string) (*launch.Process, error) {
+		return launch.StartRedis(ctx, "redis", s.redis, addrs[0], s.dir)
+	})
+	if err != nil {
+		return "", err
+	}
+	s.redisProc = c
+	return addrs[0], nil
+}
+
+// joingateArgs are the arguments of a joingate server process.
+func (s *suite) joingateArgs(cmd string, extra ...string) []string {
+	return append([]string{cmd, "--config", filepath.Join(s.dir, "bench.yaml")}, extra...)
+}
+
+// startAll starts `joingate all` on redisAddr and waits until it is
+// ready; it returns its callback and admin addresses.
+func (s *suite) startAll(ctx context.Context, redisAddr string) (c *launch.Process, listen, admin string, err error) {
+	c, addrs, err := s.startOn(2, func(addrs []string) (*launch.Process, error) {
+		return launch.StartReady(ctx, "all", s.self, s.joingateArgs("all", "--listen", addrs[0], "--admin-listen", addrs[1], "--redis", "redis://"+redisAddr+"/0"),
+			nil, s.dir, launch.HTTPOK("http://"+addrs[1]+"/readyz"))
+	})
+	if err != nil {
+		return nil, "", "", err
+	}
+	return c, addrs[0], addrs[1], nil
+}
+
+func (s *suite) runAll(ctx context.Context, redisAddr string, refRate float64, rep *Report) (*Row, error) {
+	c, listen, admin, err := s.startAll(ctx, redisAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Stop(stopGrace)
+	base, metrics := "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}
+	row, err := s.load(ctx, SetupAll, base, metrics, 0, c)
+	if err != nil {
+		return nil, err
+	}
+	if s.o.OpenFactor > 0 && refRate > 0 {
+		rate := refRate * s.o.OpenFactor
+		open, err := s.load(ctx, fmt.Sprintf("all, open loop at %.2g of the reference", s.o.OpenFactor), base, metrics, rate, c)
+		if err != nil {
+			return nil, err
+		}
+		rep.OpenLoop = open
+	}
+	if s.o.Profile != "" {
+		if err := s.profileAll(ctx, base, admin); err != nil {
+			return nil, err
+		}
+		rep.Profile = s.o.Profile
+	}
+	return row, nil
+}
+
+// profileAll takes a CPU profile of `all` under closed-loop load, apart
+// from the measured runs so that profiling does not slow them down.
+func (s *suite) profileAll(ctx context.Context, base, admin string) error {
+	opts := s.o.Load
+	opts.Base, opts.Warmup, opts.Duration, opts.Progress = base, 0, s.o.ProfileFor+time.Second, nil
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := loadgen.Run(lctx, opts)
+		done <- err
+	}()
+	fmt.Fprintf(s.o.Stderr, "--- CPU profile of all for %s under closed-loop load\n", s.o.ProfileFor)
+	client := &http.Client{Timeout: s.o.ProfileFor + 10*time.Second}
+	resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, int(s.o.ProfileFor.Seconds())))
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s", resp.Status)
+	}
+	f, err := os.Create(s.o.Profile)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("profile: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	cancel()
+	if err := <-done; err != nil {
+		return err
+	}
+	fmt.Fprintf(s.o.Stdout, "CPU profile of all written to %s: go tool pprof -top -cum %s\n\n", s.o.Profile, s.o.Profile)
+	return nil
+}
+
+func (s *suite) runDistributed(ctx context.Context, redisAddr string) (*Row, error) {
+	set, err := launch.StartSet(ctx, launch.SetOptions{
+		Joingate: s.self, NATSServer: s.nats, Config: filepath.Join(s.dir, "bench.yaml"),
+		RedisURL: "redis://" + redisAddr + "/0", Workers: 2, LogDir: s.dir, Grace: stopGrace,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer set.Stop()
+	// Gateway first, then workers, then NATS: the order of the table.
+	procs := append([]*launch.Process{set.Gateway}, set.Workers...)
+	procs = append(procs, set.NATS)
+	return s.load(ctx, SetupDistributed, "http://"+set.GatewayAddr+"/callbackExample", []string{"http://" + set.GatewayAdmin + "/metrics"}, 0, procs...)
+}
+
+// machine describes where the suite ran.
+func (s *suite) machine() map[string]string {
+	m := map[string]string{
+		"cpus":       strconv.Itoa(runtime.NumCPU()),
+		"go":         runtime.Version(),
+		"gomaxprocs": strconv.Itoa(runtime.GOMAXPROCS(0)),
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m["cpu"] = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m["kernel"] = strings.TrimSpace(string(b))
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range info.Deps {
+			switch d.Path {
+			case "github.com/valyala/fasthttp", "github.com/nats-io/nats.go", "github.com/nats-io/nats-server/v2", "github.com/redis/go-redis/v9":
+				m[d.Path] = d.Version
+			}
+		}
+	}
+	version := func(bin string, args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, args...).Output()
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if len(s.o.Setups) > 1 {
+		m["redis-server"] = version(s.redis, "--version")
+	}
+	if s.nats != "" {
+		m["nats-server binary"] = version(s.nats, "--version")
+	}
+	return m
+}
