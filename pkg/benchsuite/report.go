@@ -29,6 +29,27 @@ type Row struct {
 	// OtherCPU is what the rest of the machine used over the window, in
 	// cores: other programs competing with the bench (it should be ~0).
 	OtherCPU float64 `json:"other_cpu_cores"`
+	// CPUPerRequest is the CPU time of the server processes and Redis per
+	// answered request, RedisCPUPerRequest Redis's alone, in µs.
+	CPUPerRequest      float64 `json:"cpu_us_per_request"`
+	RedisCPUPerRequest float64 `json:"redis_cpu_us_per_request"`
+	// Refused is the share of answers that refused.
+	Refused float64 `json:"refused_share"`
+}
+
+// perRequest fills the figures per answered request.
+func (r *Row) perRequest() {
+	res := r.Result
+	if res.Throughput <= 0 || res.Responses == 0 {
+		return
+	}
+	r.CPUPerRequest = (r.ServerCPU + r.RedisCPU) / res.Throughput * 1e6
+	r.RedisCPUPerRequest = r.RedisCPU / res.Throughput * 1e6
+	var refused uint64
+	for _, n := range res.Refused {
+		refused += n
+	}
+	r.Refused = float64(refused) / float64(res.Responses)
 }
 
 // Target is one of the suite's goals (a ratio to the reference, memory) and
@@ -59,6 +80,7 @@ type Report struct {
 func (rep *Report) finish() {
 	ref := rep.Rows[0]
 	for i := range rep.Rows {
+		rep.Rows[i].perRequest()
 		if ref.Result.Throughput > 0 {
 			rep.Rows[i].Ratio = rep.Rows[i].Result.Throughput / ref.Result.Throughput
 		}
@@ -77,8 +99,15 @@ func targets(rep *Report) []Target {
 			ts = append(ts,
 				Target{Name: "all >= 0.5 of the reference (closed loop)", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.5},
 				Target{Name: "all RSS < 100 MiB", Got: fmt.Sprintf("%.0f MiB peak", r.PeakRSSMiB), Met: r.PeakRSSMiB < 100})
+			ts = append(ts, Target{Name: "all: CPU per decision <= 30µs (all processes)", Got: fmt.Sprintf("%.1fµs", r.CPUPerRequest), Met: r.CPUPerRequest <= 30})
 		case SetupDistributed:
-			ts = append(ts, Target{Name: "distributed >= 0.3 of the reference", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.3})
+			ts = append(ts,
+				Target{Name: "distributed >= 0.3 of the reference", Got: fmt.Sprintf("%.2f", r.Ratio), Met: r.Ratio >= 0.3},
+				Target{Name: "distributed: CPU per decision <= 45µs (all processes)", Got: fmt.Sprintf("%.1fµs", r.CPUPerRequest), Met: r.CPUPerRequest <= 45})
+		case SetupFlood:
+			got := fmt.Sprintf("%.2f of the reference, %.0f%% refused, %.2fµs of Redis CPU per callback", r.Ratio, 100*r.Refused, r.RedisCPUPerRequest)
+			ts = append(ts, Target{Name: "flood: >= 0.6 of the reference, <= 1µs Redis CPU per callback, >= 95% refused", Got: got,
+				Met: r.Ratio >= 0.6 && r.RedisCPUPerRequest <= 1 && r.Refused >= 0.95})
 		}
 	}
 	if o := rep.OpenLoop; o != nil {
@@ -129,8 +158,8 @@ func (rep *Report) Print(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w)
-	const format = "%-12s %9s %8s %8s %8s %8s %9s %7s %8s %8s %6s %8s %6s\n"
-	fmt.Fprintf(w, format, "setup", "req/s", "×ref", "p50", "p99", "p99.9", "fallback", "errors", "RSS MiB", "srv CPU", "redis", "gen CPU", "other")
+	const format = "%-17s %8s %5s %7s %7s %7s %8s %6s %7s %7s %5s %5s %6s %8s %5s %5s\n"
+	fmt.Fprintf(w, format, "setup", "req/s", "×ref", "p50", "p99", "p99.9", "fallback", "errors", "refused", "RSS MiB", "srv", "redis", "µs/req", "redis µs", "gen", "other")
 	row := func(name string, r Row) {
 		res := r.Result
 		fb, redisCPU := "-", "-"
@@ -140,10 +169,17 @@ func (rep *Report) Print(w io.Writer) {
 		if r.RedisCPU > 0 {
 			redisCPU = fmt.Sprintf("%.2f", r.RedisCPU)
 		}
+		perReq, redisPerReq := "-", "-"
+		if r.CPUPerRequest > 0 {
+			perReq = fmt.Sprintf("%.1f", r.CPUPerRequest)
+		}
+		if r.RedisCPU > 0 {
+			redisPerReq = fmt.Sprintf("%.2f", r.RedisCPUPerRequest)
+		}
 		fmt.Fprintf(w, format, name, fmt.Sprintf("%.0f", res.Throughput), fmt.Sprintf("%.2f", r.Ratio),
 			fmtMs(res.Latency.P50), fmtMs(res.Latency.P99), fmtMs(res.Latency.P999), fb,
-			strconv.FormatUint(res.HTTPErrors(), 10), fmt.Sprintf("%.0f", r.PeakRSSMiB),
-			fmt.Sprintf("%.2f", r.ServerCPU), redisCPU, fmt.Sprintf("%.2f", res.GeneratorCPU), fmt.Sprintf("%.2f", r.OtherCPU))
+			strconv.FormatUint(res.HTTPErrors(), 10), fmt.Sprintf("%.0f%%", 100*r.Refused), fmt.Sprintf("%.0f", r.PeakRSSMiB),
+			fmt.Sprintf("%.2f", r.ServerCPU), redisCPU, perReq, redisPerReq, fmt.Sprintf("%.2f", res.GeneratorCPU), fmt.Sprintf("%.2f", r.OtherCPU))
 	}
 	for _, r := range rep.Rows {
 		row(r.Setup, r)
@@ -168,8 +204,11 @@ func (rep *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nRSS: peak (VmHWM) of the server processes, summed; Redis excluded. CPU in cores over the window:")
 	fmt.Fprintln(w, "srv the server processes, redis the redis-server, gen this load generator, other the rest of")
-	fmt.Fprintln(w, "the machine (other programs: the figures are only fair when it is near 0). Closed-loop latency")
-	fmt.Fprintln(w, "runs from the send time, open-loop latency from each request's due time.")
+	fmt.Fprintln(w, "the machine (other programs: the figures are only fair when it is near 0); µs/req the CPU time of")
+	fmt.Fprintln(w, "srv and redis per answer, redis µs Redis's alone. refused: the share of answers that refuse.")
+	fmt.Fprintln(w, "flood: 1,000 applicants, 100 groups, Zipf, at 5 and 60 a minute, with the worker's memory of")
+	fmt.Fprintln(w, "refusals and without it. Closed-loop latency runs from the send time, open-loop latency from")
+	fmt.Fprintln(w, "each request's due time.")
 	if len(rep.Targets) > 0 {
 		fmt.Fprintln(w, "\ntargets:")
 		for _, t := range rep.Targets {

@@ -86,7 +86,7 @@ func (s *suite) soak(ctx context.Context, interval time.Duration) ([]soakSample,
 	if err != nil {
 		return nil, nil, err
 	}
-	c, listen, admin, err := s.startAll(ctx, redisAddr)
+	c, listen, admin, err := s.startAll(ctx, redisAddr, "bench.yaml")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -33,7 +33,14 @@ const (
 	SetupReference   = "reference"
 	SetupAll         = "all"
 	SetupDistributed = "distributed"
+	// SetupFlood is `all` with Redis under a flood: Zipf-hot applicants
+	// and groups past their limits, nearly every callback refused; run
+	// with the worker's memory of refusals and without it.
+	SetupFlood = "flood"
 )
+
+// setupFloodNoMemory is the flood's second row: worker.refusal_memory 0.
+const setupFloodNoMemory = "flood, no memory"
 
 // Options configure a run of the suite or the soak.
 type Options struct {
@@ -70,7 +77,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Load:        loadgen.DefaultOptions(),
-		Setups:      []string{SetupReference, SetupAll, SetupDistributed},
+		Setups:      []string{SetupReference, SetupAll, SetupDistributed, SetupFlood},
 		RedisServer: "redis-server",
 		OpenFactor:  0.5,
 		ProfileFor:  5 * time.Second,
@@ -86,12 +93,12 @@ func ParseSetups(list string) ([]string, error) {
 	for s := range strings.SplitSeq(list, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case SetupReference, "":
-		case SetupAll, SetupDistributed:
+		case SetupAll, SetupDistributed, SetupFlood:
 			if !slices.Contains(setups, s) {
 				setups = append(setups, s)
 			}
 		default:
-			return nil, fmt.Errorf("unknown setup %q (want %s, %s, %s)", s, SetupReference, SetupAll, SetupDistributed)
+			return nil, fmt.Errorf("unknown setup %q (want %s, %s, %s, %s)", s, SetupReference, SetupAll, SetupDistributed, SetupFlood)
 		}
 	}
 	return setups, nil
@@ -130,6 +137,38 @@ join_group:
       period: 1s
       burst: 1000000
 `
+
+// floodPolicy is the flood's: limits IMServer's users would have (5
+// applications per applicant and 60 per group a minute), which refuse
+// nearly every callback of FloodLoad; %d is worker.refusal_memory, %s
+// the key prefix, so that the two flood rows share no key.
+const floodPolicy = `# joingate bench suite, flood: nearly every callback refused.
+log:
+  level: warn
+redis:
+  key_prefix: "%s"
+worker:
+  refusal_memory: %d
+join_group:
+  limits:
+    - name: flood-applicant
+      key: applicant
+      limit: 5
+      period: 1m
+      burst: 5
+    - name: flood-group
+      key: group
+      limit: 60
+      period: 1m
+      burst: 60
+`
+
+// FloodLoad shapes the flood's load from the suite's: 1,000 applicants and
+// 100 groups, Zipf-hot (an attack's few hot sources and targets).
+func FloodLoad(l loadgen.Options) loadgen.Options {
+	l.Applicants, l.Groups, l.Distribution = 1000, 100, loadgen.Zipf
+	return l
+}
 
 // stopGrace is how long a child has to exit after SIGTERM.
 const stopGrace = 5 * time.Second
@@ -196,8 +235,14 @@ func newSuite(o Options) (*suite, error) {
 	if s.dir, err = os.MkdirTemp("", "joingate-bench-"); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(s.dir, "bench.yaml"), []byte(benchPolicy), 0o644); err != nil {
-		return nil, err
+	for name, content := range map[string]string{
+		"bench.yaml":           benchPolicy,
+		"flood.yaml":           fmt.Sprintf(floodPolicy, "flood:", 100_000),
+		"flood-no-memory.yaml": fmt.Sprintf(floodPolicy, "flood-no-memory:", 0),
+	} {
+		if err := os.WriteFile(filepath.Join(s.dir, name), []byte(content), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -258,6 +303,12 @@ func (s *suite) run(ctx context.Context) (*Report, error) {
 			row, err = s.runAll(ctx, redisAddr, ref.Result.Throughput, rep)
 		case SetupDistributed:
 			row, err = s.runDistributed(ctx, redisAddr)
+		case SetupFlood:
+			var rows []Row
+			if rows, err = s.runFlood(ctx, redisAddr); err == nil {
+				rep.Rows = append(rep.Rows, rows[:len(rows)-1]...)
+				row = &rows[len(rows)-1]
+			}
 		}
 		if err != nil {
 			rep.finish()
@@ -282,7 +333,11 @@ func (s *suite) describeLoad() string {
 // load runs the generator against base and samples the server processes
 // over the measured window.
 func (s *suite) load(ctx context.Context, setup, base string, metrics []string, rate float64, procs ...*launch.Process) (*Row, error) {
-	opts := s.o.Load
+	return s.loadWith(ctx, s.o.Load, setup, base, metrics, rate, procs...)
+}
+
+// loadWith is load with a load of its own.
+func (s *suite) loadWith(ctx context.Context, opts loadgen.Options, setup, base string, metrics []string, rate float64, procs ...*launch.Process) (*Row, error) {
 	opts.Base, opts.MetricsURLs, opts.Rate = base, metrics, rate
 	row := &Row{Setup: setup}
 	for _, p := range procs {
@@ -371,16 +426,13 @@ func (s *suite) startRedis(ctx context.Context) (string, error) {
 	return addrs[0], nil
 }
 
-// joingateArgs are the arguments of a joingate server process.
-func (s *suite) joingateArgs(cmd string, extra ...string) []string {
-	return append([]string{cmd, "--config", filepath.Join(s.dir, "bench.yaml")}, extra...)
-}
-
-// startAll starts `joingate all` on redisAddr and waits until it is
-// ready; it returns its callback and admin addresses.
-func (s *suite) startAll(ctx context.Context, redisAddr string) (c *launch.Process, listen, admin string, err error) {
+// startAll starts `joingate all` on redisAddr with the configuration file
+// config and waits until it is ready; it returns its callback and admin
+// addresses.
+func (s *suite) startAll(ctx context.Context, redisAddr, config string) (c *launch.Process, listen, admin string, err error) {
 	c, addrs, err := s.startOn(2, func(addrs []string) (*launch.Process, error) {
-		return launch.StartReady(ctx, "all", s.self, s.joingateArgs("all", "--listen", addrs[0], "--admin-listen", addrs[1], "--redis", "redis://"+redisAddr+"/0"),
+		args := []string{"all", "--config", filepath.Join(s.dir, config), "--listen", addrs[0], "--admin-listen", addrs[1], "--redis", "redis://" + redisAddr + "/0"}
+		return launch.StartReady(ctx, "all", s.self, args,
 			nil, s.dir, launch.HTTPOK("http://"+addrs[1]+"/readyz"))
 	})
 	if err != nil {
@@ -390,7 +442,7 @@ func (s *suite) startAll(ctx context.Context, redisAddr string) (c *launch.Proce
 }
 
 func (s *suite) runAll(ctx context.Context, redisAddr string, refRate float64, rep *Report) (*Row, error) {
-	c, listen, admin, err := s.startAll(ctx, redisAddr)
+	c, listen, admin, err := s.startAll(ctx, redisAddr, "bench.yaml")
 	if err != nil {
 		return nil, err
 	}
@@ -456,6 +508,25 @@ func (s *suite) profileAll(ctx context.Context, base, admin string) error {
 	}
 	fmt.Fprintf(s.o.Stdout, "CPU profile of all written to %s: go tool pprof -top -cum %s\n\n", s.o.Profile, s.o.Profile)
 	return nil
+}
+
+// runFlood runs `all` with Redis under FloodLoad with the memory of
+// refusals, then without it, back to back.
+func (s *suite) runFlood(ctx context.Context, redisAddr string) ([]Row, error) {
+	var rows []Row
+	for _, r := range []struct{ setup, config string }{{SetupFlood, "flood.yaml"}, {setupFloodNoMemory, "flood-no-memory.yaml"}} {
+		c, listen, admin, err := s.startAll(ctx, redisAddr, r.config)
+		if err != nil {
+			return nil, err
+		}
+		row, err := s.loadWith(ctx, FloodLoad(s.o.Load), r.setup, "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}, 0, c)
+		c.Stop(stopGrace)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, *row)
+	}
+	return rows, nil
 }
 
 func (s *suite) runDistributed(ctx context.Context, redisAddr string) (*Row, error) {
