@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -162,7 +163,7 @@ func runSuite(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Joingate, "joingate", "", "joingate binary that runs the servers (default: this one)")
 	fs.StringVar(&o.NATSServer, "nats-server", "", "nats-server binary for the distributed set (default: next to the joingate binary, then $PATH)")
 	fs.StringVar(&o.RedisServer, "redis-server", o.RedisServer, "redis-server binary")
-	fs.Float64Var(&o.OpenFactor, "open-factor", o.OpenFactor, "the open-loop run of `all` sends this fraction of the reference's measured rate; 0 skips it")
+	openRates := fs.String("open-rates", joinRates(o.OpenRates), "rates of the open loops against the reference and `all`, requests per second, comma-separated; \"\" for none")
 	fs.StringVar(&o.Profile, "profile", "", "also take a CPU profile of `all` under closed-loop load and write it to `FILE`")
 	fs.DurationVar(&o.ProfileFor, "profile-duration", o.ProfileFor, "length of the --profile")
 	jsonOut := fs.String("json", "", "also write the results to `FILE` as JSON")
@@ -172,7 +173,9 @@ func runSuite(args []string, stdout, stderr io.Writer) int {
 	}
 	var err error
 	if o.Setups, err = benchsuite.ParseSetups(*setups); err == nil {
-		err = o.Validate()
+		if o.OpenRates, err = parseRates(*openRates); err == nil {
+			err = o.Validate()
+		}
 	}
 	if err != nil {
 		return failed(stderr, "joingate bench suite", err, exitUsage)
@@ -280,4 +283,28 @@ func writeJSONFile(path string, v any) error {
 		return fmt.Errorf("write results: %w", err)
 	}
 	return nil
+}
+
+// joinRates and parseRates write and read --open-rates.
+func joinRates(rates []float64) string {
+	var s []string
+	for _, r := range rates {
+		s = append(s, strconv.FormatFloat(r, 'f', -1, 64))
+	}
+	return strings.Join(s, ",")
+}
+
+func parseRates(list string) ([]float64, error) {
+	var rates []float64
+	for f := range strings.SplitSeq(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		r, err := strconv.ParseFloat(f, 64)
+		if err != nil {
+			return nil, fmt.Errorf("--open-rates: %q is not a rate", f)
+		}
+		rates = append(rates, r)
+	}
+	return rates, nil
 }

@@ -29,7 +29,7 @@ func TestBenchCommandLine(t *testing.T) {
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"reference", "extra"}, "unexpected arguments"},
 		{[]string{"suite", "--setups", "all,cluster"}, `unknown setup "cluster"`},
-		{[]string{"suite", "--open-factor", "2"}, "--open-factor"},
+		{[]string{"suite", "--open-rates", "-5"}, "--open-rates must be positive"},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := run(append([]string{"bench"}, c.args...), nil, &stdout, &stderr); code != exitUsage {
@@ -90,7 +90,7 @@ func TestBenchSuite(t *testing.T) {
 	joingate, natsServer := binaries(t)
 	out := filepath.Join(t.TempDir(), "suite.json")
 	cmd := exec.Command(joingate, "bench", "suite", "--nats-server", natsServer,
-		"--duration", "400ms", "--warmup", "100ms", "-c", "8", "--open-factor", "0.2", "--json", out)
+		"--duration", "400ms", "--warmup", "100ms", "-c", "8", "--open-rates", "300", "--json", out)
 	cmd.Env = testenv.ChildEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -141,8 +141,15 @@ func TestBenchSuite(t *testing.T) {
 			t.Errorf("%s: fallbacks %v (%s), want 0", r.Setup, res.Fallbacks, res.FallbacksNote)
 		}
 	}
-	if strings.Join(setups, ",") != "reference,all,distributed,flood,flood, no memory" || rep.OpenLoop == nil || rep.OpenLoopReference == nil {
-		t.Fatalf("rows %v, open loops %v %v", setups, rep.OpenLoop != nil, rep.OpenLoopReference != nil)
+	if strings.Join(setups, ",") != "reference,all,distributed,flood,flood, no memory" || len(rep.OpenLoops) != 1 ||
+		rep.OpenLoops[0].Reference == nil || rep.OpenLoops[0].All == nil {
+		t.Fatalf("rows %v, open loops %+v", setups, rep.OpenLoops)
+	}
+	// Where all's time went: every stage measured, each within the one
+	// that contains it.
+	if st := rep.OpenLoops[0].Stages; len(st) != 4 || st[0].Count == 0 || st[3].Count == 0 ||
+		st[0].Mean < st[1].Mean || st[1].Mean < st[2].Mean || st[2].Mean < st[3].Mean {
+		t.Fatalf("stages %+v", st)
 	}
 	if rep.Rows[0].Ratio != 1 || rep.Rows[1].Ratio <= 0 || len(rep.Targets) != 7 {
 		t.Fatalf("ratios %v %v, %d targets", rep.Rows[0].Ratio, rep.Rows[1].Ratio, len(rep.Targets))

@@ -26,6 +26,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/launch"
 	"github.com/joingate/joingate/pkg/loadgen"
+	"github.com/joingate/joingate/pkg/promtext"
 )
 
 // Setups the suite can run, in the order it runs them.
@@ -57,9 +58,11 @@ type Options struct {
 	NATSServer string
 	// RedisServer is the redis-server binary.
 	RedisServer string
-	// OpenFactor: the open loop against `all` sends this fraction of the
-	// reference's measured rate (the soak's, without Load.Rate); 0 skips
-	// it.
+	// OpenRates are the rates of the open loops against the reference and
+	// `all`, in requests per second (none: no open loop).
+	OpenRates []float64
+	// OpenFactor: the soak's rate, without Load.Rate, as this fraction of
+	// the reference's measured rate.
 	OpenFactor float64
 	// Profile, if set, is where a CPU profile of `all` under closed-loop
 	// load, ProfileFor long, is written.
@@ -79,6 +82,7 @@ func DefaultOptions() Options {
 		Load:        loadgen.DefaultOptions(),
 		Setups:      []string{SetupReference, SetupAll, SetupDistributed, SetupFlood},
 		RedisServer: "redis-server",
+		OpenRates:   []float64{5000, 10000},
 		OpenFactor:  0.5,
 		ProfileFor:  5 * time.Second,
 		Stdout:      io.Discard,
@@ -107,7 +111,12 @@ func ParseSetups(list string) ([]string, error) {
 // Validate checks what the command line can get wrong.
 func (o Options) Validate() error {
 	if o.OpenFactor < 0 || o.OpenFactor > 1 {
-		return fmt.Errorf("--open-factor must be in 0..1, got %v", o.OpenFactor)
+		return fmt.Errorf("--factor must be in 0..1, got %v", o.OpenFactor)
+	}
+	for _, r := range o.OpenRates {
+		if r <= 0 {
+			return fmt.Errorf("--open-rates must be positive, got %v", r)
+		}
 	}
 	if len(o.Setups) == 0 || o.Setups[0] != SetupReference {
 		return errors.New("the setups must start with the reference")
@@ -164,9 +173,13 @@ join_group:
 `
 
 // FloodLoad shapes the flood's load from the suite's: 1,000 applicants and
-// 100 groups, Zipf-hot (an attack's few hot sources and targets).
+// 100 groups, Zipf-hot (an attack's few hot sources and targets), and three
+// times the warm-up, in which the applicants' and groups' first
+// applications (their bursts, admitted) are spent: the window measures the
+// flood itself.
 func FloodLoad(l loadgen.Options) loadgen.Options {
 	l.Applicants, l.Groups, l.Distribution = 1000, 100, loadgen.Zipf
+	l.Warmup *= 3
 	return l
 }
 
@@ -300,7 +313,7 @@ func (s *suite) run(ctx context.Context) (*Report, error) {
 		var row *Row
 		switch setup {
 		case SetupAll:
-			row, err = s.runAll(ctx, redisAddr, ref.Result.Throughput, rep)
+			row, err = s.runAll(ctx, redisAddr, rep)
 		case SetupDistributed:
 			row, err = s.runDistributed(ctx, redisAddr)
 		case SetupFlood:
@@ -403,14 +416,16 @@ func (s *suite) runReference(ctx context.Context, rep *Report) (*Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.o.OpenFactor > 0 && slices.Contains(s.o.Setups, SetupAll) && row.Result.Throughput > 0 {
-		// The open loop `all` will get, against the reference: what the
-		// generator and the machine can measure at that rate.
-		open, err := s.load(ctx, fmt.Sprintf("reference, open loop at %.2g of the reference", s.o.OpenFactor), base, nil, row.Result.Throughput*s.o.OpenFactor, c)
-		if err != nil {
-			return nil, err
+	if slices.Contains(s.o.Setups, SetupAll) {
+		// The open loops `all` will get, against the reference: what the
+		// generator and the machine measure at those rates.
+		for _, rate := range s.o.OpenRates {
+			open, err := s.load(ctx, fmt.Sprintf("reference, open loop at %.0f/s", rate), base, nil, rate, c)
+			if err != nil {
+				return nil, err
+			}
+			rep.OpenLoops = append(rep.OpenLoops, OpenLoop{Rate: rate, Reference: open})
 		}
-		rep.OpenLoopReference = open
 	}
 	return row, nil
 }
@@ -441,7 +456,7 @@ func (s *suite) startAll(ctx context.Context, redisAddr, config string) (c *laun
 	return c, addrs[0], addrs[1], nil
 }
 
-func (s *suite) runAll(ctx context.Context, redisAddr string, refRate float64, rep *Report) (*Row, error) {
+func (s *suite) runAll(ctx context.Context, redisAddr string, rep *Report) (*Row, error) {
 	c, listen, admin, err := s.startAll(ctx, redisAddr, "bench.yaml")
 	if err != nil {
 		return nil, err
@@ -452,13 +467,22 @@ func (s *suite) runAll(ctx context.Context, redisAddr string, refRate float64, r
 	if err != nil {
 		return nil, err
 	}
-	if s.o.OpenFactor > 0 && refRate > 0 {
-		rate := refRate * s.o.OpenFactor
-		open, err := s.load(ctx, fmt.Sprintf("all, open loop at %.2g of the reference", s.o.OpenFactor), base, metrics, rate, c)
+	for i := range rep.OpenLoops {
+		o := &rep.OpenLoops[i]
+		before, err := promtext.Get(http.DefaultClient, metrics[0])
 		if err != nil {
 			return nil, err
 		}
-		rep.OpenLoop = open
+		if o.All, err = s.load(ctx, fmt.Sprintf("all, open loop at %.0f/s", o.Rate), base, metrics, o.Rate, c); err != nil {
+			return nil, err
+		}
+		after, err := promtext.Get(http.DefaultClient, metrics[0])
+		if err != nil {
+			return nil, err
+		}
+		if o.Stages, err = stages(before, after); err != nil {
+			return nil, err
+		}
 	}
 	if s.o.Profile != "" {
 		if err := s.profileAll(ctx, base, admin); err != nil {

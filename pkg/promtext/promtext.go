@@ -76,3 +76,39 @@ func Get(client *http.Client, url string) (string, error) {
 	}
 	return string(body), nil
 }
+
+// Bucket is one cumulative bucket of a histogram: Count observations at
+// most LE (+Inf for the last).
+type Bucket struct{ LE, Count float64 }
+
+// Histogram returns the buckets of an unlabelled histogram, in the order
+// of text (ascending le, as Prometheus writes them), and its sum and
+// count.
+func Histogram(text, name string) (buckets []Bucket, sum, count float64, err error) {
+	prefix := name + `_bucket{le="`
+	for line := range strings.SplitSeq(text, "\n") {
+		rest, ok := strings.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		le, value, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			return nil, 0, 0, fmt.Errorf("bad bucket %q", line)
+		}
+		var b Bucket
+		if b.LE, err = strconv.ParseFloat(le, 64); err != nil {
+			return nil, 0, 0, fmt.Errorf("bad bucket %q: %w", line, err)
+		}
+		if b.Count, err = strconv.ParseFloat(strings.Fields(value)[0], 64); err != nil {
+			return nil, 0, 0, fmt.Errorf("bad bucket %q: %w", line, err)
+		}
+		buckets = append(buckets, b)
+	}
+	if sum, _, err = Value(text, name+"_sum"); err != nil {
+		return nil, 0, 0, err
+	}
+	if count, _, err = Value(text, name+"_count"); err != nil {
+		return nil, 0, 0, err
+	}
+	return buckets, sum, count, nil
+}

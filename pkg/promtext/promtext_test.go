@@ -1,6 +1,7 @@
 package promtext
 
 import (
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -63,5 +64,22 @@ func TestGet(t *testing.T) {
 	}
 	if _, err := Get(srv.Client(), srv.URL+"/other"); err == nil {
 		t.Fatal("Get of a 404: want an error")
+	}
+}
+
+func TestHistogram(t *testing.T) {
+	const hist = `# TYPE h histogram
+h_bucket{le="0.001"} 3
+h_bucket{le="0.01"} 7
+h_bucket{le="+Inf"} 8
+h_sum 0.05
+h_count 8
+`
+	b, sum, count, err := Histogram(hist, "h")
+	if err != nil || sum != 0.05 || count != 8 || len(b) != 3 || b[0] != (Bucket{0.001, 3}) || b[1] != (Bucket{0.01, 7}) || !math.IsInf(b[2].LE, 1) || b[2].Count != 8 {
+		t.Fatalf("Histogram = %v, %v, %v, %v", b, sum, count, err)
+	}
+	if _, _, _, err := Histogram(`h_bucket{le="x"} 1`, "h"); err == nil {
+		t.Fatal("a bad le was read")
 	}
 }
