@@ -145,6 +145,11 @@ func TestBenchSuite(t *testing.T) {
 		rep.OpenLoops[0].Reference == nil || rep.OpenLoops[0].All == nil {
 		t.Fatalf("rows %v, open loops %+v", setups, rep.OpenLoops)
 	}
+	// The memory of refusals spares Redis most of the flood; without it
+	// every decision calls Redis.
+	if mem, none := rep.Rows[3], rep.Rows[4]; mem.StoreCalls >= 0.8*none.StoreCalls || none.StoreCalls < 0.99 {
+		t.Errorf("store calls per decision: %.2f with the memory of refusals, %.2f without", mem.StoreCalls, none.StoreCalls)
+	}
 	// Where all's time went: every stage measured, each within the one
 	// that contains it.
 	if st := rep.OpenLoops[0].Stages; len(st) != 4 || st[0].Count == 0 || st[3].Count == 0 ||

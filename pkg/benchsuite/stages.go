@@ -73,3 +73,23 @@ func quantile(q float64, before, after []promtext.Bucket) float64 {
 	}
 	return lower
 }
+
+// storeCallsPerDecision is the share of a worker's decisions between two
+// scrapes that made a store call: with the memory of refusals, the share a
+// flood still costs Redis.
+func storeCallsPerDecision(before, after string) (float64, error) {
+	var v [2][2]float64
+	for i, text := range []string{before, after} {
+		for j, series := range []string{"joingate_worker_store_duration_seconds_count", `joingate_worker_requests_total{outcome="decided"}`} {
+			var err error
+			if v[i][j], _, err = promtext.Value(text, series); err != nil {
+				return 0, err
+			}
+		}
+	}
+	decided := v[1][1] - v[0][1]
+	if decided <= 0 {
+		return 0, nil
+	}
+	return (v[1][0] - v[0][0]) / decided, nil
+}

@@ -543,7 +543,18 @@ func (s *suite) runFlood(ctx context.Context, redisAddr string) ([]Row, error) {
 		if err != nil {
 			return nil, err
 		}
-		row, err := s.loadWith(ctx, FloodLoad(s.o.Load), r.setup, "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}, 0, c)
+		metrics := []string{"http://" + admin + "/metrics"}
+		before, err := promtext.Get(http.DefaultClient, metrics[0])
+		if err != nil {
+			return nil, err
+		}
+		row, err := s.loadWith(ctx, FloodLoad(s.o.Load), r.setup, "http://"+listen+"/callbackExample", metrics, 0, c)
+		if err == nil {
+			var after string
+			if after, err = promtext.Get(http.DefaultClient, metrics[0]); err == nil {
+				row.StoreCalls, err = storeCallsPerDecision(before, after)
+			}
+		}
 		c.Stop(stopGrace)
 		if err != nil {
 			return nil, err
