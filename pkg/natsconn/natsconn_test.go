@@ -1,13 +1,11 @@
 package natsconn
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -113,7 +111,7 @@ func TestConnectRefused(t *testing.T) {
 // With no server there yet, Connect returns a connection that connects
 // once one comes, and says so in the log, without the password.
 func TestConnectBeforeServer(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.Logs
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	port := testenv.FreePort(t)
 	nc, err := Connect(fmt.Sprintf("nats://u:hunter2@127.0.0.1:%d", port), nil, "t", Security{}, log)
@@ -137,24 +135,6 @@ func TestConnectBeforeServer(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "nats unreachable") || strings.Contains(out, "hunter2") {
 		t.Fatalf("log:\n%s\nwant the unreachable server said, without the password", out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer for a logger that nats.go's goroutines use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestDeadlineHeader(t *testing.T) {

@@ -1,7 +1,6 @@
 package reload
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,27 +37,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// logBuf collects a Watcher's text logs for the test to wait on.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// count returns how many records with message msg were logged.
-func (l *logBuf) count(msg string) int {
-	return strings.Count(l.String(), fmt.Sprintf("msg=%q", msg))
+// count returns how many records with message msg logs has.
+func count(logs *testenv.Logs, msg string) int {
+	return len(logs.Lines(fmt.Sprintf("msg=%q", msg)))
 }
 
 // harness runs a Watcher on one file whose Reload records what it read.
@@ -66,7 +47,7 @@ type harness struct {
 	t    *testing.T
 	path string
 	reg  *prometheus.Registry
-	logs *logBuf
+	logs *testenv.Logs
 	w    *Watcher
 
 	mu    sync.Mutex
@@ -81,7 +62,7 @@ type harness struct {
 // newHarness builds a Watcher for path as main would; start runs it.
 func newHarness(t *testing.T, path string) *harness {
 	t.Helper()
-	h := &harness{t: t, path: path, reg: prometheus.NewRegistry(), logs: &logBuf{}}
+	h := &harness{t: t, path: path, reg: prometheus.NewRegistry(), logs: &testenv.Logs{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("watcher logs:\n%s", h.logs)
@@ -122,7 +103,7 @@ func (h *harness) start() {
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() { h.done <- h.w.Run(ctx) }()
 	h.t.Cleanup(h.stop)
-	waitFor(h.t, "the watcher to start", func() bool { return h.logs.count(msgWatching) == 1 })
+	waitFor(h.t, "the watcher to start", func() bool { return count(h.logs, msgWatching) == 1 })
 }
 
 // stop cancels Run and fails the test unless it returns nil promptly.
@@ -164,9 +145,9 @@ func (h *harness) waitReloads(success, failure float64) {
 // acted on.
 func (h *harness) settle() {
 	h.t.Helper()
-	n := h.logs.count(msgUnchanged)
+	n := count(h.logs, msgUnchanged)
 	writeFile(h.t, filepath.Join(filepath.Dir(h.path), "unrelated.txt"), fmt.Sprint(time.Now().UnixNano()))
-	waitFor(h.t, "a check after an unrelated write", func() bool { return h.logs.count(msgUnchanged) > n })
+	waitFor(h.t, "a check after an unrelated write", func() bool { return count(h.logs, msgUnchanged) > n })
 }
 
 func writeFile(t *testing.T, path, content string) {
@@ -389,9 +370,9 @@ func TestUnchangedContentDoesNotReload(t *testing.T) {
 		}},
 	}
 	for _, s := range steps {
-		n := h.logs.count(msgUnchanged)
+		n := count(h.logs, msgUnchanged)
 		s.do()
-		waitFor(t, "a check after: "+s.name, func() bool { return h.logs.count(msgUnchanged) > n })
+		waitFor(t, "a check after: "+s.name, func() bool { return count(h.logs, msgUnchanged) > n })
 		if got := h.calls(); len(got) != 0 {
 			t.Fatalf("after %s: Reload called %d times, want 0", s.name, len(got))
 		}
