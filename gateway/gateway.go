@@ -227,6 +227,12 @@ func (g *Gateway) Ready(context.Context) error {
 	return nil
 }
 
+// Close releases the callback listener of a gateway that will not Run (its
+// process failed to start); after Run it does nothing.
+func (g *Gateway) Close() {
+	g.served.Close()
+}
+
 // Run serves callbacks until ctx is done, then shuts down gracefully: not
 // ready, no new connections, in-flight requests answered (within
 // ShutdownTimeout).

@@ -24,8 +24,10 @@ import (
 // the worker looks at before each decision. On one NATS server, whatever
 // a worker receives after the broadcast was flushed (a callback sent after
 // the operator's ctl command returned) is read from its socket after the
-// broadcast, so the decision sees it. A worker that was disconnected may
-// have missed one: it clears its memory when it sees that it reconnected.
+// broadcast, so the decision sees it (on a NATS cluster a route may
+// reorder them: deploy/OPERATIONS.md, "Refusals from memory"). A worker
+// that was disconnected may have missed one: it clears its memory when it
+// sees that it reconnected.
 
 // flushTimeout bounds how long Invalidate waits for NATS to have the
 // broadcast.
@@ -38,7 +40,7 @@ func InvalidateSubject(subject string) string { return subject + "_invalidate" }
 type memory struct {
 	*ratelimit.Refusals
 	nc         *nats.Conn
-	subject    string
+	subject    string                            // of the broadcast
 	sub        atomic.Pointer[nats.Subscription] // set by Run
 	reconnects atomic.Uint64                     // as last seen
 	clears     *prometheus.CounterVec
@@ -82,11 +84,13 @@ func (m *memory) listen() error {
 }
 
 // catchUp clears the memory when a broadcast arrived or the connection was
-// lost since the last decision.
+// lost since the last decision. It clears before it drains the broadcast
+// (or records the reconnect), so that a decision that finds nothing
+// pending finds the memory cleared already.
 func (m *memory) catchUp() {
 	if n := m.nc.Stats().Reconnects; n != m.reconnects.Load() {
-		m.reconnects.Store(n)
 		m.clear("reconnect")
+		m.reconnects.Store(n)
 	}
 	sub := m.sub.Load()
 	if sub == nil {
@@ -95,12 +99,12 @@ func (m *memory) catchUp() {
 	if n, _, _ := sub.Pending(); n == 0 {
 		return
 	}
+	m.clear("broadcast")
 	for {
 		if _, err := sub.NextMsg(0); err != nil {
 			break
 		}
 	}
-	m.clear("broadcast")
 }
 
 func (m *memory) clear(cause string) {
@@ -108,18 +112,18 @@ func (m *memory) clear(cause string) {
 	m.clears.WithLabelValues(cause).Inc()
 }
 
-// invalidate clears this worker's memory and every other's, and returns
-// once NATS has the broadcast.
-func (m *memory) invalidate(ctx context.Context) error {
-	m.clear("change")
-	if err := m.nc.Publish(m.subject, nil); err != nil {
-		return fmt.Errorf("broadcast to %s: %w", m.subject, err)
+// broadcast tells every worker's memory that the store or a policy
+// changed, and returns once NATS has the broadcast.
+func broadcast(ctx context.Context, nc *nats.Conn, subject string) error {
+	subject = InvalidateSubject(subject)
+	if err := nc.Publish(subject, nil); err != nil {
+		return fmt.Errorf("broadcast to %s: %w", subject, err)
 	}
 	// Flush needs a deadline; ctx may bring an earlier one.
 	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
 	defer cancel()
-	if err := m.nc.FlushWithContext(ctx); err != nil {
-		return fmt.Errorf("broadcast to %s: %w", m.subject, err)
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("broadcast to %s: %w", subject, err)
 	}
 	return nil
 }

@@ -203,13 +203,13 @@ func (w *Worker) SetPolicy(p *policy.JoinGroup) {
 // Invalidate tells every worker's memory of refusals, this one's too, that
 // the store changed (a list entry, a quota reset) or a policy did: it
 // returns once NATS has the broadcast, so that the callbacks sent after it
-// are decided without what the memory held. A no-op without
-// RefusalMemory.
+// are decided without what the memory held. A worker without a memory
+// broadcasts all the same: the others may have one.
 func (w *Worker) Invalidate(ctx context.Context) error {
-	if w.memory == nil {
-		return nil
+	if w.memory != nil {
+		w.memory.clear("change")
 	}
-	return w.memory.invalidate(ctx)
+	return broadcast(ctx, w.opts.Conn, w.opts.Subject)
 }
 
 // Run joins the queue group once the store answers, decides requests, and

@@ -153,8 +153,15 @@ func New(cfg config.Config, opts Options) (_ *App, err error) {
 		opts.DrainTimeout = cfg.ShutdownTimeout
 		opts.BreakerFailures, opts.BreakerCooldown = cfg.Worker.BreakerFailures, cfg.Worker.BreakerCooldown
 		opts.StoreBudget, opts.RejoinAfter = cfg.Redis.Timeout, cfg.Worker.BreakerCooldown
-		if cfg.Redis.URL != "" {
+		switch {
+		case cfg.Redis.URL == "":
 			// In memory, the store itself costs no more than a memory of it.
+		case cfg.Redis.Mode == redisconn.Cluster && cfg.Worker.RefusalMemory > 0:
+			// A query split across hash slots refunds what one slot
+			// consumed when another refuses: a refusal seen meanwhile
+			// would be remembered past the refund.
+			log.Info("worker.refusal_memory is off on Redis Cluster: every decision asks Redis")
+		default:
 			opts.RefusalMemory = cfg.Worker.RefusalMemory
 		}
 		opts.Logger, opts.Registerer = log, reg
@@ -185,6 +192,7 @@ func New(cfg config.Config, opts Options) (_ *App, err error) {
 		if a.gw, err = gateway.New(opts); err != nil {
 			return nil, err
 		}
+		a.life.onStop(func(time.Time) { a.gw.Close() })
 		checks = append(checks, admin.Check{Name: "gateway", Check: a.gw.Ready})
 		a.life.add("gateway", a.gw.Run)
 	}

@@ -344,3 +344,23 @@ func TestOperatorChangeClearsRefusalMemory(t *testing.T) {
 		t.Fatalf("alice after she was allow-listed: errCode %d, want 0", got)
 	}
 }
+
+// A start that fails half-way (the admin port is taken) undoes what it
+// started: the callback port it had bound is free again.
+func TestFailedStartReleasesListeners(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := testConfig()
+	cfg.Listen, cfg.AdminListen = testenv.Loopback(t), taken.Addr().String()
+	if _, err := New(cfg, Options{Role: "all"}); err == nil {
+		t.Fatal("New succeeded with the admin port taken")
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatalf("the callback port is still bound after the failed start: %v", err)
+	}
+	ln.Close()
+}

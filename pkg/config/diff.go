@@ -19,8 +19,8 @@ func Diff(old, cur Config) []string {
 }
 
 func diff(a, b reflect.Value, key string, keys *[]string) {
-	switch a.Kind() {
-	case reflect.Struct:
+	switch {
+	case section(a.Type()):
 		for i := range a.NumField() {
 			name, _, _ := strings.Cut(a.Type().Field(i).Tag.Get("yaml"), ",")
 			if name == "" || name == "-" {
@@ -31,8 +31,8 @@ func diff(a, b reflect.Value, key string, keys *[]string) {
 			}
 			diff(a.Field(i), b.Field(i), name, keys)
 		}
-	case reflect.Slice:
-		if a.Type().Elem().Kind() != reflect.Struct {
+	case a.Kind() == reflect.Slice:
+		if !section(a.Type().Elem()) {
 			if !reflect.DeepEqual(a.Interface(), b.Interface()) {
 				*keys = append(*keys, key)
 			}
@@ -51,6 +51,20 @@ func diff(a, b reflect.Value, key string, keys *[]string) {
 			*keys = append(*keys, key)
 		}
 	}
+}
+
+// section reports whether t is a section of the file (a struct of keys),
+// rather than a value (netip.Prefix, time.Duration) compared whole.
+func section(t reflect.Type) bool {
+	if t.Kind() != reflect.Struct {
+		return false
+	}
+	for i := range t.NumField() {
+		if t.Field(i).Tag.Get("yaml") != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Reloadable reports whether a key of Diff takes effect on a reload: the

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -15,9 +16,10 @@ func TestDiff(t *testing.T) {
 	cur.Redis.URL = "redis://:secret@127.0.0.1:6379"
 	cur.Worker.StoreErrorRefusal.ErrMsg = "later"
 	cur.Gateway.DecisionTimeout += time.Millisecond
+	cur.Gateway.AllowCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 
 	got := Diff(old, cur)
-	want := []string{"redis.url", "gateway.decision_timeout", "worker.store_error_refusal.err_msg",
+	want := []string{"redis.url", "gateway.decision_timeout", "gateway.allow_cidrs", "worker.store_error_refusal.err_msg",
 		"join_group.deny_applicants", "join_group.limits[0].limit", "join_group.limits[2]"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("Diff = %q, want %q", got, want)
@@ -31,7 +33,7 @@ func TestDiff(t *testing.T) {
 			reloadable = append(reloadable, k)
 		}
 	}
-	if want := want[2:]; !slices.Equal(reloadable, want) {
+	if want := want[3:]; !slices.Equal(reloadable, want) {
 		t.Fatalf("reloadable %q, want %q", reloadable, want)
 	}
 	if Reloadable("worker.concurrency") || Reloadable("join_groupx") {

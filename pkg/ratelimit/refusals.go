@@ -24,15 +24,20 @@ import (
 // that keeps Refusals (joingate broadcasts it over NATS).
 //
 // A refusal from memory names only the checks known to refuse: Results of
-// the others read Allowed, and RetryAfter is the longest known. The store
-// might have named an earlier rule that refuses too, or a longer wait.
-// Shadow checks never refuse from memory, and Peek and GuardsOnly queries
-// always go to the store.
+// the others read Allowed, and RetryAfter is the longest known (at most
+// maxRemembered). The store might have named an earlier rule that refuses
+// too, or a longer wait. Shadow checks never refuse from memory; a query
+// with one is answered from memory only when that check is remembered
+// refusing too, so that shadow refusals are reported as the store would.
+// Peek and GuardsOnly queries always go to the store.
 //
 // Memory is bounded: past size entries (refusals and guards together),
 // expired ones are dropped, then arbitrary others (counted as evictions).
-// Guards are remembered for guardTTL, so that a list changed behind
-// joingate's back (redis-cli) is seen within that time.
+// Guards are remembered for guardTTL, refusals at most maxRemembered.
+//
+// Not for Redis Cluster: a query split across hash slots consumes in one
+// slot before another refuses, then refunds (Redis.decideSplit); a refusal
+// seen in between would be remembered past the refund.
 type Refusals struct {
 	store Decider
 	size  int
@@ -59,8 +64,14 @@ type refusedKey struct {
 	limit Limit
 }
 
-// guardTTL is how long a guard key is remembered absent.
-const guardTTL = 10 * time.Second
+// guardTTL is how long a guard key is remembered absent, and
+// maxRemembered the longest a refusal is: a list changed behind joingate's
+// back (redis-cli), or a Redis clock that jumps ahead (NTP, a failover to a
+// replica whose clock is ahead), misleads the memory for at most that long.
+const (
+	guardTTL      = 10 * time.Second
+	maxRemembered = 10 * time.Second
+)
 
 // DefaultRefusalsSize is the number of entries Refusals keeps by default:
 // some 10 MB.
@@ -119,7 +130,7 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	}
 	for i := range q.Checks {
 		c, res := &q.Checks[i], &a.Results[i]
-		if c.Shadow || res.Allowed || res.RetryAfter <= time.Microsecond {
+		if res.Allowed || res.RetryAfter <= time.Microsecond {
 			continue
 		}
 		k := refusedKey{c.Key, c.Limit}
@@ -127,14 +138,17 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 			r.makeRoom()
 		}
 		// RetryAfter counts from the store's instant, which is after
-		// sent; a microsecond off for the store's rounding.
-		r.refused[k] = sent + int64(res.RetryAfter-time.Microsecond+r.slack)
+		// sent; a microsecond off for the store's rounding. Nothing is
+		// remembered longer than maxRemembered.
+		r.refused[k] = sent + int64(min(res.RetryAfter-time.Microsecond, maxRemembered)+r.slack)
 	}
 	return nil
 }
 
 // recall fills a with a refusal when memory says the store is bound to
-// refuse q at now. r.mu is held.
+// refuse q at now: an enforcing check is remembered refusing, and so is
+// every shadow check (whose refusals the caller reports: one not known to
+// refuse might, so the store is asked). r.mu is held.
 func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
 	if len(r.refused) == 0 {
 		return false
@@ -144,24 +158,28 @@ func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
 			return false
 		}
 	}
-	hit := false
+	enforced := false
 	for i := range q.Checks {
 		c := &q.Checks[i]
-		if c.Shadow {
-			continue
+		refusing := r.refused[refusedKey{c.Key, c.Limit}] > now
+		if c.Shadow && !refusing {
+			return false
 		}
+		enforced = enforced || refusing && !c.Shadow
+	}
+	if !enforced {
+		return false
+	}
+	a.reset(q)
+	for i := range q.Checks {
+		c := &q.Checks[i]
 		if until := r.refused[refusedKey{c.Key, c.Limit}]; until > now {
-			if !hit {
-				a.reset(q)
-				for j := range a.Results {
-					a.Results[j].Allowed = true
-				}
-				hit = true
-			}
 			a.Results[i] = Result{RetryAfter: time.Duration(until - now)}
+		} else {
+			a.Results[i].Allowed = true
 		}
 	}
-	return hit
+	return true
 }
 
 // makeRoom makes room for a new entry when memory is full: it drops the

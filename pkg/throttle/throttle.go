@@ -54,7 +54,6 @@ func (t *Throttle) Log(level slog.Level, msg string, kind slog.Attr, args ...any
 	}
 	now := time.Now()
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	b := t.kinds[key]
 	if b == nil {
 		b = &burst{level: level, msg: msg, kind: kind, start: now}
@@ -67,27 +66,33 @@ func (t *Throttle) Log(level slog.Level, msg string, kind slog.Attr, args ...any
 		if b.timer == nil {
 			b.timer = time.AfterFunc(t.interval, func() { t.check(key) })
 		}
+		t.mu.Unlock()
 		return
 	}
 	if b.timer == nil { // no burst in progress: this line starts one
 		b.start, b.total = now, 0
 	}
 	b.next = now.Add(t.interval)
-	t.log.Log(context.Background(), level, msg, append(args, "suppressed", b.suppressed)...)
+	suppressed := b.suppressed
 	b.suppressed = 0
+	t.mu.Unlock()
+	// Logged outside the lock: a slow log sink must not hold up the
+	// other kinds.
+	t.log.Log(context.Background(), level, msg, append(args, "suppressed", suppressed)...)
 }
 
 // check ends the burst of key once a whole interval passed without a line
 // of its kind, and says so when the burst held lines back.
 func (t *Throttle) check(key string) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	b := t.kinds[key]
 	if quiet := time.Since(b.last); quiet < t.interval {
 		b.timer.Reset(t.interval - quiet)
+		t.mu.Unlock()
 		return
 	}
 	delete(t.kinds, key)
+	t.mu.Unlock()
 	var args []any
 	if !b.kind.Equal(slog.Attr{}) {
 		args = append(args, b.kind)
