@@ -271,12 +271,40 @@ func TestExampleServerPermissions(t *testing.T) {
 	if m, err := gw.Request("joingate.callbackBeforeJoinGroupCommand", []byte("{}"), 2*time.Second); err != nil || string(m.Data) != "{}" {
 		t.Fatalf("gateway request through the worker: %v %v", m, err)
 	}
-	// The worker may not publish requests, the gateway may not take them.
+	// Workers broadcast to one another (the memory of refusals' clear).
+	wk2, err := Connect(url("joingate-worker", "change-me-worker"), nil, "wk2", Security{}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wk2.Close()
+	heard, err := wk2.SubscribeSync("joingate_invalidate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wk2.Flush()
+	if err := wk.Publish("joingate_invalidate", nil); err != nil {
+		t.Fatal(err)
+	}
+	wk.Flush()
+	if _, err := heard.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("a worker's broadcast did not reach another worker: %v", err)
+	}
+	// The worker may not publish requests, the gateway may not take them
+	// nor broadcast.
 	wk.Publish("joingate.callbackBeforeJoinGroupCommand", []byte("x"))
 	wk.Flush()
 	gw.Subscribe("joingate.>", func(*nats.Msg) {})
 	gw.Flush()
-	for name, ch := range map[string]chan error{"worker publishing a request": wkErrs, "gateway subscribing to requests": gwErrs} {
+	gw2, err := Connect(url("joingate-gateway", "change-me-gateway"), nil, "gw2", Security{}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw2.Close()
+	gw2Errs := violations(gw2)
+	gw2.Publish("joingate_invalidate", nil)
+	gw2.Flush()
+	for name, ch := range map[string]chan error{"worker publishing a request": wkErrs, "gateway subscribing to requests": gwErrs,
+		"gateway broadcasting": gw2Errs} {
 		select {
 		case err := <-ch:
 			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
