@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +41,10 @@ func InvalidateSubject(subject string) string { return subject + "_invalidate" }
 // memory is a worker's memory of refusals and what keeps it true.
 type memory struct {
 	*ratelimit.Refusals
+	store ratelimit.Decider // behind it
+	// off is set when the broadcast cannot be received (the NATS user may
+	// not subscribe to it): a memory that cannot be cleared is not used.
+	off        atomic.Bool
 	nc         *nats.Conn
 	subject    string                            // of the broadcast
 	sub        atomic.Pointer[nats.Subscription] // set by Run
@@ -47,7 +53,7 @@ type memory struct {
 }
 
 func newMemory(store ratelimit.Decider, size int, nc *nats.Conn, subject string, reg prometheus.Registerer) *memory {
-	m := &memory{Refusals: ratelimit.NewRefusals(store, size), nc: nc, subject: InvalidateSubject(subject)}
+	m := &memory{Refusals: ratelimit.NewRefusals(store, size), store: store, nc: nc, subject: InvalidateSubject(subject)}
 	m.reconnects.Store(nc.Stats().Reconnects)
 	f := promauto.With(reg)
 	f.NewCounterFunc(prometheus.CounterOpts{
@@ -73,14 +79,35 @@ func newMemory(store ratelimit.Decider, size int, nc *nats.Conn, subject string,
 }
 
 // listen subscribes to the broadcast; the subscription lasts as long as
-// the connection, in the queue group or out.
-func (m *memory) listen() error {
+// the connection, in the queue group or out. When NATS refuses it (the
+// worker's NATS user may not subscribe to the subject), the memory is
+// turned off, with an error in the log: it could never be cleared.
+func (m *memory) listen(log *slog.Logger) error {
 	sub, err := m.nc.SubscribeSync(m.subject)
 	if err != nil {
 		return fmt.Errorf("subscribe to %s: %w", m.subject, err)
 	}
 	m.sub.Store(sub)
+	// A refused subscription comes back as an asynchronous error, before
+	// the flush's answer. Without NATS yet there is nothing to ask.
+	if !m.nc.IsConnected() || m.nc.FlushTimeout(flushTimeout) != nil {
+		return nil
+	}
+	if err := m.nc.LastError(); err != nil && strings.Contains(strings.ToLower(err.Error()), "permissions violation") &&
+		strings.Contains(err.Error(), m.subject) {
+		m.off.Store(true)
+		log.Error("memory of refusals off: this worker's NATS user may not subscribe to "+m.subject+
+			", so operators' changes could not clear it; allow it (deploy/nats/nats.conf) or set worker.refusal_memory: 0", "err", err)
+	}
 	return nil
+}
+
+// Decide answers from memory unless the memory is off.
+func (m *memory) Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error {
+	if m.off.Load() {
+		return m.store.Decide(ctx, q, a)
+	}
+	return m.Refusals.Decide(ctx, q, a)
 }
 
 // catchUp clears the memory when a broadcast arrived or the connection was

@@ -3,9 +3,16 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
 	"github.com/joingate/joingate/pkg/testenv"
@@ -110,5 +117,67 @@ func TestRefusalMemoryNeverShadow(t *testing.T) {
 	}
 	if n := testenv.Value(t, reg, "joingate_worker_refusal_memory_entries"); n != 0 {
 		t.Fatalf("%v entries remembered for a shadow rule", n)
+	}
+}
+
+// A worker whose NATS user may not subscribe to the broadcast could never
+// clear its memory: it turns the memory off, says so, and asks Redis for
+// every decision.
+func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		Users: []*server.User{
+			{Username: "worker", Password: "pw", Permissions: &server.Permissions{
+				Subscribe: &server.SubjectPermission{Allow: []string{"joingate.>", "_INBOX.>"}},
+				Publish:   &server.SubjectPermission{Allow: []string{"joingate.>", "_INBOX.>"}},
+			}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	url := strings.Replace(ns.ClientURL(), "nats://", "nats://worker:pw@", 1)
+	connect := func() *nats.Conn {
+		nc, err := natsconn.Connect(url, nil, "test", natsconn.Security{}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	log, logs := testenv.NewLogger(t)
+	srv := testenv.StartRedis(t)
+	reg := prometheus.NewRegistry()
+	opts := DefaultOptions()
+	opts.Conn, opts.Store, opts.Policy, opts.Registerer = connect(), ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(1)), reg
+	opts.RefusalMemory, opts.Logger = 1000, log
+	w, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, w.Run)
+	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
+		t.Fatalf("worker not ready: %v", w.Ready(context.Background()))
+	}
+	nc := connect()
+	for i := range 5 {
+		m, err := request(t, nc, joinBody("u1", "g1"), time.Now().Add(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := decode(t, m); (got.ErrCode == 5001) != (i > 0) {
+			t.Fatalf("application %d: %+v", i+1, got)
+		}
+	}
+	if n := testenv.Value(t, reg, "joingate_worker_refusal_memory_hits_total"); n != 0 {
+		t.Fatalf("%v refusals from a memory that cannot be cleared", n)
+	}
+	if len(logs.Lines("memory of refusals off", "joingate_invalidate")) != 1 {
+		t.Fatal("no error line says the memory is off and why")
 	}
 }

@@ -260,7 +260,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	if w.memory != nil {
-		if err := w.memory.listen(); err != nil {
+		if err := w.memory.listen(w.log); err != nil {
 			return err
 		}
 	}
