@@ -388,7 +388,7 @@ func (f *flusher) add(q *Query, deadline int64) int {
 	f.flags = append(f.flags, modeArg(q.Mode))
 	for i := range checks {
 		f.keys = append(f.keys, checks[i].Key)
-		f.nums = append(f.nums, checks[i].Limit.interval(), int64(checks[i].Limit.Burst))
+		f.nums = append(f.nums, checks[i].Limit.interval(), int64(checks[i].Limit.Burst), checks[i].cost())
 		f.flags = append(f.flags, shadowArg(checks[i].Shadow))
 	}
 	return len(checks)
@@ -405,15 +405,15 @@ func (f *flusher) command(ctx context.Context) *redis.IntSliceCmd {
 	}
 	f.args = append(f.args, &f.nums[1])
 	// nums after the two counts: per query its numbers of guards and of
-	// checks and its deadline, then interval and burst per check; flags:
-	// per query its mode, then per check its shadow flag.
+	// checks and its deadline, then interval, burst and cost per check;
+	// flags: per query its mode, then per check its shadow flag.
 	for n, fl := 2, 0; n < len(f.nums); {
 		nchecks := int(f.nums[n+1])
 		f.args = append(f.args, &f.nums[n], &f.nums[n+1], f.flags[fl], &f.nums[n+2])
 		n, fl = n+3, fl+1
 		for range nchecks {
-			f.args = append(f.args, &f.nums[n], &f.nums[n+1], f.flags[fl])
-			n, fl = n+2, fl+1
+			f.args = append(f.args, &f.nums[n], &f.nums[n+1], &f.nums[n+2], f.flags[fl])
+			n, fl = n+3, fl+1
 		}
 	}
 	return redis.NewIntSliceCmd(ctx, f.args...)

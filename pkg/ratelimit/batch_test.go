@@ -30,8 +30,10 @@ func newBatcher(t testing.TB, client rediser, solo bool, pipelines int) *Batcher
 // arguments passed by pointer, is the one Script.Run sends for each query
 // alone, their keys and arguments put end to end.
 func TestBatcherCommand(t *testing.T) {
+	cost := 0
 	hourly := func(key string, shadow bool) Check {
-		return Check{Key: key, Limit: Limit{Rate: 7, Period: time.Hour, Burst: 300}, Shadow: shadow}
+		cost = (cost + 1) % 4 // 1, 2, 3, then 0 (one)
+		return Check{Key: key, Limit: Limit{Rate: 7, Period: time.Hour, Burst: 300}, Shadow: shadow, Cost: cost}
 	}
 	f := &flusher{b: &Batcher{sha: decideScript.Hash()}}
 	batch := func(qs ...Query) {
@@ -43,7 +45,7 @@ func TestBatcherCommand(t *testing.T) {
 			deadline := int64(i) * 1_000_003 // 0 (none) for the first
 			k, a := scriptArgs(&qs[i], nil, deadline)
 			keys, args = append(keys, k...), append(args, a[1:]...)
-			if n := f.add(&qs[i], deadline); 5+3*n != len(a) {
+			if n := f.add(&qs[i], deadline); 5+4*n != len(a) {
 				t.Fatalf("add says %d checks for %d arguments", n, len(a))
 			}
 		}
@@ -404,9 +406,14 @@ func TestBatcherRedisDown(t *testing.T) {
 		t.Fatalf("%d queries went through the flusher, want all 51", queries)
 	}
 	// Back up: the pipeline's connection is replaced and the script loaded
-	// again (NOSCRIPT).
+	// again (NOSCRIPT). After a burst of failed dials go-redis fails fast
+	// and dials again once a second in the background: within seconds.
 	srv.Start(t)
-	if err := b.Decide(context.Background(), &q, &Answer{}); err != nil {
+	var err error
+	if !testenv.Eventually(5*time.Second, func() bool {
+		err = b.Decide(context.Background(), &q, &Answer{})
+		return err == nil
+	}) {
 		t.Fatalf("after Redis came back: %v", err)
 	}
 }

@@ -118,6 +118,22 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("refund gives back a check's whole cost", func(t *testing.T) {
+		s := fresh(t)
+		loose, tight := hourly(app.rule(), 10, 10), hourly(grp.rule(), 1, 1)
+		loose.Cost = 4
+		decide(t, s, Query{Checks: []Check{tight}})
+		q := Query{Checks: []Check{loose, tight}}
+		for range 3 {
+			if a := decide(t, s, q); a.Admitted(&q) || !a.Results[0].Allowed || a.Results[0].Remaining != 6 {
+				t.Fatalf("got %+v, want refused by the tight limit, loose with 6 left after its 4", a)
+			}
+		}
+		if r := peek(t, s, hourly(app.rule(), 10, 10))[0]; !r.Allowed || r.Remaining != 9 {
+			t.Fatalf("loose limit after refunds: %+v, want all 10 there (9 left after one more)", r)
+		}
+	})
+
 	t.Run("a refusing part gives back nothing of its own", func(t *testing.T) {
 		s := fresh(t)
 		// Two rules of one applicant share a slot (as applicant and

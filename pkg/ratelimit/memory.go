@@ -70,7 +70,8 @@ func (m *Memory) Decide(ctx context.Context, q *Query, a *Answer) error {
 	newTATs := tats[:0]
 	for i := range q.Checks {
 		var next int64
-		a.Results[i], next = gcra(q.Checks[i].Limit, m.shard(q.Checks[i].Key)[q.Checks[i].Key], now)
+		c := &q.Checks[i]
+		a.Results[i], next = gcra(c.Limit, c.cost(), m.shard(c.Key)[c.Key], now)
 		newTATs = append(newTATs, next)
 	}
 	if q.Mode == Consume && a.Admitted(q) {

@@ -43,13 +43,19 @@ func (l Limit) interval() int64 {
 	return max(l.Period.Microseconds()/int64(l.Rate), 1)
 }
 
-// Check asks for one request on Key under Limit. A Shadow check is
-// evaluated and reported but never refuses the request.
+// Check asks for Cost requests at once on Key under Limit (0 counts as 1):
+// an invitation of five users is five requests of its rules, admitted or
+// refused together. A cost above the burst is never admitted. A Shadow
+// check is evaluated and reported but never refuses the request.
 type Check struct {
 	Key    string
 	Limit  Limit
 	Shadow bool
+	Cost   int
 }
+
+// cost is the number of requests c counts.
+func (c *Check) cost() int64 { return max(int64(c.Cost), 1) }
 
 // Result is one check's verdict. RetryAfter is set when it refuses: the wait
 // until it would admit one request.
@@ -119,13 +125,14 @@ func (a *Answer) Admitted(q *Query) bool {
 	return true
 }
 
-// gcra evaluates one check at time now (µs) against the stored TAT (0 when
-// the key is absent). It returns the verdict and the TAT to store if the
-// request is admitted. Redis's script (redis.go) is the same arithmetic.
-func gcra(l Limit, tat, now int64) (Result, int64) {
+// gcra evaluates one check of cost requests at time now (µs) against the
+// stored TAT (0 when the key is absent). It returns the verdict and the TAT
+// to store if the requests are admitted. Redis's script (redis.go) is the
+// same arithmetic.
+func gcra(l Limit, cost, tat, now int64) (Result, int64) {
 	interval := l.interval()
 	tat = max(tat, now)
-	newTAT := tat + interval
+	newTAT := tat + interval*cost
 	allowAt := newTAT - interval*int64(l.Burst)
 	diff := now - allowAt
 	if diff < 0 {

@@ -26,8 +26,9 @@ import (
 // KEYS are, query after query, its guards then its checks' keys. ARGV[1] is
 // the number of queries, then per query: its number of guards, its number of
 // checks, its mode ("c" consume, "p" peek, "g" guards only, with no checks),
-// its deadline (µs since the epoch; 0: none), then three numbers per check:
-// emission interval (µs), burst, shadow (0/1). The reply is, per query,
+// its deadline (µs since the epoch; 0: none), then four per check: emission
+// interval (µs), burst, cost (requests counted at once), shadow (0/1). The
+// reply is, per query,
 // 2 + 3 × its checks numbers: guard (the 1-based index of the first existing
 // guard, 0 for none, -1 when the deadline had passed), admitted, then
 // allowed, remaining, retry_after_us per check (zeros when a guard decided).
@@ -67,15 +68,16 @@ for q = 1, tonumber(ARGV[1]) do
     out[o + 2] = 1
     local tats = {}
     for j = 0, nchecks - 1 do
-      local interval = tonumber(ARGV[a + 3 * j])
-      local burst = tonumber(ARGV[a + 3 * j + 1])
+      local interval = tonumber(ARGV[a + 4 * j])
+      local burst = tonumber(ARGV[a + 4 * j + 1])
+      local cost = tonumber(ARGV[a + 4 * j + 2])
       local tat = tonumber(cur[KEYS[k + j]]) or 0
       if tat < now then tat = now end
-      local new_tat = tat + interval
+      local new_tat = tat + interval * cost
       local diff = now - (new_tat - interval * burst)
       local r = o + 3 + 3 * j
       if diff < 0 then
-        if ARGV[a + 3 * j + 2] ~= "1" then out[o + 2] = 0 end
+        if ARGV[a + 4 * j + 3] ~= "1" then out[o + 2] = 0 end
         out[r], out[r + 1], out[r + 2] = 0, 0, -diff
       else
         tats[j] = new_tat
@@ -94,7 +96,7 @@ for q = 1, tonumber(ARGV[1]) do
     for r = o + 3, o + 2 + 3 * nchecks do out[r] = 0 end
   end
   k = k + nchecks
-  a = a + 3 * nchecks
+  a = a + 4 * nchecks
 end
 for key in pairs(dirty) do
   local tat = cur[key]
@@ -103,7 +105,8 @@ end
 return out
 `)
 
-// refundScript takes one emission interval (ARGV[i], µs) back from each key:
+// refundScript takes ARGV[i] µs (a check's emission interval times its
+// cost) back from each key:
 // the undo of a consumed request, for Redis Cluster where one request's keys
 // live on several shards and cannot be decided in one script.
 var refundScript = redis.NewScript(`
@@ -206,7 +209,7 @@ func scriptArgs(q *Query, p *part, deadline int64) ([]string, []any) {
 		checks = nil
 	}
 	keys := make([]string, 0, len(guards)+len(checks))
-	args := make([]any, 0, 5+3*len(checks))
+	args := make([]any, 0, 5+4*len(checks))
 	args = append(args, 1, len(guards), len(checks), modeArg(q.Mode), deadline)
 	for _, g := range guards {
 		keys = append(keys, q.Guards[g])
@@ -214,7 +217,7 @@ func scriptArgs(q *Query, p *part, deadline int64) ([]string, []any) {
 	for _, i := range checks {
 		c := &q.Checks[i]
 		keys = append(keys, c.Key)
-		args = append(args, c.Limit.interval(), c.Limit.Burst, shadowArg(c.Shadow))
+		args = append(args, c.Limit.interval(), c.Limit.Burst, c.cost(), shadowArg(c.Shadow))
 	}
 	return keys, args
 }
@@ -435,7 +438,7 @@ func (r *Redis) refund(ctx context.Context, q *Query, a *Answer, parts []*part) 
 		for _, i := range p.checks {
 			if a.Results[i].Allowed {
 				keys = append(keys, q.Checks[i].Key)
-				args = append(args, q.Checks[i].Limit.interval())
+				args = append(args, q.Checks[i].Limit.interval()*q.Checks[i].cost())
 			}
 		}
 		if len(keys) > 0 {

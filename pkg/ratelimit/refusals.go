@@ -59,9 +59,12 @@ type Decider interface {
 	Decide(ctx context.Context, q *Query, a *Answer) error
 }
 
+// refusedKey is what a refusal is remembered by: a refusal of cost n says
+// nothing of a smaller cost, which GCRA may admit sooner.
 type refusedKey struct {
 	key   string
 	limit Limit
+	cost  int64
 }
 
 // guardTTL is how long a guard key is remembered absent, and
@@ -133,7 +136,7 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 		if res.Allowed || res.RetryAfter <= time.Microsecond {
 			continue
 		}
-		k := refusedKey{c.Key, c.Limit}
+		k := refusedKey{c.Key, c.Limit, c.cost()}
 		if _, ok := r.refused[k]; !ok {
 			r.makeRoom()
 		}
@@ -161,7 +164,7 @@ func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
 	enforced := false
 	for i := range q.Checks {
 		c := &q.Checks[i]
-		refusing := r.refused[refusedKey{c.Key, c.Limit}] > now
+		refusing := r.refused[refusedKey{c.Key, c.Limit, c.cost()}] > now
 		if c.Shadow && !refusing {
 			return false
 		}
@@ -173,7 +176,7 @@ func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
 	a.reset(q)
 	for i := range q.Checks {
 		c := &q.Checks[i]
-		if until := r.refused[refusedKey{c.Key, c.Limit}]; until > now {
+		if until := r.refused[refusedKey{c.Key, c.Limit, c.cost()}]; until > now {
 			a.Results[i] = Result{RetryAfter: time.Duration(until - now)}
 		} else {
 			a.Results[i].Allowed = true

@@ -93,6 +93,29 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 		}
 	})
 
+	t.Run("cost counts that many requests at once", func(t *testing.T) {
+		s := newStore(t)
+		c := hourly("k", 6, 5) // one request every 10 minutes, burst 5
+		c.Cost = 3
+		if r := allow(t, s, c)[0]; !r.Allowed || r.Remaining != 2 {
+			t.Fatalf("3 of 5: %+v, want admitted with 2 left", r)
+		}
+		// 3 more do not fit in the 2 left: refused whole, nothing taken,
+		// until one more request has been emitted.
+		r := allow(t, s, c)[0]
+		if r.Allowed || r.RetryAfter <= 9*time.Minute || r.RetryAfter > 10*time.Minute {
+			t.Fatalf("3 more with 2 left: %+v, want refused for just under 10m", r)
+		}
+		c.Cost = 2
+		if r := allow(t, s, c)[0]; !r.Allowed || r.Remaining != 0 {
+			t.Fatalf("2 with 2 left: %+v, want admitted with 0 left", r)
+		}
+		c.Cost = 6
+		if r := allow(t, s, hourly("other", 6, 5), c)[1]; r.Allowed {
+			t.Fatalf("a cost above the burst was admitted: %+v", r)
+		}
+	})
+
 	t.Run("keys are independent", func(t *testing.T) {
 		s := newStore(t)
 		allow(t, s, hourly("a", 1, 1))
@@ -430,6 +453,7 @@ func randomQuery(rng *rand.Rand) Query {
 			Key:    fmt.Sprint("k", rng.IntN(6)),
 			Limit:  limits[rng.IntN(len(limits))],
 			Shadow: rng.IntN(4) == 0,
+			Cost:   []int{0, 1, 1, 2, 3}[rng.IntN(5)],
 		})
 	}
 	if rng.IntN(10) == 0 {
