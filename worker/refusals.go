@@ -79,27 +79,36 @@ func newMemory(store ratelimit.Decider, size int, nc *nats.Conn, subject string,
 }
 
 // listen subscribes to the broadcast; the subscription lasts as long as
-// the connection, in the queue group or out. When NATS refuses it (the
-// worker's NATS user may not subscribe to the subject), the memory is
-// turned off, with an error in the log: it could never be cleared.
-func (m *memory) listen(log *slog.Logger) error {
+// the connection, in the queue group or out.
+func (m *memory) listen() error {
 	sub, err := m.nc.SubscribeSync(m.subject)
 	if err != nil {
 		return fmt.Errorf("subscribe to %s: %w", m.subject, err)
 	}
 	m.sub.Store(sub)
-	// A refused subscription comes back as an asynchronous error, before
-	// the flush's answer. Without NATS yet there is nothing to ask.
-	if !m.nc.IsConnected() || m.nc.FlushTimeout(flushTimeout) != nil {
-		return nil
-	}
-	if err := m.nc.LastError(); err != nil && strings.Contains(strings.ToLower(err.Error()), "permissions violation") &&
-		strings.Contains(err.Error(), m.subject) {
-		m.off.Store(true)
-		log.Error("memory of refusals off: this worker's NATS user may not subscribe to "+m.subject+
-			", so operators' changes could not clear it; allow it (deploy/nats/nats.conf) or set worker.refusal_memory: 0", "err", err)
-	}
 	return nil
+}
+
+// refused turns the memory off for good when NATS refuses this worker's
+// subscription to the broadcast (its NATS user may not subscribe), which
+// NATS says asynchronously, whenever it subscribes: at start, or after a
+// reconnect. A memory nothing can clear must not answer.
+func (m *memory) refused(err error, log *slog.Logger) {
+	if !permissionViolation(err, "subscription", m.subject) || m.off.Swap(true) {
+		return
+	}
+	log.Error("memory of refusals off: this worker's NATS user may not subscribe to "+m.subject+
+		", so operators' changes could not clear it; allow it (deploy/nats/nats.conf) or set worker.refusal_memory: 0", "err", err)
+}
+
+// permissionViolation reports whether err is NATS refusing an operation
+// (subscription, publish) on subject.
+func permissionViolation(err error, op, subject string) bool {
+	if err == nil {
+		return false
+	}
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "permissions violation for "+op) && strings.Contains(err.Error(), `"`+subject+`"`)
 }
 
 // Decide answers from memory unless the memory is off.
@@ -140,9 +149,12 @@ func (m *memory) clear(cause string) {
 }
 
 // broadcast tells every worker's memory that the store or a policy
-// changed, and returns once NATS has the broadcast.
+// changed, and returns once NATS has the broadcast. NATS refuses a publish
+// it does not permit only asynchronously, before the flush's answer: that
+// shows as a new last error.
 func broadcast(ctx context.Context, nc *nats.Conn, subject string) error {
 	subject = InvalidateSubject(subject)
+	before := nc.LastError()
 	if err := nc.Publish(subject, nil); err != nil {
 		return fmt.Errorf("broadcast to %s: %w", subject, err)
 	}
@@ -151,6 +163,9 @@ func broadcast(ctx context.Context, nc *nats.Conn, subject string) error {
 	defer cancel()
 	if err := nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("broadcast to %s: %w", subject, err)
+	}
+	if err := nc.LastError(); err != before && permissionViolation(err, "publish", subject) {
+		return fmt.Errorf("broadcast to %s: this worker's NATS user may not publish it (deploy/nats/nats.conf): %w", subject, err)
 	}
 	return nil
 }

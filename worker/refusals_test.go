@@ -122,13 +122,19 @@ func TestRefusalMemoryNeverShadow(t *testing.T) {
 
 // A worker whose NATS user may not subscribe to the broadcast could never
 // clear its memory: it turns the memory off, says so, and asks Redis for
-// every decision.
+// every decision. One that may not publish it fails the operator's change
+// rather than report a broadcast nobody got.
 func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 	ns, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
 		Users: []*server.User{
 			{Username: "worker", Password: "pw", Permissions: &server.Permissions{
 				Subscribe: &server.SubjectPermission{Allow: []string{"joingate.>", "_INBOX.>"}},
+				Publish:   &server.SubjectPermission{Allow: []string{"joingate.>", "_INBOX.>"}},
+			}},
+			// May hear the broadcast, not send it.
+			{Username: "listener", Password: "pw", Permissions: &server.Permissions{
+				Subscribe: &server.SubjectPermission{Allow: []string{"joingate.>", "_INBOX.>", "joingate_invalidate"}},
 				Publish:   &server.SubjectPermission{Allow: []string{"joingate.>", "_INBOX.>"}},
 			}},
 		},
@@ -141,8 +147,8 @@ func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats server not ready")
 	}
-	url := strings.Replace(ns.ClientURL(), "nats://", "nats://worker:pw@", 1)
-	connect := func() *nats.Conn {
+	connectAs := func(user string) *nats.Conn {
+		url := strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":pw@", 1)
 		nc, err := natsconn.Connect(url, nil, "test", natsconn.Security{}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
@@ -150,6 +156,7 @@ func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 		t.Cleanup(nc.Close)
 		return nc
 	}
+	connect := func() *nats.Conn { return connectAs("worker") }
 	log, logs := testenv.NewLogger(t)
 	srv := testenv.StartRedis(t)
 	reg := prometheus.NewRegistry()
@@ -164,6 +171,10 @@ func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
 		t.Fatalf("worker not ready: %v", w.Ready(context.Background()))
 	}
+	// NATS refuses the subscription asynchronously; the worker says so.
+	if !testenv.Eventually(5*time.Second, func() bool { return len(logs.Lines("memory of refusals off", "joingate_invalidate")) == 1 }) {
+		t.Fatal("no error line says the memory is off and why")
+	}
 	nc := connect()
 	for i := range 5 {
 		m, err := request(t, nc, joinBody("u1", "g1"), time.Now().Add(2*time.Second))
@@ -177,7 +188,15 @@ func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 	if n := testenv.Value(t, reg, "joingate_worker_refusal_memory_hits_total"); n != 0 {
 		t.Fatalf("%v refusals from a memory that cannot be cleared", n)
 	}
-	if len(logs.Lines("memory of refusals off", "joingate_invalidate")) != 1 {
-		t.Fatal("no error line says the memory is off and why")
+
+	// A worker that may not send the broadcast says so to the operator's
+	// change instead of reporting success.
+	opts.Conn, opts.Registerer, opts.Logger = connectAs("listener"), prometheus.NewRegistry(), nil
+	listener, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := listener.Invalidate(context.Background()); err == nil || !strings.Contains(err.Error(), "may not publish") {
+		t.Fatalf("Invalidate by a worker that may not publish the broadcast: %v", err)
 	}
 }

@@ -181,6 +181,15 @@ func New(opts Options) (*Worker, error) {
 	if opts.RefusalMemory > 0 {
 		w.memory = newMemory(w.store, opts.RefusalMemory, opts.Conn, opts.Subject, opts.Registerer)
 		w.decider = w.memory
+		// NATS refuses a subscription asynchronously: watch its errors,
+		// passing them on to the handler the connection had.
+		next := opts.Conn.ErrorHandler()
+		opts.Conn.SetErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			w.memory.refused(err, w.log)
+			if next != nil {
+				next(nc, sub, err)
+			}
+		})
 	}
 	w.policy.Store(opts.Policy)
 	w.metrics.concurrency.Set(float64(opts.Concurrency))
@@ -260,7 +269,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	if w.memory != nil {
-		if err := w.memory.listen(w.log); err != nil {
+		if err := w.memory.listen(); err != nil {
 			return err
 		}
 	}

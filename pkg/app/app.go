@@ -6,6 +6,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -351,15 +352,13 @@ func (s invalidating) ListRemove(ctx context.Context, index, member, flag string
 	return s.then(ctx, s.store.ListRemove(ctx, index, member, flag))
 }
 
-// then broadcasts after a change that succeeded.
+// then broadcasts after a change, also one that failed: it may have
+// changed part of what it meant to.
 func (s invalidating) then(ctx context.Context, err error) error {
-	if err != nil {
-		return err
+	if berr := s.invalidate(ctx); berr != nil {
+		return errors.Join(err, fmt.Errorf("the other workers may refuse from memory what changed in the store, for up to 10s (retry once NATS is back): %w", berr))
 	}
-	if err := s.invalidate(ctx); err != nil {
-		return fmt.Errorf("changed in the store, but other workers may still refuse from memory what it changed, until those refusals expire (retry once NATS is back): %w", err)
-	}
-	return nil
+	return err
 }
 
 // store is what the worker decides with and the admin API manages.

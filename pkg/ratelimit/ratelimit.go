@@ -33,9 +33,16 @@ func (l Limit) Validate() error {
 		return fmt.Errorf("burst must be positive, got %d", l.Burst)
 	case l.Period/time.Duration(l.Rate) < time.Microsecond:
 		return fmt.Errorf("limit %d per %s is finer than one request per microsecond", l.Rate, l.Period)
+	case l.interval() > maxSpan/int64(l.Burst):
+		// Both stores compute in µs, Redis in Lua's doubles: exact below 2^53.
+		return fmt.Errorf("burst %d of %d per %s spans more than 140 years", l.Burst, l.Rate, l.Period)
 	}
 	return nil
 }
+
+// maxSpan bounds, in µs, the time a burst spans (Validate), so that every
+// TAT stays exact in a double.
+const maxSpan = 1 << 52
 
 // interval is the emission interval in microseconds: the spacing of
 // requests at the sustained rate.
@@ -45,8 +52,8 @@ func (l Limit) interval() int64 {
 
 // Check asks for Cost requests at once on Key under Limit (0 counts as 1):
 // an invitation of five users is five requests of its rules, admitted or
-// refused together. A cost above the burst is never admitted. A Shadow
-// check is evaluated and reported but never refuses the request.
+// refused together. A cost above the burst is never admitted (Result.Never).
+// A Shadow check is evaluated and reported but never refuses the request.
 type Check struct {
 	Key    string
 	Limit  Limit
@@ -58,11 +65,13 @@ type Check struct {
 func (c *Check) cost() int64 { return max(int64(c.Cost), 1) }
 
 // Result is one check's verdict. RetryAfter is set when it refuses: the wait
-// until it would admit one request.
+// until it would admit the check's cost, unless Never: a cost above the
+// burst, which no wait admits.
 type Result struct {
 	Allowed    bool
 	Remaining  int
 	RetryAfter time.Duration
+	Never      bool
 }
 
 // Mode says what a Decide call may do.
@@ -130,6 +139,9 @@ func (a *Answer) Admitted(q *Query) bool {
 // to store if the requests are admitted. Redis's script (redis.go) is the
 // same arithmetic.
 func gcra(l Limit, cost, tat, now int64) (Result, int64) {
+	if cost > int64(l.Burst) {
+		return Result{Never: true}, 0
+	}
 	interval := l.interval()
 	tat = max(tat, now)
 	newTAT := tat + interval*cost

@@ -31,7 +31,8 @@ import (
 // reply is, per query,
 // 2 + 3 × its checks numbers: guard (the 1-based index of the first existing
 // guard, 0 for none, -1 when the deadline had passed), admitted, then
-// allowed, remaining, retry_after_us per check (zeros when a guard decided).
+// allowed, remaining, retry_after_us per check (zeros when a guard decided;
+// retry_after_us -1: a cost above the burst, never admitted).
 // Numbers are integers of microseconds, exact in Lua's doubles up to 2^53 µs
 // (year 2255).
 var decideScript = redis.NewScript(`
@@ -76,7 +77,10 @@ for q = 1, tonumber(ARGV[1]) do
       local new_tat = tat + interval * cost
       local diff = now - (new_tat - interval * burst)
       local r = o + 3 + 3 * j
-      if diff < 0 then
+      if cost > burst then
+        if ARGV[a + 4 * j + 3] ~= "1" then out[o + 2] = 0 end
+        out[r], out[r + 1], out[r + 2] = 0, 0, -1
+      elseif diff < 0 then
         if ARGV[a + 4 * j + 3] ~= "1" then out[o + 2] = 0 end
         out[r], out[r + 1], out[r + 2] = 0, 0, -diff
       else
@@ -323,7 +327,7 @@ func readAnswer(vals []int64, q *Query, p *part, a *Answer) error {
 	}
 	for j, i := range checks {
 		v := vals[2+3*j:]
-		a.Results[i] = Result{Allowed: v[0] == 1, Remaining: int(v[1]), RetryAfter: time.Duration(v[2]) * time.Microsecond}
+		a.Results[i] = Result{Allowed: v[0] == 1, Remaining: int(v[1]), RetryAfter: time.Duration(max(v[2], 0)) * time.Microsecond, Never: v[2] < 0}
 	}
 	return nil
 }

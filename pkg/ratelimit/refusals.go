@@ -11,8 +11,9 @@ import (
 // so that a flood of refused applications costs no store call.
 //
 // GCRA says exactly how long a refused key stays refused: a refused request
-// consumes nothing, so the key's TAT cannot move until some request on it is
-// admitted, and none is until RetryAfter has passed. Refusals keeps, per key
+// consumes nothing, so the key's TAT cannot move back, and the same cost on
+// it is not admitted until RetryAfter has passed (a smaller one may be:
+// refusals are remembered per cost). Refusals keeps, per key
 // and limit, the instant it refuses until (the local time the query was sent
 // plus RetryAfter: never later than the store's), and, per guard key (the
 // dynamic lists), that the key was absent. A query in Consume mode whose

@@ -111,8 +111,13 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 			t.Fatalf("2 with 2 left: %+v, want admitted with 0 left", r)
 		}
 		c.Cost = 6
-		if r := allow(t, s, hourly("other", 6, 5), c)[1]; r.Allowed {
-			t.Fatalf("a cost above the burst was admitted: %+v", r)
+		if r := allow(t, s, hourly("other", 6, 5), c)[1]; r.Allowed || !r.Never || r.RetryAfter != 0 {
+			t.Fatalf("a cost above the burst: %+v, want refused, never to be admitted", r)
+		}
+		// Even a cost that would overflow the arithmetic.
+		huge := Check{Key: "huge", Limit: Limit{Rate: 1, Period: 720 * time.Hour, Burst: 10}, Cost: 4_000_000}
+		if r := allow(t, s, huge)[0]; r.Allowed || !r.Never {
+			t.Fatalf("a cost of 4,000,000 on burst 10: %+v, want never admitted", r)
 		}
 	})
 
@@ -400,6 +405,9 @@ func TestLimitValidate(t *testing.T) {
 	f(Limit{Rate: 5, Period: 0, Burst: 5}, false)
 	f(Limit{Rate: 5, Period: time.Minute, Burst: 0}, false)
 	f(Limit{Rate: 1_000_000_000, Period: time.Second, Burst: 1}, false)
+	f(Limit{Rate: 1, Period: 24 * time.Hour, Burst: 50_000}, true)    // 137 years
+	f(Limit{Rate: 1, Period: 24 * time.Hour, Burst: 60_000}, false)   // 164 years: past exact doubles
+	f(Limit{Rate: 1, Period: 720 * time.Hour, Burst: 1 << 40}, false) // would overflow
 }
 
 func BenchmarkMemoryAllow(b *testing.B) {
