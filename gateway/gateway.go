@@ -117,7 +117,8 @@ type Gateway struct {
 	requests        sync.Pool // of *request
 	fallbackRefuses bool
 	basicAuth       []byte // the expected Authorization header, or nil
-	// throttled logs per-request trouble: bad input, fallbacks.
+	// throttled logs per-request trouble (bad input, fallbacks) at most
+	// once a second per kind.
 	throttled *throttle.Throttle
 }
 
@@ -330,8 +331,9 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 
 	if err := callback.ValidateJoinGroup(body); err != nil {
 		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeInvalid).Inc()
-		g.throttled.Log(slog.LevelWarn, "malformed callback; answered actionCode 1", slog.Attr{},
-			"operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err)
+		if l, ok := g.throttled.Allow(slog.LevelWarn, "malformed callback; answered actionCode 1", slog.Attr{}); ok {
+			l.Log("operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err)
+		}
 		writeJSON(ctx, fasthttp.StatusBadRequest, callback.AppendFailure(nil, err.Error()))
 		return
 	}
@@ -374,8 +376,9 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if cause != "" {
-		g.throttled.Log(slog.LevelWarn, "no decision; answered gateway.fallback", slog.String("cause", cause),
-			"operationID", string(opID), "err", err)
+		if l, ok := g.throttled.Allow(slog.LevelWarn, "no decision; answered gateway.fallback", slog.String("cause", cause)); ok {
+			l.Log("operationID", string(opID), "err", err)
+		}
 	}
 
 	answer := "allow"
@@ -457,8 +460,10 @@ func (g *Gateway) admitted(ctx *fasthttp.RequestCtx) bool {
 // reject answers a request that is not a callback at all.
 func (g *Gateway) reject(ctx *fasthttp.RequestCtx, status int, msg string) {
 	g.metrics.requests.WithLabelValues(commandNone, outcomeRejected).Inc()
-	g.throttled.Log(slog.LevelWarn, "rejected request", slog.String("reason", msg), "method", string(ctx.Method()), "path", string(ctx.Path()),
-		"remote", ctx.RemoteAddr().String(), "operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)))
+	if l, ok := g.throttled.Allow(slog.LevelWarn, "rejected request", slog.String("reason", msg)); ok {
+		l.Log("method", string(ctx.Method()), "path", string(ctx.Path()),
+			"remote", ctx.RemoteAddr().String(), "operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)))
+	}
 	g.fail(ctx, status, msg)
 }
 
@@ -487,7 +492,9 @@ func (g *Gateway) handleError(ctx *fasthttp.RequestCtx, err error) {
 		status, msg = fasthttp.StatusRequestTimeout, "request not received within gateway.read_timeout"
 	}
 	g.metrics.requests.WithLabelValues(commandNone, outcomeRejected).Inc()
-	g.throttled.Log(slog.LevelWarn, "rejected request", slog.String("reason", msg), "remote", ctx.RemoteAddr().String(), "err", err)
+	if l, ok := g.throttled.Allow(slog.LevelWarn, "rejected request", slog.String("reason", msg)); ok {
+		l.Log("remote", ctx.RemoteAddr().String(), "err", err)
+	}
 	g.fail(ctx, status, msg)
 }
 
@@ -524,10 +531,11 @@ func (g *Gateway) unparsableTarget(ctx *fasthttp.RequestCtx) bool {
 	default:
 		return false
 	}
-	path, _, _ := bytes.Cut(target, []byte("?")) // a query may carry a key
-	g.throttled.Log(slog.LevelWarn, "request target is not a URI fasthttp can parse; routed on its last segment", slog.Attr{},
-		"path", string(path), "command", string(cmd), "remote", ctx.RemoteAddr().String(),
-		"operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)))
+	if l, ok := g.throttled.Allow(slog.LevelWarn, "request target is not a URI fasthttp can parse; routed on its last segment", slog.Attr{}); ok {
+		path, _, _ := bytes.Cut(target, []byte("?")) // a query may carry a key
+		l.Log("path", string(path), "command", string(cmd), "remote", ctx.RemoteAddr().String(),
+			"operationID", string(ctx.Request.Header.Peek(natsconn.HeaderOperationID)))
+	}
 	return true
 }
 

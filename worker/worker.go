@@ -135,9 +135,9 @@ type Worker struct {
 	memory  *memory      // nil without RefusalMemory
 	prefix  string       // "<subject>."
 
-	// Per-request log lines that metrics count too, at most one a second
-	// each: an outage or a hot rule must not flood the log.
-	// throttled logs per-request trouble: bad input, store errors, shadow refusals.
+	// throttled logs per-request trouble that metrics count too (bad input,
+	// store errors, shadow refusals) at most once a second per kind: an
+	// outage or a hot rule must not flood the log.
 	throttled *throttle.Throttle
 
 	breaker *breaker.Breaker
@@ -348,7 +348,9 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	}
 	if err := callback.DecodeJoinGroup(m.Data, req); err != nil {
 		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
-		w.throttled.Log(slog.LevelWarn, "invalid callback body", slog.Attr{}, "operationID", opID, "err", err)
+		if l, ok := w.throttled.Allow(slog.LevelWarn, "invalid callback body", slog.Attr{}); ok {
+			l.Log("operationID", opID, "err", err)
+		}
 		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
 		w.respond(m, s.Body, opID)
 		return
@@ -380,8 +382,9 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	if err != nil {
 		cause := causeOf(err)
 		w.metrics.storeErrors.WithLabelValues(callDecide, cause).Inc()
-		w.throttled.Log(logLevel(cause), "limiter store failed; answering worker.on_store_error", slog.String("cause", cause),
-			"operationID", opID, "err", err)
+		if l, ok := w.throttled.Allow(logLevel(cause), "limiter store failed; answering worker.on_store_error", slog.String("cause", cause)); ok {
+			l.Log("operationID", opID, "err", err)
+		}
 	}
 	// Counted before the reply, so that whoever sees the answer sees it counted.
 	w.metrics.requests.WithLabelValues(outcomeDecided).Inc()
@@ -392,7 +395,9 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	}
 	for _, r := range s.Shadowed {
 		w.metrics.ruleRefusals.WithLabelValues(r, "shadow").Inc()
-		w.throttled.Log(slog.LevelInfo, "shadow rule would refuse", slog.String("rule", r), "operationID", opID)
+		if l, ok := w.throttled.Allow(slog.LevelInfo, "shadow rule would refuse", slog.String("rule", r)); ok {
+			l.Log("operationID", opID)
+		}
 	}
 	w.respond(m, s.Body, opID)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
@@ -404,7 +409,9 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 
 func (w *Worker) respond(m *nats.Msg, body []byte, opID string) {
 	if err := m.Respond(body); err != nil {
-		w.throttled.Log(slog.LevelWarn, "cannot reply", slog.Attr{}, "operationID", opID, "err", err)
+		if l, ok := w.throttled.Allow(slog.LevelWarn, "cannot reply", slog.Attr{}); ok {
+			l.Log("operationID", opID, "err", err)
+		}
 	}
 }
 

@@ -419,5 +419,7 @@ func checkClock(clockOffset func(context.Context) (time.Duration, error), timeou
 type redisLogger struct{ throttled *throttle.Throttle }
 
 func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	l.throttled.Log(slog.LevelWarn, "redis client", slog.Attr{}, "said", fmt.Sprintf(format, v...))
+	if line, ok := l.throttled.Allow(slog.LevelWarn, "redis client", slog.Attr{}); ok {
+		line.Log("said", fmt.Sprintf(format, v...))
+	}
 }

@@ -19,8 +19,12 @@ type Throttle struct {
 	interval time.Duration
 
 	mu    sync.Mutex
-	kinds map[string]*burst
+	kinds map[key]*burst
 }
+
+// key tells the kinds apart: a message, and the attribute (if any) that
+// tells its lines apart. Strings only, so that a lookup allocates nothing.
+type key struct{ msg, attr, value string }
 
 // burst is the state of one kind of line while it keeps coming.
 type burst struct {
@@ -38,60 +42,75 @@ type burst struct {
 // New returns a throttle that logs each kind of line to log at most once
 // per interval.
 func New(log *slog.Logger, interval time.Duration) *Throttle {
-	return &Throttle{log: log, interval: interval, kinds: make(map[string]*burst)}
+	return &Throttle{log: log, interval: interval, kinds: make(map[key]*burst)}
 }
 
-// Log logs msg with args at level unless a line of the same kind (msg and
-// kind: kind tells apart the lines of one msg, such as a rejection's
-// reason; the zero Attr for none) was logged within the interval. A line
-// logged says how many of its kind were held back before it
-// ("suppressed").
-func (t *Throttle) Log(level slog.Level, msg string, kind slog.Attr, args ...any) {
-	key := msg
-	if !kind.Equal(slog.Attr{}) {
-		key += "\x00" + kind.String()
-		args = append([]any{kind}, args...)
+// Line is a line the throttle let through, to be logged with Log.
+type Line struct {
+	log        *slog.Logger
+	level      slog.Level
+	msg        string
+	kind       slog.Attr
+	suppressed int
+}
+
+// Log logs the line with args, its kind and how many of its kind were held
+// back before it ("suppressed").
+func (l Line) Log(args ...any) {
+	if !l.kind.Equal(slog.Attr{}) {
+		args = append([]any{l.kind}, args...)
 	}
+	l.log.Log(context.Background(), l.level, l.msg, append(args, "suppressed", l.suppressed)...)
+}
+
+// Allow reports whether a line of msg at level may be logged now: not if
+// one of the same kind (msg and kind, which tells apart the lines of one
+// msg, such as a rejection's reason; the zero Attr for none) was within the
+// interval, and then it is counted. The caller builds the line's arguments
+// only when allowed, so that one held back costs it nothing:
+//
+//	if l, ok := t.Allow(slog.LevelWarn, "rejected request", slog.String("reason", r)); ok {
+//		l.Log("remote", addr.String())
+//	}
+func (t *Throttle) Allow(level slog.Level, msg string, kind slog.Attr) (Line, bool) {
+	k := key{msg: msg, attr: kind.Key, value: kind.Value.String()}
 	now := time.Now()
 	t.mu.Lock()
-	b := t.kinds[key]
+	defer t.mu.Unlock()
+	b := t.kinds[k]
 	if b == nil {
 		b = &burst{level: level, msg: msg, kind: kind, start: now}
-		t.kinds[key] = b
+		t.kinds[k] = b
 	}
 	b.last = now
 	if now.Before(b.next) {
 		b.suppressed++
 		b.total++
 		if b.timer == nil {
-			b.timer = time.AfterFunc(t.interval, func() { t.check(key) })
+			b.timer = time.AfterFunc(t.interval, func() { t.check(k) })
 		}
-		t.mu.Unlock()
-		return
+		return Line{}, false
 	}
 	if b.timer == nil { // no burst in progress: this line starts one
 		b.start, b.total = now, 0
 	}
 	b.next = now.Add(t.interval)
-	suppressed := b.suppressed
+	l := Line{log: t.log, level: level, msg: msg, kind: kind, suppressed: b.suppressed}
 	b.suppressed = 0
-	t.mu.Unlock()
-	// Logged outside the lock: a slow log sink must not hold up the
-	// other kinds.
-	t.log.Log(context.Background(), level, msg, append(args, "suppressed", suppressed)...)
+	return l, true
 }
 
 // check ends the burst of key once a whole interval passed without a line
 // of its kind, and says so when the burst held lines back.
-func (t *Throttle) check(key string) {
+func (t *Throttle) check(k key) {
 	t.mu.Lock()
-	b := t.kinds[key]
+	b := t.kinds[k]
 	if quiet := time.Since(b.last); quiet < t.interval {
 		b.timer.Reset(t.interval - quiet)
 		t.mu.Unlock()
 		return
 	}
-	delete(t.kinds, key)
+	delete(t.kinds, k)
 	t.mu.Unlock()
 	var args []any
 	if !b.kind.Equal(slog.Attr{}) {

@@ -1,6 +1,7 @@
 package throttle
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -17,9 +18,15 @@ func TestKindsApart(t *testing.T) {
 	log, logs := testenv.NewLogger(t)
 	th := New(log, time.Hour)
 	for range 3 {
-		th.Log(slog.LevelWarn, "rejected request", slog.String("reason", "wrong method"))
-		th.Log(slog.LevelWarn, "rejected request", slog.String("reason", "unauthorized"))
-		th.Log(slog.LevelWarn, "malformed callback", slog.Attr{}, "err", "x")
+		if l, ok := th.Allow(slog.LevelWarn, "rejected request", slog.String("reason", "wrong method")); ok {
+			l.Log()
+		}
+		if l, ok := th.Allow(slog.LevelWarn, "rejected request", slog.String("reason", "unauthorized")); ok {
+			l.Log()
+		}
+		if l, ok := th.Allow(slog.LevelWarn, "malformed callback", slog.Attr{}); ok {
+			l.Log("err", "x")
+		}
 	}
 	for _, words := range [][]string{
 		{"rejected request", `reason="wrong method"`, "suppressed=0"},
@@ -48,7 +55,9 @@ func TestBurst(t *testing.T) {
 	sent := 0
 	send := func() {
 		sent++
-		th.Log(slog.LevelWarn, "store failed", slog.String("cause", "timeout"), "n", sent)
+		if l, ok := th.Allow(slog.LevelWarn, "store failed", slog.String("cause", "timeout")); ok {
+			l.Log("n", sent)
+		}
 	}
 	// Keep sending until a line reported lines held back: the burst spans
 	// intervals.
@@ -103,4 +112,31 @@ func field(t *testing.T, line, key string) int {
 		t.Fatalf("%s in %q: %v", key, line, err)
 	}
 	return n
+}
+
+// A line held back costs its caller no allocation: during an outage every
+// request makes one.
+func BenchmarkHeldBack(b *testing.B) {
+	th := New(slog.New(slog.DiscardHandler), time.Hour)
+	opID, err := []byte("operation-1"), errors.New("nats: timeout")
+	b.ReportAllocs()
+	for b.Loop() {
+		if l, ok := th.Allow(slog.LevelWarn, "no decision; answered gateway.fallback", slog.String("cause", "timeout")); ok {
+			l.Log("operationID", string(opID), "err", err)
+		}
+	}
+}
+
+// Holding a line back allocates nothing, so that an outage's every request
+// asking costs no garbage.
+func TestHeldBackAllocatesNothing(t *testing.T) {
+	th := New(slog.New(slog.DiscardHandler), time.Hour)
+	th.Allow(slog.LevelWarn, "no decision", slog.String("cause", "timeout")) // the first is let through
+	if n := testing.AllocsPerRun(100, func() {
+		if _, ok := th.Allow(slog.LevelWarn, "no decision", slog.String("cause", "timeout")); ok {
+			t.Fatal("let through within the interval")
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per line held back", n)
+	}
 }
