@@ -70,9 +70,9 @@ func newMemory(store ratelimit.Decider, size int, nc *nats.Conn, subject string,
 	}, func() float64 { return float64(m.Stats().Evictions) })
 	m.clears = f.NewCounterVec(prometheus.CounterOpts{
 		Name: "joingate_worker_refusal_memory_clears_total",
-		Help: "Times the memory of refusals was cleared, by cause: broadcast (an operator's change or a reload, made on any worker), reconnect (a broadcast may have been missed), change (an operator's change made through this worker), reload (this worker's policy changed).",
+		Help: "Times the memory of refusals was cleared, by cause: broadcast (an operator's change or a reload, made on any worker), reconnect (a broadcast may have been missed), change (an operator's change or a reload made through this worker).",
 	}, []string{"cause"})
-	for _, c := range []string{"broadcast", "reconnect", "change", "reload"} {
+	for _, c := range []string{"broadcast", "reconnect", "change"} {
 		m.clears.WithLabelValues(c)
 	}
 	return m

@@ -204,13 +204,12 @@ func (w *Worker) Policy() *policy.JoinGroup { return w.policy.Load() }
 func (w *Worker) SetPolicy(p *policy.JoinGroup) {
 	w.metrics.addRules(p.Rules())
 	w.policy.Store(p)
-	if w.memory != nil {
-		w.memory.clear("reload")
-	}
 }
 
 // Invalidate tells every worker's memory of refusals, this one's too, that
-// the store changed (a list entry, a quota reset) or a policy did: it
+// the store changed (a list entry, a quota reset) or a policy did (refusals
+// are remembered by limit, so none is wrong under a new policy; a reload
+// still starts every memory afresh): it
 // returns once NATS has the broadcast, so that the callbacks sent after it
 // are decided without what the memory held. A worker without a memory
 // broadcasts all the same: the others may have one.
