@@ -125,8 +125,7 @@ func TestRefusalMemoryNeverShadow(t *testing.T) {
 // every decision. One that may not publish it fails the operator's change
 // rather than report a broadcast nobody got.
 func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+	ns := testenv.NATSWith(t, server.Options{
 		Users: []*server.User{
 			{Username: "worker", Password: "pw", Permissions: &server.Permissions{
 				Subscribe: &server.SubjectPermission{Allow: []string{"joingate.>", "_INBOX.>"}},
@@ -139,14 +138,6 @@ func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 			}},
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
 	connectAs := func(user string) *nats.Conn {
 		url := strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":pw@", 1)
 		nc, err := natsconn.Connect(url, nil, "test", natsconn.Security{}, slog.New(slog.DiscardHandler))

@@ -79,26 +79,10 @@ func TestNoBufferingWhileDisconnected(t *testing.T) {
 	}
 }
 
-// startServer runs an in-process NATS server on port with opts' auth.
-func startServer(t *testing.T, port int, opts server.Options) *server.Server {
-	t.Helper()
-	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", port, true, true
-	ns, err := server.NewServer(&opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	return ns
-}
-
 // A server that refuses the credentials is an error at once, which does
 // not show the password.
 func TestConnectRefused(t *testing.T) {
-	ns := startServer(t, server.RANDOM_PORT, server.Options{Username: "u", Password: "right"})
+	ns := testenv.NATSWith(t, server.Options{Username: "u", Password: "right"})
 	_, err := Connect(fmt.Sprintf("nats://u:hunter2@%s", ns.Addr()), nil, "t", Security{}, quiet)
 	if err == nil {
 		t.Fatal("connected with a wrong password")
@@ -125,7 +109,7 @@ func TestConnectBeforeServer(t *testing.T) {
 	if err := nc.Publish("x", []byte("y")); err == nil {
 		t.Fatal("publish before the first connect was buffered")
 	}
-	startServer(t, port, server.Options{Username: "u", Password: "hunter2"})
+	testenv.NATSWith(t, server.Options{Port: port, Username: "u", Password: "hunter2"})
 	if !testenv.Eventually(10*time.Second, nc.IsConnected) {
 		t.Fatal("not connected after the server came")
 	}
@@ -214,7 +198,7 @@ func TestTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vs := startServer(t, server.RANDOM_PORT, server.Options{TLSConfig: vc, TLS: true, TLSVerify: true})
+	vs := testenv.NATSWith(t, server.Options{TLSConfig: vc, TLS: true, TLSVerify: true})
 	vurl := strings.Replace(vs.ClientURL(), "nats://", "tls://", 1)
 	if nc, err := Connect(vurl, nil, "t", Security{CAFile: certFile}, quiet); err == nil {
 		nc.Close()
@@ -235,16 +219,8 @@ func TestExampleServerPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatalf("deploy/nats/nats.conf: %v", err)
 	}
-	opts.Host, opts.Port, opts.HTTPPort, opts.NoLog, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, 0, true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	defer ns.Shutdown()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("server not ready")
-	}
+	opts.Port, opts.HTTPPort = 0, 0 // a random port, no monitoring
+	ns := testenv.NATSWith(t, *opts)
 	url := func(user, pass string) string {
 		return strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":"+pass+"@", 1)
 	}

@@ -26,21 +26,26 @@ import (
 // NATS starts an in-process NATS server on a random loopback port.
 func NATS(t testing.TB) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host:       "127.0.0.1",
-		Port:       server.RANDOM_PORT,
-		NoLog:      true,
-		NoSigs:     true,
-		MaxPayload: 1 << 20,
-	})
+	return NATSWith(t, server.Options{MaxPayload: 1 << 20})
+}
+
+// NATSWith is NATS with opts (users and permissions, a port of its own:
+// 0 is a random one), stopped when the test ends.
+func NATSWith(t testing.TB, opts server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.NoLog, opts.NoSigs = "127.0.0.1", true, true
+	if opts.Port == 0 {
+		opts.Port = server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(&opts)
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
 	}
 	go ns.Start()
+	t.Cleanup(ns.Shutdown)
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats server did not start within 10s")
 	}
-	t.Cleanup(ns.Shutdown)
 	return ns
 }
 
