@@ -315,9 +315,7 @@ func newWatcher(running config.Config, path string, load func() (config.Config, 
 		}
 		changed := slices.DeleteFunc(config.Diff(applied, cfg), func(k string) bool { return !config.Reloadable(k) })
 		wk.SetPolicy(pol)
-		ctx, cancel := context.WithTimeout(context.Background(), running.ShutdownTimeout)
-		defer cancel()
-		if err := wk.Invalidate(ctx); err != nil {
+		if err := wk.Invalidate(context.Background()); err != nil { // bounded by its flush timeout
 			// The new policy applies here all the same; the other workers
 			// reload their own.
 			log.Warn("the other workers' memory of refusals was not told of the new policy", "err", err)
