@@ -1,6 +1,10 @@
 package callback
 
-import "unicode/utf8"
+import (
+	"encoding/json"
+	"strings"
+	"unicode/utf8"
+)
 
 // WorkingGroup is the group type of every OpenIM v3 group
 // (constant.WorkingGroup).
@@ -43,4 +47,38 @@ func IMServerJoinGroup(groupID, applyID, reqMessage string) string {
 		ApplyID:         applyID,
 		ReqMessage:      reqMessage,
 	}))
+}
+
+// IMServerInvite is the body IMServer posts before the users invited are
+// invited into groupID: encoding/json of callbackstruct's
+// CallbackBeforeInviteUserToGroupReq, whose fields Invite repeats in order,
+// with the newline json.Encoder ends with.
+func IMServerInvite(groupID, reason string, invited ...string) string {
+	return imserverJSON(&Invite{
+		CallbackCommand: InviteCommand,
+		OperationID:     "op-" + groupID,
+		GroupID:         groupID,
+		Reason:          reason,
+		InvitedUserIDs:  invited,
+	})
+}
+
+// IMServerMembersJoin is the body IMServer posts before userIDs become
+// members of groupID, however they join: encoding/json of callbackstruct's
+// CallbackBeforeMembersJoinGroupReq (each member's ex as IMServer has it:
+// empty), with json.Encoder's newline.
+func IMServerMembersJoin(groupID string, userIDs ...string) string {
+	r := &MembersJoin{CallbackCommand: MembersJoinCommand, GroupID: groupID}
+	for _, id := range userIDs {
+		r.MemberList = append(r.MemberList, &Member{UserID: id})
+	}
+	return imserverJSON(r)
+}
+
+func imserverJSON(v any) string {
+	var b strings.Builder
+	if err := json.NewEncoder(&b).Encode(v); err != nil {
+		panic(err) // the values above always encode
+	}
+	return b.String()
 }

@@ -35,6 +35,8 @@ type Config struct {
 	Gateway         Gateway       `yaml:"gateway"`
 	Worker          Worker        `yaml:"worker"`
 	JoinGroup       JoinGroup     `yaml:"join_group"`
+	InviteToGroup   InviteToGroup `yaml:"invite_to_group"`
+	MemberJoin      MemberJoin    `yaml:"member_join"`
 }
 
 // Log configures the process's structured log.
@@ -157,6 +159,47 @@ type JoinGroup struct {
 	DryRun bool `yaml:"dry_run"`
 }
 
+// InviteToGroup is the policy for callbackBeforeInviteJoinGroupCommand,
+// which IMServer calls before users are invited into a group. An
+// invitation of N users counts N against every limit, all or nothing.
+type InviteToGroup struct {
+	// AllowGroups bypass the lists and limits: every invitation into them
+	// goes through, uncounted.
+	AllowGroups  []string `yaml:"allow_groups"`
+	DenyGroups   []string `yaml:"deny_groups"`
+	DenyInvitees []string `yaml:"deny_invitees"`
+	DenyRefusal  Refusal  `yaml:"deny_refusal"`
+	// MaxInvitees refuses an invitation of more users at once; 0: no limit.
+	MaxInvitees        int     `yaml:"max_invitees"`
+	MaxInviteesRefusal Refusal `yaml:"max_invitees_refusal"`
+	// Limits are keyed by group, invitee or global.
+	Limits []Limit `yaml:"limits"`
+	DryRun bool    `yaml:"dry_run"`
+}
+
+// MemberJoin is the policy for callbackBeforeMembersJoinGroupCommand, which
+// IMServer calls whenever users are about to become members: creation with
+// initial members, invitation, approval of an application, direct join. A
+// call listing N members counts N against every limit, all or nothing.
+type MemberJoin struct {
+	AllowGroups []string `yaml:"allow_groups"`
+	DenyGroups  []string `yaml:"deny_groups"`
+	DenyMembers []string `yaml:"deny_members"`
+	DenyRefusal Refusal  `yaml:"deny_refusal"`
+	// Limits are keyed by group, member, member_group or global.
+	Limits    []Limit   `yaml:"limits"`
+	DryRun    bool      `yaml:"dry_run"`
+	Probation Probation `yaml:"probation"`
+}
+
+// Probation mutes new members for MuteFor after they join (OpenIM's
+// muteEndTime), in Groups, or in every group when Groups is empty; MuteFor
+// 0 turns it off.
+type Probation struct {
+	MuteFor time.Duration `yaml:"mute_for"`
+	Groups  []string      `yaml:"groups"`
+}
+
 // Limit is one named rate-limit rule.
 type Limit struct {
 	Name   string        `yaml:"name"`
@@ -177,6 +220,10 @@ const (
 	KeyGroup          = "group"
 	KeyApplicantGroup = "applicant_group"
 	KeyGlobal         = "global"
+	// invite_to_group counts each invited user; member_join each member.
+	KeyInvitee     = "invitee"
+	KeyMember      = "member"
+	KeyMemberGroup = "member_group"
 )
 
 // Answers for gateway.fallback and worker.on_store_error.
@@ -224,8 +271,21 @@ func Default() Config {
 				{Name: "group-per-minute", Key: KeyGroup, Limit: 60, Period: time.Minute, Burst: 60, ErrCode: DefaultLimitErrCode, ErrMsg: "too many join requests for this group"},
 			},
 		},
+		InviteToGroup: InviteToGroup{
+			DenyRefusal:        Refusal{ErrCode: 5100, ErrMsg: "invitation not allowed"},
+			MaxInviteesRefusal: Refusal{ErrCode: 5102, ErrMsg: "too many users invited at once"},
+		},
+		MemberJoin: MemberJoin{
+			DenyRefusal: Refusal{ErrCode: 5200, ErrMsg: "joining this group is not allowed"},
+		},
 	}
 }
+
+// The refusal of an invite_to_group or member_join limit that names none.
+var (
+	DefaultInviteLimitRefusal = Refusal{ErrCode: 5101, ErrMsg: "too many invitations"}
+	DefaultMemberLimitRefusal = Refusal{ErrCode: 5201, ErrMsg: "too many new members"}
+)
 
 // The refusal of a limit that names none.
 const (
@@ -237,16 +297,22 @@ const (
 // value: a limit's burst is its limit unless given, and its refusal the
 // default one. Load calls it after merging every layer, before validate.
 func (c *Config) ensureDefaults() {
-	for i := range c.JoinGroup.Limits {
-		lim := &c.JoinGroup.Limits[i]
+	limitDefaults(c.JoinGroup.Limits, Refusal{ErrCode: DefaultLimitErrCode, ErrMsg: DefaultLimitErrMsg})
+	limitDefaults(c.InviteToGroup.Limits, DefaultInviteLimitRefusal)
+	limitDefaults(c.MemberJoin.Limits, DefaultMemberLimitRefusal)
+}
+
+func limitDefaults(limits []Limit, refusal Refusal) {
+	for i := range limits {
+		lim := &limits[i]
 		if lim.Burst == 0 {
 			lim.Burst = lim.Limit
 		}
 		if lim.ErrCode == 0 {
-			lim.ErrCode = DefaultLimitErrCode
+			lim.ErrCode = refusal.ErrCode
 		}
 		if lim.ErrMsg == "" {
-			lim.ErrMsg = DefaultLimitErrMsg
+			lim.ErrMsg = refusal.ErrMsg
 		}
 	}
 }

@@ -58,6 +58,26 @@ func TestLoadFull(t *testing.T) {
 				{Name: "global", Key: KeyGlobal, Limit: 1000, Period: time.Second, Burst: 1000, ErrCode: 5001, ErrMsg: "too many join requests", Shadow: true},
 			},
 		},
+		InviteToGroup: InviteToGroup{
+			DenyInvitees:       []string{"spam-bot"},
+			DenyRefusal:        Refusal{5100, "invitation not allowed"},
+			MaxInvitees:        20,
+			MaxInviteesRefusal: Refusal{5102, "too many users invited at once"},
+			Limits: []Limit{
+				// Each section has its own default refusal.
+				{Name: "per-group", Key: KeyGroup, Limit: 100, Period: time.Minute, Burst: 100, ErrCode: 5101, ErrMsg: "too many invitations"},
+				{Name: "per-invitee", Key: KeyInvitee, Limit: 3, Period: time.Hour, Burst: 3, ErrCode: 5301, ErrMsg: "invited too often"},
+			},
+		},
+		MemberJoin: MemberJoin{
+			AllowGroups: []string{"official"},
+			DenyRefusal: Refusal{5200, "joining this group is not allowed"},
+			Limits: []Limit{
+				// A name may repeat across sections: each has its own counters.
+				{Name: "per-group", Key: KeyMemberGroup, Limit: 1, Period: time.Minute, Burst: 1, ErrCode: 5201, ErrMsg: "too many new members", Shadow: true},
+			},
+			Probation: Probation{MuteFor: 10 * time.Minute, Groups: []string{"g-new"}},
+		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("Load(full.yaml)\n got %+v\nwant %+v", cfg, want)
@@ -133,6 +153,10 @@ func TestBadFiles(t *testing.T) {
 	f("not_yaml.yaml", "yaml")
 	f("wrong_shape.yaml", "join_group.deny_groups", "must be a list")
 	f("duplicate_rule.yaml", "join_group.limits[1].name", "used by another limit")
+	// Each section has its own keys: an invitation has no applicant.
+	f("bad_invite_key.yaml", "invite_to_group.limits[0].key", "group, invitee, global", `"applicant"`, "line 3")
+	f("bad_probation.yaml", "member_join.probation.mute_for", "at least 1s", "500ms")
+	f("probation_without_mute.yaml", "member_join.probation.groups", "mute_for is 0")
 
 	if _, err := Load("testdata/missing.yaml", nil, nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Fatalf("missing file: %v", err)

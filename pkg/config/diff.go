@@ -68,10 +68,11 @@ func section(t reflect.Type) bool {
 }
 
 // Reloadable reports whether a key of Diff takes effect on a reload: the
-// policy does (join_group, and what the worker answers when its store
-// fails); everything else waits for a restart.
+// policies do (join_group, invite_to_group, member_join, and what the
+// worker answers when its store fails); everything else waits for a
+// restart.
 func Reloadable(key string) bool {
-	for _, p := range []string{"join_group", "worker.on_store_error", "worker.store_error_refusal"} {
+	for _, p := range []string{"join_group", "invite_to_group", "member_join", "worker.on_store_error", "worker.store_error_refusal"} {
 		if key == p || strings.HasPrefix(key, p+".") || strings.HasPrefix(key, p+"[") {
 			return true
 		}

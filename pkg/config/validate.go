@@ -213,29 +213,50 @@ func (l *loader) validate() error {
 			bad(fmt.Sprintf("join_group.blocked_words[%d]", i), "must not be empty")
 		}
 	}
-	names := make(map[string]bool)
-	for i := range j.Limits {
-		lim := &j.Limits[i]
-		key := fmt.Sprintf("join_group.limits[%d]", i)
-		if !ruleName.MatchString(lim.Name) {
-			bad(key+".name", "must be 1-64 letters, digits, '_', '.' or '-', got %q", lim.Name)
-		} else if names[lim.Name] {
-			bad(key+".name", "%q is used by another limit", lim.Name)
+	limits := func(section string, list []Limit, kinds ...string) {
+		names := make(map[string]bool)
+		for i := range list {
+			lim := &list[i]
+			key := fmt.Sprintf("%s.limits[%d]", section, i)
+			if !ruleName.MatchString(lim.Name) {
+				bad(key+".name", "must be 1-64 letters, digits, '_', '.' or '-', got %q", lim.Name)
+			} else if names[lim.Name] {
+				bad(key+".name", "%q is used by another limit", lim.Name)
+			}
+			names[lim.Name] = true
+			oneOf(key+".key", lim.Key, kinds...)
+			if lim.Limit < 1 {
+				bad(key+".limit", "must be at least 1, got %d", lim.Limit)
+			}
+			if lim.Period < time.Millisecond {
+				bad(key+".period", "must be at least 1ms, got %s", lim.Period)
+			} else if lim.Limit > 0 && lim.Period/time.Duration(lim.Limit) < time.Microsecond {
+				bad(key+".limit", "%d per %s is finer than one request per microsecond", lim.Limit, lim.Period)
+			}
+			if lim.Burst < 0 {
+				bad(key+".burst", "must be positive (or 0 for the limit), got %d", lim.Burst)
+			}
+			refusal(key, &Refusal{ErrCode: lim.ErrCode, ErrMsg: lim.ErrMsg})
 		}
-		names[lim.Name] = true
-		oneOf(key+".key", lim.Key, KeyApplicant, KeyGroup, KeyApplicantGroup, KeyGlobal)
-		if lim.Limit < 1 {
-			bad(key+".limit", "must be at least 1, got %d", lim.Limit)
-		}
-		if lim.Period < time.Millisecond {
-			bad(key+".period", "must be at least 1ms, got %s", lim.Period)
-		} else if lim.Limit > 0 && lim.Period/time.Duration(lim.Limit) < time.Microsecond {
-			bad(key+".limit", "%d per %s is finer than one request per microsecond", lim.Limit, lim.Period)
-		}
-		if lim.Burst < 0 {
-			bad(key+".burst", "must be positive (or 0 for the limit), got %d", lim.Burst)
-		}
-		refusal(key, &Refusal{ErrCode: lim.ErrCode, ErrMsg: lim.ErrMsg})
+	}
+	limits("join_group", j.Limits, KeyApplicant, KeyGroup, KeyApplicantGroup, KeyGlobal)
+
+	inv := &c.InviteToGroup
+	refusal("invite_to_group.deny_refusal", &inv.DenyRefusal)
+	refusal("invite_to_group.max_invitees_refusal", &inv.MaxInviteesRefusal)
+	if inv.MaxInvitees < 0 {
+		bad("invite_to_group.max_invitees", "must be 0 (no limit) or positive, got %d", inv.MaxInvitees)
+	}
+	limits("invite_to_group", inv.Limits, KeyGroup, KeyInvitee, KeyGlobal)
+
+	mj := &c.MemberJoin
+	refusal("member_join.deny_refusal", &mj.DenyRefusal)
+	limits("member_join", mj.Limits, KeyGroup, KeyMember, KeyMemberGroup, KeyGlobal)
+	if mj.Probation.MuteFor < 0 || mj.Probation.MuteFor > 0 && mj.Probation.MuteFor < time.Second {
+		bad("member_join.probation.mute_for", "must be 0 (off) or at least 1s, got %s", mj.Probation.MuteFor)
+	}
+	if mj.Probation.MuteFor == 0 && len(mj.Probation.Groups) > 0 {
+		bad("member_join.probation.groups", "set, but member_join.probation.mute_for is 0: nobody would be muted")
 	}
 	return errors.Join(errs...)
 }
