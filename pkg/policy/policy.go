@@ -4,9 +4,8 @@ package policy
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"time"
+	"strings"
 
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/config"
@@ -36,16 +35,6 @@ type Outcome struct {
 	Reason  Reason
 }
 
-// Outcomes lists every Outcome a decision can have: metric series are
-// pre-created for these and no others (a refusal is never "passed", an
-// allowance never "deny_group"). A store error allows or refuses as
-// worker.on_store_error says.
-var Outcomes = []Outcome{
-	{true, ReasonAllowList}, {true, ReasonPassed}, {true, ReasonStoreError},
-	{false, ReasonDenyApplicant}, {false, ReasonDenyGroup}, {false, ReasonMessageLength},
-	{false, ReasonBlockedWord}, {false, ReasonRateLimit}, {false, ReasonStoreError},
-}
-
 // Store answers a decision's store work (dynamic lists and rate limits) in
 // one round trip.
 type Store interface {
@@ -58,6 +47,9 @@ type Decision struct {
 	Reason  Reason
 	// Rule is the refusing limit's name when Reason is ReasonRateLimit.
 	Rule string
+	// MuteUntil is when the members a members-join admitted may post
+	// (member_join.probation), or zero.
+	MuteUntil time.Time
 }
 
 // Scratch holds per-decision buffers; one per goroutine, reused, so that a
@@ -65,21 +57,42 @@ type Decision struct {
 type Scratch struct {
 	query  ratelimit.Query
 	answer ratelimit.Answer
-	guards [3]string
+	guards []string
+	// The rule (an index in rules) and the user each check counts.
+	rules     []rule
+	checkRule []int
+	checkFor  []string
+	// limitsRead: the limits were evaluated and their results read.
+	limitsRead bool
+	// users and counts: a call's distinct users, and how often each is
+	// listed.
+	users     []string
+	counts    map[string]int
+	memberIDs []string
 	// Body is the response JSON for the last decision.
 	Body []byte
 	// Shadowed names the shadow rules that would have refused the last
 	// request.
 	Shadowed []string
+
+	// The last callbacks decoded by Set.Decide, one per command.
+	JoinGroup   callback.JoinGroup
+	Invite      callback.Invite
+	MembersJoin callback.MembersJoin
 }
 
-type rule struct {
-	name   string
-	key    string
-	limit  ratelimit.Limit
-	code   int
-	msg    string
-	shadow bool
+// reset starts a decision with rules.
+func (s *Scratch) reset(rules []rule, mode ratelimit.Mode) {
+	s.Body = s.Body[:0]
+	s.Shadowed = s.Shadowed[:0]
+	s.rules = rules
+	s.checkRule = s.checkRule[:0]
+	s.checkFor = s.checkFor[:0]
+	s.limitsRead = false
+	s.guards = s.guards[:0]
+	s.query.Checks = s.query.Checks[:0]
+	s.query.Mode = mode
+	s.answer.Guard = -1
 }
 
 // JoinGroup is a compiled join-group policy. It is immutable and safe for
@@ -99,13 +112,6 @@ type JoinGroup struct {
 // New compiles a policy. storeErr says how to answer when the store fails
 // (worker.on_store_error and its refusal); keyPrefix starts every key.
 func New(cfg config.JoinGroup, storeErr config.Worker, keyPrefix string) (*JoinGroup, error) {
-	set := func(ids []string) map[string]struct{} {
-		m := make(map[string]struct{}, len(ids))
-		for _, id := range ids {
-			m[id] = struct{}{}
-		}
-		return m
-	}
 	p := &JoinGroup{
 		allow:            set(cfg.AllowApplicants),
 		denyApplicants:   set(cfg.DenyApplicants),
@@ -124,37 +130,16 @@ func New(cfg config.JoinGroup, storeErr config.Worker, keyPrefix string) (*JoinG
 	for _, w := range cfg.BlockedWords {
 		p.blocked = append(p.blocked, strings.ToLower(w))
 	}
-	for _, l := range cfg.Limits {
-		r := rule{
-			name:   l.Name,
-			key:    l.Key,
-			limit:  ratelimit.Limit{Rate: l.Limit, Period: l.Period, Burst: l.Burst},
-			code:   l.ErrCode,
-			msg:    l.ErrMsg,
-			shadow: l.Shadow || cfg.DryRun,
-		}
-		if r.limit.Burst == 0 {
-			r.limit.Burst = r.limit.Rate
-		}
-		if err := r.limit.Validate(); err != nil {
-			return nil, fmt.Errorf("limit %q: %w", l.Name, err)
-		}
-		if l.ErrCode < callback.MinRefusalCode || l.ErrCode > callback.MaxRefusalCode {
-			return nil, fmt.Errorf("limit %q: err_code %d outside %d-%d", l.Name, l.ErrCode, callback.MinRefusalCode, callback.MaxRefusalCode)
-		}
-		p.rules = append(p.rules, r)
+	rules, err := compileRules(cfg.Limits, cfg.DryRun)
+	if err != nil {
+		return nil, err
 	}
+	p.rules = rules
 	return p, nil
 }
 
 // Rules returns the names of the rate-limit rules, for metric labels.
-func (p *JoinGroup) Rules() []string {
-	names := make([]string, len(p.rules))
-	for i, r := range p.rules {
-		names[i] = r.name
-	}
-	return names
-}
+func (p *JoinGroup) Rules() []string { return ruleNames(p.rules) }
 
 // Decide judges one application, consuming quota when it is admitted, and
 // leaves the response JSON in s.Body. A store failure is answered as
@@ -174,28 +159,24 @@ func (p *JoinGroup) Explain(ctx context.Context, req *callback.JoinGroup, st Sto
 // lists and limits are one store query, which evaluates no limit (and so
 // consumes nothing) when a list or a message rule has decided.
 func (p *JoinGroup) decide(ctx context.Context, req *callback.JoinGroup, st Store, s *Scratch, mode ratelimit.Mode) (Decision, error) {
-	s.Body = s.Body[:0]
-	s.Shadowed = s.Shadowed[:0]
+	s.reset(p.rules, mode)
 	if _, ok := p.allow[req.ApplyID]; ok {
 		return p.allowed(s, ReasonAllowList), nil
 	}
 	local := p.local(req)
 
 	q := &s.query
-	q.Mode = mode
 	if local != "" {
 		q.Mode = ratelimit.GuardsOnly
 	}
-	s.guards = [3]string{
+	s.guards = append(s.guards,
 		p.keys.Flag(ListAllowApplicants, req.ApplyID),
 		p.keys.Flag(ListDenyApplicants, req.ApplyID),
-		p.keys.Flag(ListDenyGroups, req.GroupID),
-	}
-	q.Guards = s.guards[:]
-	q.Checks = q.Checks[:0]
+		p.keys.Flag(ListDenyGroups, req.GroupID))
+	q.Guards = s.guards
 	for i := range p.rules {
 		r := &p.rules[i]
-		q.Checks = append(q.Checks, ratelimit.Check{Key: p.keys.Rule(r.name, r.key, req.ApplyID, req.GroupID), Limit: r.limit, Shadow: r.shadow})
+		s.addCheck(p.rules, i, p.keys.Rule(r.name, r.key, req.ApplyID, req.GroupID), "", 1)
 	}
 	a := &s.answer
 	if err := st.Decide(ctx, q, a); err != nil {
@@ -222,31 +203,11 @@ func (p *JoinGroup) decide(ctx context.Context, req *callback.JoinGroup, st Stor
 	if local != "" {
 		return p.refused(s, local, p.localBody(local)), nil
 	}
-
-	refusing := -1
-	var retry time.Duration
-	for i := range p.rules {
-		res := &a.Results[i]
-		if res.Allowed {
-			continue
-		}
-		if p.rules[i].shadow {
-			s.Shadowed = append(s.Shadowed, p.rules[i].name)
-			continue
-		}
-		if refusing < 0 {
-			refusing = i
-		}
-		// The request passes only once every refusing rule admits it.
-		retry = max(retry, res.RetryAfter)
+	d := verdict(p.rules, a, s)
+	if d.Allowed {
+		s.Body = append(s.Body, callback.AllowJSON...)
 	}
-	if refusing < 0 {
-		return p.allowed(s, ReasonPassed), nil
-	}
-	r := &p.rules[refusing]
-	secs := int64((retry + time.Second - 1) / time.Second)
-	s.Body = callback.AppendRetryRefusal(s.Body, r.code, r.msg, max(secs, 1))
-	return Decision{Reason: ReasonRateLimit, Rule: r.name}, nil
+	return d, nil
 }
 
 // local returns the refusal of the rules that need no store (static deny
@@ -282,24 +243,14 @@ func (p *JoinGroup) localBody(r Reason) []byte {
 	return p.messageBody
 }
 
-// Results returns the rule names and their verdicts from the last decision
-// made with s (empty when a list or message rule decided first).
-func (p *JoinGroup) Results(s *Scratch) ([]string, []ratelimit.Result) {
-	if s.answer.Guard >= 0 || s.query.Mode == ratelimit.GuardsOnly {
-		return nil, nil
-	}
-	return p.Rules(), s.answer.Results
-}
-
 // RuleKind returns what the named rule is keyed by (config.KeyApplicant,
 // ...), and whether the rule exists.
 func (p *JoinGroup) RuleKind(name string) (string, bool) {
-	for _, r := range p.rules {
-		if r.name == name {
-			return r.key, true
-		}
+	r, err := findRule(p.rules, name)
+	if err != nil {
+		return "", false
 	}
-	return "", false
+	return r.key, true
 }
 
 // Keys returns the policy's key names.
@@ -308,12 +259,11 @@ func (p *JoinGroup) Keys() Keys { return p.keys }
 // Rule returns the store key and limit of the named rule for a request, for
 // `joingate ctl quota`.
 func (p *JoinGroup) Rule(name, applicant, group string) (ratelimit.Check, error) {
-	for _, r := range p.rules {
-		if r.name == name {
-			return ratelimit.Check{Key: p.keys.Rule(r.name, r.key, applicant, group), Limit: r.limit, Shadow: r.shadow}, nil
-		}
+	r, err := findRule(p.rules, name)
+	if err != nil {
+		return ratelimit.Check{}, err
 	}
-	return ratelimit.Check{}, fmt.Errorf("no limit rule %q (rules: %s)", name, strings.Join(p.Rules(), ", "))
+	return ratelimit.Check{Key: p.keys.Rule(r.name, r.key, applicant, group), Limit: r.limit, Shadow: r.shadow}, nil
 }
 
 func (p *JoinGroup) allowed(s *Scratch, reason Reason) Decision {

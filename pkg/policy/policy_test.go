@@ -230,9 +230,9 @@ func TestExplainConsumesNothing(t *testing.T) {
 	var s Scratch
 	for range 5 {
 		d, err := p.Explain(context.Background(), req, st, &s)
-		names, results := p.Results(&s)
-		if err != nil || !d.Allowed || len(names) != 1 || results[0].Remaining != 1 {
-			t.Fatalf("explain: %+v %v %q %+v", d, err, names, results)
+		v := s.Verdicts()
+		if err != nil || !d.Allowed || len(v) != 1 || v[0].Rule != "two" || v[0].Result.Remaining != 1 {
+			t.Fatalf("explain: %+v %v %+v", d, err, v)
 		}
 	}
 	decide(t, p, st, "u", "g", "")
@@ -314,7 +314,7 @@ func TestOutcomes(t *testing.T) {
 		got[Outcome{d.Allowed, d.Reason}] = true
 	}
 	want := map[Outcome]bool{}
-	for _, o := range Outcomes {
+	for _, o := range Outcomes(callback.JoinGroupCommand) {
 		want[o] = true
 		if !got[o] {
 			t.Errorf("outcome %+v is listed but no decision reached it", o)
