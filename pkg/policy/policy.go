@@ -4,8 +4,8 @@ package policy
 
 import (
 	"context"
-	"time"
 	"strings"
+	"time"
 
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/config"
