@@ -61,7 +61,7 @@ func benchWorker(b *testing.B, ns *server.Server) {
 	for i := range cfg.JoinGroup.Limits {
 		cfg.JoinGroup.Limits[i].Limit, cfg.JoinGroup.Limits[i].Burst, cfg.JoinGroup.Limits[i].Period = 1_000_000, 1_000_000, time.Second
 	}
-	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "bench:")
+	p, err := policy.NewSet(cfg, "bench:")
 	if err != nil {
 		b.Fatal(err)
 	}

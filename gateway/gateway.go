@@ -37,7 +37,8 @@ type Options struct {
 	Listen   string
 	Listener net.Listener
 	Conn     *nats.Conn
-	// Subject prefix: join-group requests go to <Subject>.<command>.
+	// Subject prefix: the callbacks joingate decides (callback.Commands) go
+	// to <Subject>.<command>.
 	Subject         string
 	DecisionTimeout time.Duration
 	// FallbackBody is the answer when no decision arrives in time:
@@ -111,7 +112,7 @@ type Gateway struct {
 	ln       net.Listener   // bound
 	served   *limitListener // on ln (through TLS when configured): what srv serves
 	srv      *fasthttp.Server
-	subject  string // <Subject>.callbackBeforeJoinGroupCommand
+	routes   map[string]route // by command
 	stopping atomic.Bool
 
 	requests        sync.Pool // of *request
@@ -137,9 +138,12 @@ func New(opts Options) (*Gateway, error) {
 		opts:            opts,
 		log:             opts.Logger.With("component", "gateway"),
 		metrics:         newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Conn),
-		subject:         opts.Subject + "." + callback.JoinGroupCommand,
+		routes:          make(map[string]route, len(callback.Commands)),
 		fallbackRefuses: callback.IsRefusal(opts.FallbackBody),
 		requests:        sync.Pool{New: newRequest},
+	}
+	for _, c := range callback.Commands {
+		g.routes[c] = route{command: c, subject: opts.Subject + "." + c}
 	}
 	g.throttled = throttle.New(g.log, time.Second)
 	if opts.BasicUser != "" {
@@ -240,7 +244,7 @@ func (g *Gateway) Close() {
 func (g *Gateway) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- g.srv.Serve(g.served) }()
-	g.log.Info("gateway listening", "addr", g.Addr(), "subject", g.subject, "decision_timeout", g.opts.DecisionTimeout)
+	g.log.Info("gateway listening", "addr", g.Addr(), "subjects", g.opts.Subject+".<command>", "commands", callback.Commands, "decision_timeout", g.opts.DecisionTimeout)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("callback server: %w", err)
@@ -291,7 +295,8 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	cmd := command(ctx.Request.Header.RequestURI())
-	if string(cmd) != callback.JoinGroupCommand {
+	r, decided := g.routes[string(cmd)]
+	if !decided {
 		if callback.IsCommand(cmd) {
 			// A callback we hold no policy for: allowed here, no NATS hop.
 			g.metrics.requests.WithLabelValues(commandOther, outcomeNoPolicy).Inc()
@@ -301,8 +306,11 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		g.reject(ctx, fasthttp.StatusNotFound, "unknown path: want <webhook base>/<callbackCommand>")
 		return
 	}
-	g.joinGroup(ctx)
+	g.decide(ctx, r)
 }
+
+// route is where a callback joingate decides goes.
+type route struct{ command, subject string }
 
 // command is the callback command a request target names: its last path
 // segment. It routes on the raw target cut at the query: fasthttp's parsed
@@ -322,16 +330,18 @@ func command(target []byte) []byte {
 	return callback.Command(target)
 }
 
-func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
+// decide asks a worker to decide a callback on its route.
+func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
+	command := r.command
 	start := time.Now()
 	g.metrics.inFlight.Inc()
 	defer g.metrics.inFlight.Dec()
 	body := ctx.PostBody()
 	opID := ctx.Request.Header.Peek(natsconn.HeaderOperationID)
 
-	if err := callback.ValidateJoinGroup(body); err != nil {
-		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeInvalid).Inc()
-		if l, ok := g.throttled.Allow(slog.LevelWarn, "malformed callback; answered actionCode 1", slog.Attr{}); ok {
+	if err := callback.Validate(command, body); err != nil {
+		g.metrics.requests.WithLabelValues(command, outcomeInvalid).Inc()
+		if l, ok := g.throttled.Allow(slog.LevelWarn, "malformed callback; answered actionCode 1", slog.String("command", command)); ok {
 			l.Log("operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err)
 		}
 		writeJSON(ctx, fasthttp.StatusBadRequest, callback.AppendFailure(nil, err.Error()))
@@ -345,7 +355,7 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	deadline := start.Add(g.opts.DecisionTimeout)
 	out := g.requests.Get().(*request)
 	defer g.requests.Put(out)
-	msg := out.prepare(g.subject, body, opID, deadline)
+	msg := out.prepare(r.subject, body, opID, deadline)
 
 	var (
 		cause string
@@ -384,13 +394,13 @@ func (g *Gateway) joinGroup(ctx *fasthttp.RequestCtx) {
 	answer := "allow"
 	if cause != "" {
 		g.metrics.fallbacks.WithLabelValues(cause).Inc()
-		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeFallback).Inc()
+		g.metrics.requests.WithLabelValues(command, outcomeFallback).Inc()
 		writeJSON(ctx, fasthttp.StatusOK, g.opts.FallbackBody)
 		if g.fallbackRefuses {
 			answer = "refuse"
 		}
 	} else {
-		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeDecided).Inc()
+		g.metrics.requests.WithLabelValues(command, outcomeDecided).Inc()
 		writeJSON(ctx, fasthttp.StatusOK, reply.Data)
 		if callback.IsRefusal(reply.Data) {
 			answer = "refuse"
@@ -515,9 +525,10 @@ func (g *Gateway) unparsableTarget(ctx *fasthttp.RequestCtx) bool {
 		return false // not why fasthttp failed
 	}
 	cmd := command(target)
+	_, decided := g.routes[string(cmd)]
 	switch {
-	case string(cmd) == callback.JoinGroupCommand:
-		g.metrics.requests.WithLabelValues(commandJoinGroup, outcomeFallback).Inc()
+	case decided:
+		g.metrics.requests.WithLabelValues(string(cmd), outcomeFallback).Inc()
 		g.metrics.fallbacks.WithLabelValues(causeError).Inc()
 		answer := "allow"
 		if g.fallbackRefuses {

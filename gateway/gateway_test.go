@@ -58,7 +58,7 @@ func startGateway(t *testing.T, ns *server.Server, mutate func(*gateway.Options)
 // test ends; mutate, if not nil, adjusts its options.
 func startWorker(t *testing.T, ns *server.Server, store worker.Store, cfg config.Config, mutate ...func(*worker.Options)) *prometheus.Registry {
 	t.Helper()
-	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "test:")
+	p, err := policy.NewSet(cfg, "test:")
 	if err != nil {
 		t.Fatal(err)
 	}

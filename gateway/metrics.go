@@ -12,13 +12,12 @@ import (
 	"github.com/joingate/joingate/pkg/natsconn"
 )
 
-// Label values. Commands other than the join-group one are "other" (a
-// closed set no matter what IMServer is configured to send), and requests
-// that name no command at all are "none".
+// Label values. Commands are callback.Commands by name, any other is
+// "other" (a closed set no matter what IMServer is configured to send),
+// and requests that name no command at all are "none".
 const (
-	commandJoinGroup = callback.JoinGroupCommand
-	commandOther     = "other"
-	commandNone      = "none"
+	commandOther = "other"
+	commandNone  = "none"
 
 	// decided: a worker's reply was written. fallback: no decision in time,
 	// gateway.fallback was answered. no_policy: allowed at the edge.
@@ -53,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn)
 	m := &metrics{
 		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_gateway_requests_total",
-			Help: "Callback requests by command (callbackBeforeJoinGroupCommand, other, none) and outcome (decided, fallback, no_policy, invalid, rejected).",
+			Help: "Callback requests by command (callbackBeforeJoinGroupCommand, callbackBeforeInviteJoinGroupCommand, callbackBeforeMembersJoinGroupCommand, other, none) and outcome (decided, fallback, no_policy, invalid, rejected).",
 		}, []string{"command", "outcome"}),
 		answers: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_gateway_join_answers_total",
@@ -87,8 +86,10 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn)
 		Name: "joingate_gateway_nats_connected",
 		Help: "1 while the gateway is connected to NATS and can get decisions; 0 while it answers every join callback with gateway.fallback.",
 	}, natsconn.Connected(nc))
-	for _, o := range []string{outcomeDecided, outcomeFallback, outcomeInvalid} {
-		m.requests.WithLabelValues(commandJoinGroup, o)
+	for _, c := range callback.Commands {
+		for _, o := range []string{outcomeDecided, outcomeFallback, outcomeInvalid} {
+			m.requests.WithLabelValues(c, o)
+		}
 	}
 	m.requests.WithLabelValues(commandOther, outcomeNoPolicy)
 	m.requests.WithLabelValues(commandNone, outcomeRejected)

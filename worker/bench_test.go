@@ -61,7 +61,7 @@ func benchHandle(b *testing.B, store Store, limit int, period time.Duration, mem
 	for i := range cfg.JoinGroup.Limits {
 		cfg.JoinGroup.Limits[i].Limit, cfg.JoinGroup.Limits[i].Burst, cfg.JoinGroup.Limits[i].Period = limit, limit, period
 	}
-	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "bench:")
+	p, err := policy.NewSet(cfg, "bench:")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,16 +72,13 @@ func benchHandle(b *testing.B, store Store, limit int, period time.Duration, mem
 		b.Fatal(err)
 	}
 	msgs := benchMessages(b, opts.Conn, 1024)
-	var (
-		s   policy.Scratch
-		req callback.JoinGroup
-	)
+	var s policy.Scratch
 	for _, m := range msgs { // every applicant once: a flood finds them refused
-		w.handle(m, &s, &req)
+		w.handle(m, &s)
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		w.handle(msgs[i%len(msgs)], &s, &req)
+		w.handle(msgs[i%len(msgs)], &s)
 		if !strings.HasPrefix(string(s.Body), want) {
 			b.Fatalf("decided %q, want %s...", s.Body, want)
 		}

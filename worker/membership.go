@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/joingate/joingate/pkg/breaker"
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
 
@@ -70,13 +71,13 @@ var errDraining = errors.New("draining: out of the queue group")
 
 // keepMembership probes the store every ProbeInterval and joins or leaves
 // the queue group (handler takes its messages) until ctx is done; it
-// returns the subscription in force then, or nil.
-func (w *Worker) keepMembership(ctx context.Context, handler nats.MsgHandler) (*nats.Subscription, error) {
+// returns the subscriptions in force then, or nil.
+func (w *Worker) keepMembership(ctx context.Context, handler nats.MsgHandler) ([]*nats.Subscription, error) {
 	h := hysteresis{base: w.opts.RejoinAfter}
 	tick := time.NewTicker(w.opts.ProbeInterval)
 	defer tick.Stop()
 	var (
-		sub       *nats.Subscription
+		sub       []*nats.Subscription
 		lastCause string // of the last failed probe, "" after a good one
 	)
 	for {
@@ -154,17 +155,31 @@ func (w *Worker) logProbe(cause string, err error) {
 	}
 }
 
-func (w *Worker) join(handler nats.MsgHandler) (*nats.Subscription, error) {
-	w.breaker.Reset()
-	sub, err := w.opts.Conn.QueueSubscribe(w.prefix+">", w.opts.Queue, handler)
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %s>: %w", w.prefix, err)
+// subjects are the worker's subscriptions: one per command it decides, so
+// that NATS permissions and monitoring can tell the commands apart.
+func (w *Worker) subjects() []string {
+	subjects := make([]string, len(callback.Commands))
+	for i, c := range callback.Commands {
+		subjects[i] = w.prefix + c
 	}
-	// Beyond these, NATS drops requests (slow consumer) and their gateways
-	// fall back; the backlog is useless long before it is reached.
-	if err := sub.SetPendingLimits(100_000, 64<<20); err != nil {
-		sub.Unsubscribe()
-		return nil, fmt.Errorf("subscription limits: %w", err)
+	return subjects
+}
+
+func (w *Worker) join(handler nats.MsgHandler) ([]*nats.Subscription, error) {
+	w.breaker.Reset()
+	var subs []*nats.Subscription
+	for _, subject := range w.subjects() {
+		sub, err := w.opts.Conn.QueueSubscribe(subject, w.opts.Queue, handler)
+		if err == nil {
+			// Beyond these, NATS drops requests (slow consumer) and their
+			// gateways fall back; the backlog is useless long before.
+			err = sub.SetPendingLimits(100_000, 64<<20)
+			subs = append(subs, sub)
+		}
+		if err != nil {
+			unsubscribe(subs)
+			return nil, fmt.Errorf("subscribe %s: %w", subject, err)
+		}
 	}
 	// The subscription must reach the server before readiness says so.
 	if err := w.opts.Conn.FlushTimeout(time.Second); err != nil {
@@ -173,8 +188,14 @@ func (w *Worker) join(handler nats.MsgHandler) (*nats.Subscription, error) {
 	w.metrics.member.Set(1)
 	w.metrics.memberships.WithLabelValues(joinedGroup).Inc()
 	w.setStatus(nil)
-	w.log.Info("joined the queue group", "subject", w.prefix+">", "queue", w.opts.Queue)
-	return sub, nil
+	w.log.Info("joined the queue group", "subjects", w.subjects(), "queue", w.opts.Queue)
+	return subs, nil
+}
+
+func unsubscribe(subs []*nats.Subscription) {
+	for _, sub := range subs {
+		sub.Unsubscribe()
+	}
 }
 
 // leave drains sub: what NATS has delivered is still answered (the breaker
@@ -182,9 +203,11 @@ func (w *Worker) join(handler nats.MsgHandler) (*nats.Subscription, error) {
 // NATS is away it unsubscribes instead: nats.go holds a drain's UNSUB back
 // during a reconnect and sends the SUB again on reconnecting, which would
 // leave the server a queue member whose messages the client drops.
-func (w *Worker) leave(sub *nats.Subscription, why string) {
-	if !w.opts.Conn.IsConnected() || sub.Drain() != nil {
-		sub.Unsubscribe()
+func (w *Worker) leave(subs []*nats.Subscription, why string) {
+	for _, sub := range subs {
+		if !w.opts.Conn.IsConnected() || sub.Drain() != nil {
+			sub.Unsubscribe()
+		}
 	}
 	w.metrics.member.Set(0)
 	w.metrics.memberships.WithLabelValues(leftGroup).Inc()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/buckets"
+	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/redisconn"
@@ -40,6 +41,7 @@ type metrics struct {
 	requests     *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
 	ruleRefusals *prometheus.CounterVec
+	probation    prometheus.Counter
 	storeErrors  *prometheus.CounterVec
 	decisionTime prometheus.Histogram
 	storeTime    prometheus.Histogram
@@ -53,7 +55,7 @@ type metrics struct {
 	memberships *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string, nc *nats.Conn) *metrics {
+func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules map[string][]string, nc *nats.Conn) *metrics {
 	f := promauto.With(reg)
 	latency := buckets.Latency(timeout)
 	m := &metrics{
@@ -63,12 +65,16 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 		}, []string{"outcome"}),
 		decisions: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_worker_decisions_total",
-			Help: "Join-group decisions by decision (allow, refuse) and the step that decided (reason).",
-		}, []string{"decision", "reason"}),
+			Help: "Decisions by callback command, decision (allow, refuse) and the step that decided (reason).",
+		}, []string{"command", "decision", "reason"}),
 		ruleRefusals: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_worker_rule_refusals_total",
-			Help: "Requests a rate-limit rule refused (mode=enforce) or would have refused (mode=shadow).",
-		}, []string{"rule", "mode"}),
+			Help: "Requests a rate-limit rule of a command's policy refused (mode=enforce) or would have refused (mode=shadow).",
+		}, []string{"command", "rule", "mode"}),
+		probation: f.NewCounter(prometheus.CounterOpts{
+			Name: "joingate_worker_probation_members_total",
+			Help: "Members admitted muted by member_join.probation (muteEndTime set).",
+		}),
 		storeErrors: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_worker_store_errors_total",
 			Help: "Failed store calls by call (decide: a decision, answered by worker.on_store_error; probe: the worker's health check) and cause (auth, database, unknown_host, tls: fix the configuration; refused, closed, timeout: an outage; breaker_open; other).",
@@ -128,8 +134,10 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules []string
 	for _, o := range []string{outcomeDecided, outcomeExpired, outcomeInvalid, outcomeNoPolicy} {
 		m.requests.WithLabelValues(o)
 	}
-	for _, o := range policy.Outcomes {
-		m.decisions.WithLabelValues(decisionLabel(o.Allowed), string(o.Reason))
+	for _, command := range callback.Commands {
+		for _, o := range policy.Outcomes(command) {
+			m.decisions.WithLabelValues(command, decisionLabel(o.Allowed), string(o.Reason))
+		}
 	}
 	m.addRules(rules)
 	return m
@@ -143,10 +151,13 @@ func decisionLabel(allowed bool) string {
 	return "refuse"
 }
 
-// addRules pre-creates the series of rules, so that they start at 0.
-func (m *metrics) addRules(rules []string) {
-	for _, r := range rules {
-		m.ruleRefusals.WithLabelValues(r, "enforce")
-		m.ruleRefusals.WithLabelValues(r, "shadow")
+// addRules pre-creates the series of each command's rules, so that they
+// start at 0.
+func (m *metrics) addRules(rules map[string][]string) {
+	for command, names := range rules {
+		for _, r := range names {
+			m.ruleRefusals.WithLabelValues(command, r, "enforce")
+			m.ruleRefusals.WithLabelValues(command, r, "shadow")
+		}
 	}
 }

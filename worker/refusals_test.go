@@ -66,7 +66,7 @@ func TestRefusalMemoryAcrossWorkers(t *testing.T) {
 				t.Fatal(err)
 			}
 		} else {
-			check, err := p.Rule("per-applicant", applicant, "")
+			check, err := p.JoinGroup.Rule("per-applicant", applicant, "")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,12 +35,13 @@ type Store interface {
 // Options configure a Worker. Conn, Policy and Store are required.
 type Options struct {
 	Conn *nats.Conn
-	// Subject prefix: the worker takes <Subject>.> in queue group Queue.
+	// Subject prefix: the worker takes <Subject>.<command> for each of
+	// callback.Commands, in queue group Queue.
 	Subject string
 	Queue   string
 	// Concurrency bounds the decisions made at once.
 	Concurrency int
-	Policy      *policy.JoinGroup
+	Policy      *policy.Set
 	Store       Store
 	// MissingDeadline is the budget of a request that carries no deadline
 	// header (a gateway of another version, a hand-made request).
@@ -129,7 +131,7 @@ type Worker struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics
-	policy  atomic.Pointer[policy.JoinGroup]
+	policy  atomic.Pointer[policy.Set]
 	store   Store        // the store behind the breaker
 	decider policy.Store // what decisions ask: store, or memory in front of it
 	memory  *memory      // nil without RefusalMemory
@@ -196,12 +198,12 @@ func New(opts Options) (*Worker, error) {
 	return w, nil
 }
 
-// Policy returns the policy in force.
-func (w *Worker) Policy() *policy.JoinGroup { return w.policy.Load() }
+// Policy returns the policies in force.
+func (w *Worker) Policy() *policy.Set { return w.policy.Load() }
 
-// SetPolicy replaces the policy for the requests that follow. Counters of
-// rules that keep their name carry on (see the README on reloads).
-func (w *Worker) SetPolicy(p *policy.JoinGroup) {
+// SetPolicy replaces the policies for the requests that follow. Counters
+// of rules that keep their name carry on (see the README on reloads).
+func (w *Worker) SetPolicy(p *policy.Set) {
 	w.metrics.addRules(p.Rules())
 	w.policy.Store(p)
 }
@@ -234,25 +236,22 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-stop: // stopped after a drain timeout: the gateway falls back
 		}
 	}
-	w.log.Info("worker started; joins the queue group once its store answers", "subject", w.prefix+">", "queue", w.opts.Queue,
+	w.log.Info("worker started; joins the queue group once its store answers", "subjects", w.subjects(), "queue", w.opts.Queue,
 		"concurrency", w.opts.Concurrency, "store_budget", w.opts.StoreBudget)
 
 	var wg sync.WaitGroup
 	for range w.opts.Concurrency {
 		wg.Go(func() {
-			var (
-				s   policy.Scratch
-				req callback.JoinGroup
-			)
+			var s policy.Scratch
 			for {
 				select {
 				case m := <-work:
-					w.handle(m, &s, &req)
+					w.handle(m, &s)
 				case <-stop:
 					for {
 						select {
 						case m := <-work:
-							w.handle(m, &s, &req)
+							w.handle(m, &s)
 						default:
 							return
 						}
@@ -272,37 +271,53 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	sub, err := w.keepMembership(ctx, handler)
-	if err != nil || sub == nil {
+	subs, err := w.keepMembership(ctx, handler)
+	if err != nil || subs == nil {
 		return err
 	}
 	w.log.Info("worker draining")
 	w.metrics.member.Set(0)
-	closed := sub.StatusChanged(nats.SubscriptionClosed)
-	if err := sub.Drain(); err != nil {
-		w.log.Warn("drain subscription", "err", err)
+	closed := make([]<-chan nats.SubStatus, len(subs))
+	for i, sub := range subs {
+		closed[i] = sub.StatusChanged(nats.SubscriptionClosed)
+		if err := sub.Drain(); err != nil {
+			w.log.Warn("drain subscription", "subject", sub.Subject, "err", err)
+		}
 	}
 	// A drain cannot finish while NATS is down, and replies could not be
 	// sent anyway: stop waiting then.
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	timeout := time.After(w.opts.DrainTimeout)
+	allClosed := make(chan struct{})
+	go func() { // ends when the last one closes, drained or unsubscribed
+		for _, c := range closed {
+			<-c
+		}
+		close(allClosed)
+	}()
 	for {
 		select {
-		case <-closed:
+		case <-allClosed:
 			return nil
 		case <-tick.C:
-			if !sub.IsValid() {
+			valid := 0
+			for _, sub := range subs {
+				if sub.IsValid() {
+					valid++
+				}
+			}
+			if valid == 0 {
 				return nil // closed before StatusChanged was asked
 			}
 			if !w.opts.Conn.IsConnected() {
 				w.log.Warn("nats down while draining; unanswered requests fall back at their gateways")
-				sub.Unsubscribe()
+				unsubscribe(subs)
 				return nil
 			}
 		case <-timeout:
 			w.log.Warn("drain timed out; unanswered requests fall back at their gateways", "timeout", w.opts.DrainTimeout)
-			sub.Unsubscribe()
+			unsubscribe(subs)
 			return nil
 		}
 	}
@@ -321,7 +336,7 @@ func (w *Worker) Ready(context.Context) error {
 	return nil
 }
 
-func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup) {
+func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 	start := time.Now()
 	w.metrics.inFlight.Inc()
 	defer w.metrics.inFlight.Dec()
@@ -332,25 +347,16 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 		deadline = start.Add(w.opts.MissingDeadline)
 	} else if !start.Before(deadline) {
 		// The gateway has answered already; judging now would spend quota
-		// on an application IMServer was told to let through.
+		// on a call IMServer was told to let through.
 		w.metrics.requests.WithLabelValues(outcomeExpired).Inc()
 		w.log.Debug("request expired before it was judged", "operationID", opID, "late", start.Sub(deadline))
 		return
 	}
 
 	command := strings.TrimPrefix(m.Subject, w.prefix)
-	if command != callback.JoinGroupCommand {
+	if !slices.Contains(callback.Commands, command) {
 		w.metrics.requests.WithLabelValues(outcomeNoPolicy).Inc()
 		s.Body = append(s.Body[:0], callback.AllowJSON...)
-		w.respond(m, s.Body, opID)
-		return
-	}
-	if err := callback.DecodeJoinGroup(m.Data, req); err != nil {
-		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
-		if l, ok := w.throttled.Allow(slog.LevelWarn, "invalid callback body", slog.Attr{}); ok {
-			l.Log("operationID", opID, "err", err)
-		}
-		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
 		w.respond(m, s.Body, opID)
 		return
 	}
@@ -365,8 +371,17 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	if w.memory != nil {
 		w.memory.catchUp()
 	}
-	d, err := w.policy.Load().Decide(ctx, req, w.decider, s)
+	d, err := w.policy.Load().Decide(ctx, command, m.Data, w.decider, s)
 	cancel()
+	if errors.Is(err, callback.ErrMalformed) {
+		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
+		if l, ok := w.throttled.Allow(slog.LevelWarn, "invalid callback body", slog.String("command", command)); ok {
+			l.Log("operationID", opID, "err", err)
+		}
+		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
+		w.respond(m, s.Body, opID)
+		return
+	}
 	if err != nil && !time.Now().Before(deadline) {
 		// The store was too slow for this request's budget (go-redis says
 		// "i/o timeout" when the deadline cuts a read): the gateway has
@@ -388,21 +403,23 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch, req *callback.JoinGroup)
 	// Counted before the reply, so that whoever sees the answer sees it counted.
 	w.metrics.requests.WithLabelValues(outcomeDecided).Inc()
 	decision := decisionLabel(d.Allowed)
-	w.metrics.decisions.WithLabelValues(decision, string(d.Reason)).Inc()
+	w.metrics.decisions.WithLabelValues(command, decision, string(d.Reason)).Inc()
 	if d.Rule != "" {
-		w.metrics.ruleRefusals.WithLabelValues(d.Rule, "enforce").Inc()
+		w.metrics.ruleRefusals.WithLabelValues(command, d.Rule, "enforce").Inc()
+	}
+	if !d.MuteUntil.IsZero() {
+		w.metrics.probation.Add(float64(len(s.MembersJoin.MemberList)))
 	}
 	for _, r := range s.Shadowed {
-		w.metrics.ruleRefusals.WithLabelValues(r, "shadow").Inc()
+		w.metrics.ruleRefusals.WithLabelValues(command, r, "shadow").Inc()
 		if l, ok := w.throttled.Allow(slog.LevelInfo, "shadow rule would refuse", slog.String("rule", r)); ok {
-			l.Log("operationID", opID)
+			l.Log("operationID", opID, "command", command)
 		}
 	}
 	w.respond(m, s.Body, opID)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
 	if w.log.Enabled(context.Background(), slog.LevelDebug) {
-		w.log.Debug("decided", "operationID", opID, "decision", decision, "reason", d.Reason, "rule", d.Rule,
-			"applyID", req.ApplyID, "groupID", req.GroupID, "groupType", req.GroupType)
+		w.log.Debug("decided", "operationID", opID, "command", command, "decision", decision, "reason", d.Reason, "rule", d.Rule)
 	}
 }
 

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,11 +36,11 @@ type answer struct {
 	ErrMsg, ErrDlt                string
 }
 
-func testPolicy(t *testing.T, limits ...config.Limit) *policy.JoinGroup {
+func testPolicy(t *testing.T, limits ...config.Limit) *policy.Set {
 	t.Helper()
 	cfg := config.Default()
 	cfg.JoinGroup.Limits = limits
-	p, err := policy.New(cfg.JoinGroup, cfg.Worker, "test:")
+	p, err := policy.NewSet(cfg, "test:")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func perApplicant(n int) config.Limit {
 
 // startWorker runs a worker on ns and returns it, its registry and a stop
 // function that ends Run and waits for it (also called when the test ends).
-func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGroup, mutate func(*Options)) (*Worker, *prometheus.Registry, func()) {
+func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.Set, mutate func(*Options)) (*Worker, *prometheus.Registry, func()) {
 	t.Helper()
 	w, reg, stop := runWorker(t, ns, store, p, mutate)
 	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) == nil }) {
@@ -62,7 +63,7 @@ func startWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGro
 }
 
 // runWorker is startWorker without waiting until the worker is ready.
-func runWorker(t *testing.T, ns *server.Server, store Store, p *policy.JoinGroup, mutate func(*Options)) (*Worker, *prometheus.Registry, func()) {
+func runWorker(t *testing.T, ns *server.Server, store Store, p *policy.Set, mutate func(*Options)) (*Worker, *prometheus.Registry, func()) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts := DefaultOptions()
@@ -116,7 +117,7 @@ func TestDecides(t *testing.T) {
 			t.Fatalf("request %d: %+v", i+1, a)
 		}
 	}
-	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", "refuse", "rate_limit")
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", callback.JoinGroupCommand, "refuse", "rate_limit")
 
 	// A body that is not a callback gets actionCode 1, not silence.
 	m, err := request(t, nc, `{"groupID":5}`, time.Now().Add(time.Second))
@@ -126,13 +127,69 @@ func TestDecides(t *testing.T) {
 	if a := decode(t, m); a.ActionCode != 1 || a.ErrMsg == "" {
 		t.Fatalf("invalid body answered %+v", a)
 	}
-	// Another command on the subject is allowed.
-	m, err = nc.Request("joingate.callbackAfterJoinGroupCommand", []byte(`{}`), time.Second)
+	// Workers take only the commands they decide: any other falls back
+	// at the gateway at once (which answers it at the edge anyway).
+	if _, err = nc.Request("joingate.callbackAfterJoinGroupCommand", []byte(`{}`), time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("other command: %v, want no responders", err)
+	}
+}
+
+// The invitation and members-join callbacks are decided on their own
+// subjects, with their own policies and metrics, the probation mute in the
+// members-join answer.
+func TestDecidesEveryWayIn(t *testing.T) {
+	ns := testenv.NATS(t)
+	cfg := config.Default()
+	cfg.InviteToGroup.Limits = []config.Limit{{Name: "per-group", Key: config.KeyGroup, Limit: 3, Period: time.Hour, Burst: 3, ErrCode: 5101, ErrMsg: "x"}}
+	cfg.MemberJoin.DenyMembers = []string{"troll"}
+	cfg.MemberJoin.Probation.MuteFor = time.Hour
+	p, err := policy.NewSet(cfg, "test:")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := decode(t, m); a.ActionCode != 0 || a.NextCode != 0 {
-		t.Fatalf("other command answered %+v", a)
+	_, reg, _ := startWorker(t, ns, ratelimit.NewMemory(), p, nil)
+	nc := testenv.Conn(t, ns)
+	ask := func(command, body string) []byte {
+		t.Helper()
+		msg := nats.NewMsg("joingate." + command)
+		msg.Data = []byte(body)
+		natsconn.SetDeadline(msg, time.Now().Add(time.Second))
+		m, err := nc.RequestMsg(msg, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Data
+	}
+	if a := ask(callback.InviteCommand, callback.IMServerInvite("g", "", "a", "b")); !bytes.Equal(a, []byte(callback.AllowJSON)) {
+		t.Fatalf("invitation of 2 of 3: %s", a)
+	}
+	if a := ask(callback.InviteCommand, callback.IMServerInvite("g", "", "c", "d")); !bytes.Contains(a, []byte(`"errCode":5101`)) {
+		t.Fatalf("invitation of 2 more: %s", a)
+	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_rule_refusals_total", callback.InviteCommand, "enforce", "per-group")
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", callback.InviteCommand, "refuse", "rate_limit")
+	before := time.Now().Add(time.Hour).UnixMilli()
+	var joined struct {
+		NextCode           int
+		MemberCallbackList []struct {
+			UserID      string
+			MuteEndTime int64
+		}
+	}
+	if err := json.Unmarshal(ask(callback.MembersJoinCommand, callback.IMServerMembersJoin("g", "a", "b")), &joined); err != nil {
+		t.Fatal(err)
+	}
+	if joined.NextCode != 0 || len(joined.MemberCallbackList) != 2 || joined.MemberCallbackList[1].UserID != "b" ||
+		joined.MemberCallbackList[0].MuteEndTime < before || joined.MemberCallbackList[0].MuteEndTime > time.Now().Add(time.Hour).UnixMilli() {
+		t.Fatalf("members-join under probation: %+v", joined)
+	}
+	testenv.WantValue(t, reg, 2, "joingate_worker_probation_members_total")
+	if a := ask(callback.MembersJoinCommand, callback.IMServerMembersJoin("g", "a", "troll")); !bytes.Contains(a, []byte(`"errCode":5200`)) {
+		t.Fatalf("members-join with a denied member: %s", a)
+	}
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", callback.MembersJoinCommand, "refuse", "deny_member")
+	if a := ask(callback.MembersJoinCommand, `{"groupID":"g","memberList":[]}`); !bytes.Contains(a, []byte(`"actionCode":1`)) {
+		t.Fatalf("empty members-join: %s", a)
 	}
 }
 
@@ -227,7 +284,7 @@ func TestStoreBudget(t *testing.T) {
 		t.Fatalf("answer %+v, want allow (on_store_error)", a)
 	}
 	testenv.WantValue(t, reg, 1, "joingate_worker_store_errors_total", callDecide, redisconn.CauseTimeout)
-	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", "allow", "store_error")
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", callback.JoinGroupCommand, "allow", "store_error")
 }
 
 func TestStoreErrorAnswersConfigured(t *testing.T) {
@@ -246,7 +303,7 @@ func TestStoreErrorAnswersConfigured(t *testing.T) {
 	if n := testenv.Sum(t, reg, "joingate_worker_store_errors_total", callDecide); n != 1 {
 		t.Fatalf("%v decisions failed in the store, want 1", n)
 	}
-	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", "allow", "store_error")
+	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", callback.JoinGroupCommand, "allow", "store_error")
 }
 
 // A worker whose store refuses it (wrong password) never joins the queue
@@ -337,7 +394,7 @@ func TestQueueGroupFollowsStore(t *testing.T) {
 	if a, err := ask(); err != nil || a.NextCode != 0 {
 		t.Fatalf("after Redis came back: %+v, %v", a, err)
 	}
-	testenv.WantValue(t, reg, 2, "joingate_worker_decisions_total", "allow", "passed")
+	testenv.WantValue(t, reg, 2, "joingate_worker_decisions_total", callback.JoinGroupCommand, "allow", "passed")
 	testenv.WantValue(t, reg, 2, "joingate_worker_queue_group_transitions_total", joinedGroup)
 	testenv.WantValue(t, reg, 0, "joingate_worker_store_breaker_state")
 

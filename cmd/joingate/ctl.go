@@ -25,12 +25,15 @@ Talks to a worker's (or 'all' process's) admin API; the token is the
 worker's admin_token (also read from JOINGATE_ADMIN_TOKEN).
 
 commands:
-  quota show  <rule> [ID...]      a rule's quota: applicant or group ID, both
-  quota reset <rule> [ID...]        (applicant first) for applicant_group, none for global
+  quota show  <rule> [ID...]      a rule's quota: user or group ID, both (user
+  quota reset <rule> [ID...]        first) for applicant_group and member_group,
+                                    none for global; --command names the policy
   deny  add|remove applicant|group <ID>
   deny  list applicant|group
   allow add|remove applicant <ID>
-  allow list applicant
+  allow list applicant            (join_group's lists)
+  list  add|remove <LIST> <ID>    any dynamic list, such as
+  list  show <LIST>                 invite_to_group.deny_invitees (see README)
   explain [FILE]                  how a callback body (FILE or stdin) would be
                                   decided now, without consuming quota
 `
@@ -45,6 +48,7 @@ func runCtl(args, environ []string, stdin io.Reader, stdout, stderr io.Writer) i
 	token := fs.String("token", envValue(environ, "JOINGATE_ADMIN_TOKEN"), "admin_token of that process")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the API")
+	command := fs.String("command", "join_group", "the policy whose rule quota shows or resets: join_group, invite_to_group or member_join")
 	// Flags may come before or after the command's words ("ctl deny list
 	// applicant --json"); after "--" everything is a word (an ID that
 	// starts with "-").
@@ -84,9 +88,20 @@ func runCtl(args, environ []string, stdin io.Reader, stdout, stderr io.Writer) i
 			return usage("want: quota show|reset <rule> [ID...]")
 		}
 		if rest[0] == "show" {
-			out, err = c.Quota(ctx, rest[1], rest[2:])
+			out, err = c.Quota(ctx, *command, rest[1], rest[2:])
 		} else {
-			out, err = c.ResetQuota(ctx, rest[1], rest[2:])
+			out, err = c.ResetQuota(ctx, *command, rest[1], rest[2:])
+		}
+	case "list":
+		switch {
+		case len(rest) == 3 && rest[0] == "add" && rest[2] != "":
+			out, err = c.ListAdd(ctx, rest[1], rest[2])
+		case len(rest) == 3 && rest[0] == "remove" && rest[2] != "":
+			out, err = c.ListRemove(ctx, rest[1], rest[2])
+		case len(rest) == 2 && rest[0] == "show":
+			out, err = c.ListMembers(ctx, rest[1])
+		default:
+			return usage("want: list add|remove <LIST> <ID>, or list show <LIST> (lists: %s)", strings.Join(policy.Lists, ", "))
 		}
 	case "deny", "allow":
 		list, id, op, bad := listArgs(cmd, rest)
@@ -181,11 +196,15 @@ func printCtl(w io.Writer, out any) {
 			fmt.Fprintf(w, "  exhausted: the next request is admitted in %.1fs\n", v.RetryAfter)
 		}
 	case control.ExplainResponse:
-		groupType := strconv.Itoa(int(v.Callback.GroupType))
-		if v.Callback.GroupType == callback.GroupTypeUnknown {
-			groupType = "not a number"
+		if v.Command == callback.JoinGroupCommand || v.Command == "" {
+			groupType := strconv.Itoa(int(v.Callback.GroupType))
+			if v.Callback.GroupType == callback.GroupTypeUnknown {
+				groupType = "not a number"
+			}
+			fmt.Fprintf(w, "callback: applicant %q, group %q (group type %s)\n", v.Callback.ApplyID, v.Callback.GroupID, groupType)
+		} else {
+			fmt.Fprintf(w, "callback: %s, group %q, users %q\n", v.Command, v.Callback.GroupID, v.Callback.Users)
 		}
-		fmt.Fprintf(w, "callback: applicant %q, group %q (group type %s)\n", v.Callback.ApplyID, v.Callback.GroupID, groupType)
 		fmt.Fprintf(w, "decision: %s (%s", v.Decision, v.Reason)
 		if v.Rule != "" {
 			fmt.Fprintf(w, ", rule %s", v.Rule)
@@ -195,11 +214,18 @@ func printCtl(w io.Writer, out any) {
 			fmt.Fprintf(w, "store error: %s\n", v.Error)
 		}
 		for _, r := range v.Rules {
-			verdict := fmt.Sprintf("admits, %d left after this one", r.Remaining)
+			verdict := fmt.Sprintf("admits %d, %d left after", r.Cost, r.Remaining)
 			if !r.Allowed {
-				verdict = fmt.Sprintf("refuses, retry in %.1fs", r.RetryAfter)
+				verdict = fmt.Sprintf("refuses %d, retry in %.1fs", r.Cost, r.RetryAfter)
 			}
-			fmt.Fprintf(w, "  rule %-24s %s\n", r.Name, verdict)
+			name := r.Name
+			if r.For != "" {
+				name += " for " + r.For
+			}
+			fmt.Fprintf(w, "  rule %-24s %s\n", name, verdict)
+		}
+		if v.MuteUntil != "" {
+			fmt.Fprintf(w, "probation: members muted until %s\n", v.MuteUntil)
 		}
 		fmt.Fprintf(w, "answer: %s\n", compactJSON(v.Answer))
 	}

@@ -25,7 +25,7 @@ import (
 func ctlServer(t *testing.T) string {
 	t.Helper()
 	cfg := config.Default()
-	p, err := policy.New(cfg.JoinGroup, cfg.Worker, cfg.Redis.KeyPrefix)
+	p, err := policy.NewSet(cfg, cfg.Redis.KeyPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func ctlServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.HandleAPI(control.Handler(ratelimit.NewMemory(), func() *policy.JoinGroup { return p }, log), "tok")
+	s.HandleAPI(control.Handler(ratelimit.NewMemory(), func() *policy.Set { return p }, log), "tok")
 	testenv.Run(t, s.Run)
 	return "http://" + s.Addr()
 }
@@ -79,7 +79,20 @@ func TestCtl(t *testing.T) {
 		t.Fatalf("quota reset --json: %d %q", code, out)
 	}
 
+	// Every list by name; rules and explanations of the other commands.
+	f(0, "invite_to_group.deny_invitees: 1\nspam-bot\n", "list", "add", "invite_to_group.deny_invitees", "spam-bot")
+	f(0, "member_join.deny_groups: 1\ng9\n", "list", "add", "member_join.deny_groups", "g9")
+	f(0, "member_join.deny_groups: 0\n", "list", "remove", "member_join.deny_groups", "g9")
+	f(0, "invite_to_group.deny_invitees: 1\nspam-bot\n", "list", "show", "invite_to_group.deny_invitees")
+	code, out, _ = ctl(callback.IMServerInvite("g3", "", "a", "spam-bot"), "explain")
+	if code != 0 || !strings.Contains(out, `callback: callbackBeforeInviteJoinGroupCommand, group "g3", users ["a" "spam-bot"]`) ||
+		!strings.Contains(out, "decision: refuse (deny_invitee)") {
+		t.Fatalf("explain of an invitation: %d %q", code, out)
+	}
+	f(1, `no limit rule "applicant-per-minute" in callbackBeforeMembersJoinGroupCommand`, "--command", "member_join", "quota", "show", "applicant-per-minute", "u1")
+
 	// Usage errors exit 2 and say what is wanted.
+	f(2, "want: list add|remove <LIST> <ID>", "list", "add", "member_join.deny_members")
 	f(2, "no command")
 	f(2, "unknown command", "frobnicate")
 	f(2, "allow add|remove applicant", "allow", "add", "group", "g")

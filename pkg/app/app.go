@@ -138,9 +138,9 @@ func New(cfg config.Config, opts Options) (_ *App, err error) {
 			return nil, err
 		}
 		a.life.onStop(func(time.Time) { closeStore() })
-		pol, err := policy.New(cfg.JoinGroup, cfg.Worker, cfg.Redis.KeyPrefix)
+		pol, err := policy.NewSet(cfg, cfg.Redis.KeyPrefix)
 		if err != nil {
-			return nil, fmt.Errorf("join_group policy: %w", err)
+			return nil, fmt.Errorf("policy: %w", err)
 		}
 		nc, err := connect("worker")
 		if err != nil {
@@ -288,7 +288,8 @@ func runReload(ctx context.Context, watcher *reload.Watcher, opts Options, log *
 
 // newWatcher returns a watcher that reloads the policy of wk when the config
 // file changes or on SIGHUP, or nil when there is no file to watch. Only the
-// policy (join_group, worker.on_store_error, worker.store_error_refusal)
+// policies (join_group, invite_to_group, member_join,
+// worker.on_store_error, worker.store_error_refusal)
 // changes without a restart; other changed keys are reported and ignored.
 func newWatcher(running config.Config, path string, load func() (config.Config, error), wk *worker.Worker, reg prometheus.Registerer, log *slog.Logger) (*reload.Watcher, error) {
 	if path == "" {
@@ -300,9 +301,9 @@ func newWatcher(running config.Config, path string, load func() (config.Config, 
 		if err != nil {
 			return nil, err
 		}
-		pol, err := policy.New(cfg.JoinGroup, cfg.Worker, running.Redis.KeyPrefix)
+		pol, err := policy.NewSet(cfg, running.Redis.KeyPrefix)
 		if err != nil {
-			return nil, fmt.Errorf("join_group policy: %w", err)
+			return nil, fmt.Errorf("policy: %w", err)
 		}
 		var later []string
 		for _, k := range config.Diff(running, cfg) {
@@ -321,7 +322,8 @@ func newWatcher(running config.Config, path string, load func() (config.Config, 
 			log.Warn("the other workers' memory of refusals was not told of the new policy", "err", err)
 		}
 		applied = cfg
-		log.Info("policy in force", "limits", len(cfg.JoinGroup.Limits), "dry_run", cfg.JoinGroup.DryRun)
+		log.Info("policy in force", "limits", len(cfg.JoinGroup.Limits), "dry_run", cfg.JoinGroup.DryRun,
+			"invite_limits", len(cfg.InviteToGroup.Limits), "member_join_limits", len(cfg.MemberJoin.Limits), "probation", cfg.MemberJoin.Probation.MuteFor)
 		return changed, nil
 	}
 	w, err := reload.New(reload.Options{Path: path, Reload: apply, Logger: log, Registerer: reg})

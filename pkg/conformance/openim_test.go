@@ -18,6 +18,7 @@ import (
 	"github.com/openimsdk/open-im-server/v3/pkg/callbackstruct"
 	"github.com/openimsdk/open-im-server/v3/pkg/common/config"
 	"github.com/openimsdk/open-im-server/v3/pkg/common/servererrs"
+	"github.com/openimsdk/open-im-server/v3/pkg/common/storage/model"
 	"github.com/openimsdk/open-im-server/v3/pkg/common/webhook"
 	"github.com/openimsdk/protocol/constant"
 	"github.com/openimsdk/protocol/sdkws"
@@ -68,6 +69,82 @@ func (s *imserver) apply(groupID, applyID, reqMessage string) error {
 		return err
 	}
 	return nil
+}
+
+// invite is internal/rpc/group InviteUserToGroup's webhook step, as
+// webhookBeforeInviteUserToGroup builds and posts it (the operation ID from
+// ctx). OpenIM ignores the answer's refusedMembersAccount: the invitation
+// goes on or fails whole.
+func (s *imserver) invite(ctx context.Context, groupID, reason string, invited ...string) error {
+	err := webhook.WithCondition(ctx, s.before, func(ctx context.Context) error {
+		req := &callbackstruct.CallbackBeforeInviteUserToGroupReq{
+			CallbackCommand: callbackstruct.CallbackBeforeInviteJoinGroupCommand,
+			OperationID:     mcontext.GetOperationID(ctx),
+			GroupID:         groupID,
+			Reason:          reason,
+			InvitedUserIDs:  invited,
+		}
+		resp := &callbackstruct.CallbackBeforeInviteUserToGroupResp{}
+		return s.client.SyncPost(ctx, req.GetCallbackCommand(), req, resp, s.before)
+	})
+	if err != nil && err != servererrs.ErrCallbackContinue {
+		return err
+	}
+	return nil
+}
+
+// membersJoin is webhookBeforeMembersJoinGroup (internal/rpc/group
+// callback.go), which creation, invitation, approval and direct join all
+// call: the members as group.go builds them (MuteEndTime 0), the request,
+// and the answer applied to them as OpenIM applies it, muteEndTime
+// included. It returns the members as OpenIM would store them.
+func (s *imserver) membersJoin(groupID string, userIDs ...string) ([]*model.GroupMember, error) {
+	var members []*model.GroupMember
+	for _, id := range userIDs {
+		members = append(members, &model.GroupMember{GroupID: groupID, UserID: id, RoleLevel: constant.GroupOrdinaryUsers, JoinTime: time.Now(), MuteEndTime: time.UnixMilli(0)})
+	}
+	err := webhook.WithCondition(s.ctx(), s.before, func(ctx context.Context) error {
+		byID := map[string]*model.GroupMember{}
+		var list []*callbackstruct.CallbackGroupMember
+		for _, m := range members {
+			byID[m.UserID] = m
+			list = append(list, &callbackstruct.CallbackGroupMember{UserID: m.UserID, Ex: m.Ex})
+		}
+		req := &callbackstruct.CallbackBeforeMembersJoinGroupReq{
+			CallbackCommand: callbackstruct.CallbackBeforeMembersJoinGroupCommand,
+			GroupID:         groupID,
+			MembersList:     list,
+		}
+		resp := &callbackstruct.CallbackBeforeMembersJoinGroupResp{}
+		if err := s.client.SyncPost(ctx, req.GetCallbackCommand(), req, resp, s.before); err != nil {
+			return err
+		}
+		for _, r := range resp.MemberCallbackList {
+			if m, ok := byID[*r.UserID]; ok { // OpenIM dereferences userID unchecked
+				if r.MuteEndTime != nil {
+					m.MuteEndTime = time.UnixMilli(*r.MuteEndTime)
+				}
+				notNilReplace(&m.FaceURL, r.FaceURL)
+				notNilReplace(&m.Ex, r.Ex)
+				notNilReplace(&m.Nickname, r.Nickname)
+				notNilReplace(&m.RoleLevel, r.RoleLevel)
+			}
+		}
+		return nil
+	})
+	if err != nil && err != servererrs.ErrCallbackContinue {
+		return nil, err
+	}
+	return members, nil
+}
+
+// notNilReplace is datautil.NotNilReplace (openimsdk/tools), which the
+// group service applies the answer with; its package would bring one more
+// module into this one's go.sum for four lines.
+func notNilReplace[T any](dst, src *T) {
+	if src != nil {
+		*dst = *src
+	}
 }
 
 // refusal is what the app user is shown when OpenIM refuses a join.
@@ -126,6 +203,18 @@ join_group:
       period: 1h
       err_code: 5009
       err_msg: "slow down"
+invite_to_group:
+  deny_invitees: [troll]
+  max_invitees: 4
+  limits:
+    - {name: per-group, key: group, limit: 5, period: 1h}
+member_join:
+  deny_members: [troll]
+  limits:
+    - {name: per-group, key: group, limit: 4, period: 1h}
+  probation:
+    mute_for: 10m
+    groups: [g-new]
 `
 
 // TestIMServerBytes pins what the rest of joingate's tests send for
@@ -160,6 +249,16 @@ func TestIMServerBytes(t *testing.T) {
 		if want := callback.IMServerJoinGroup("g1", "u1", msg); string(g.body) != want {
 			t.Errorf("IMServer's body\n %q\ncallback.IMServerJoinGroup\n %q", g.body, want)
 		}
+		// The other two ways in: the fixtures are OpenIM's bytes too.
+		wantJoined(t, tc.base, im.invite(mcontext.SetOperationID(context.Background(), "op-g1"), "g1", msg, "u2", "u3"))
+		if b, want := (<-seen).body, callback.IMServerInvite("g1", msg, "u2", "u3"); string(b) != want {
+			t.Errorf("IMServer's invitation\n %q\ncallback.IMServerInvite\n %q", b, want)
+		}
+		_, err := im.membersJoin("g1", "u2", "u3")
+		wantJoined(t, tc.base, err)
+		if b, want := (<-seen).body, callback.IMServerMembersJoin("g1", "u2", "u3"); string(b) != want {
+			t.Errorf("IMServer's members-join\n %q\ncallback.IMServerMembersJoin\n %q", b, want)
+		}
 		for name, want := range map[string]string{
 			"Content-Type":    "application/json; charset=utf-8",
 			"Accept-Encoding": "gzip",
@@ -186,6 +285,7 @@ func TestConformance(t *testing.T) {
 			d := shape.start(t, writeConfig(t, policy))
 			im := newIMServer(d.base)
 			testDecisions(t, d, im)
+			testEveryWayIn(t, d, im)
 			testOtherCallbacks(t, im)
 			testConcurrent(t, d)
 			if d.nats != nil {
@@ -254,6 +354,56 @@ func testDecisions(t *testing.T, d *deployment, im *imserver) {
 	})
 }
 
+// testEveryWayIn drives the invitation and members-join callbacks as the
+// group service does: all or nothing per call, lists per command, and
+// probation's muteEndTime as OpenIM stores it.
+func testEveryWayIn(t *testing.T, d *deployment, im *imserver) {
+	t.Run("invitation", func(t *testing.T) {
+		wantJoined(t, "invitation of 3 of 5", im.invite(im.ctx(), "g-inv", "welcome", "a", "b", "c"))
+		wantRefused(t, "invitation of 3 more", im.invite(im.ctx(), "g-inv", "", "d", "e", "f"), 5101, "too many invitations")
+		// Refused whole, counted not at all: 2 still fit.
+		wantJoined(t, "invitation of 2 more", im.invite(im.ctx(), "g-inv", "", "d", "e"))
+		wantRefused(t, "too many at once", im.invite(im.ctx(), "g-inv2", "", "a", "b", "c", "d", "e"), 5102, "too many users invited at once")
+		wantRefused(t, "a denied invitee", im.invite(im.ctx(), "g-inv2", "", "a", "troll"), 5100, "invitation not allowed")
+		d.ctl(t, "list", "add", "invite_to_group.deny_groups", "g-inv2")
+		wantRefused(t, "into a dynamically denied group", im.invite(im.ctx(), "g-inv2", "", "a"), 5100, "invitation not allowed")
+		// The application door has lists of its own.
+		wantJoined(t, "an application into that group", im.apply("g-inv2", "zoe", "hi"))
+		d.ctl(t, "list", "remove", "invite_to_group.deny_groups", "g-inv2")
+		wantJoined(t, "after the entry is removed", im.invite(im.ctx(), "g-inv2", "", "a"))
+	})
+
+	t.Run("members join", func(t *testing.T) {
+		before := time.Now()
+		members, err := im.membersJoin("g-new", "m1", "m2")
+		wantJoined(t, "members join under probation", err)
+		for _, m := range members {
+			// OpenIM mutes a member while MuteEndTime is in the future.
+			if !m.MuteEndTime.After(before.Add(10*time.Minute-time.Second)) || m.MuteEndTime.After(time.Now().Add(10*time.Minute)) {
+				t.Fatalf("member %s: MuteEndTime %s, want 10m after %s", m.UserID, m.MuteEndTime, before)
+			}
+		}
+		members, err = im.membersJoin("g-old", "m1")
+		wantJoined(t, "members join without probation", err)
+		if !members[0].MuteEndTime.Equal(time.UnixMilli(0)) {
+			t.Fatalf("muted outside probation: %s", members[0].MuteEndTime)
+		}
+		// 2 of g-new's 4 are taken: 3 more are refused whole, 2 fit.
+		_, err = im.membersJoin("g-new", "m3", "m4", "m5")
+		wantRefused(t, "3 more members", err, 5201, "too many new members")
+		_, err = im.membersJoin("g-new", "m3", "m4")
+		wantJoined(t, "2 more members", err)
+		_, err = im.membersJoin("g-old", "m9", "troll")
+		wantRefused(t, "a denied member", err, 5200, "joining this group is not allowed")
+		d.ctl(t, "list", "add", "member_join.deny_members", "m9")
+		_, err = im.membersJoin("g-old", "m9")
+		wantRefused(t, "a dynamically denied member", err, 5200, "joining this group is not allowed")
+		d.ctl(t, "list", "remove", "member_join.deny_members", "m9")
+		_, err = im.membersJoin("g-old", "m9")
+		wantJoined(t, "after the entry is removed", err)
+	})
+}
+
 // testOtherCallbacks posts every other before-callback OpenIM defines, each
 // with its own request struct, and parses the answer with the matching
 // response struct: joingate holds no policy for them and lets them on.
@@ -271,9 +421,7 @@ func testOtherCallbacks(t *testing.T, im *imserver) {
 		resp callbackstruct.CallbackResp
 	}{
 		{&callbackstruct.CallbackBeforeCreateGroupReq{CallbackCommand: cmd(callbackstruct.CallbackBeforeCreateGroupCommand), GroupInfo: &sdkws.GroupInfo{GroupID: "g9", GroupType: constant.WorkingGroup}}, &callbackstruct.CallbackBeforeCreateGroupResp{}},
-		{&callbackstruct.CallbackBeforeMembersJoinGroupReq{CallbackCommand: cmd(callbackstruct.CallbackBeforeMembersJoinGroupCommand), GroupID: "g1", MembersList: []*callbackstruct.CallbackGroupMember{{UserID: "u2"}}}, &callbackstruct.CallbackBeforeMembersJoinGroupResp{}},
 		{&callbackstruct.CallbackBeforeSetGroupMemberInfoReq{CallbackCommand: cmd(callbackstruct.CallbackBeforeSetGroupMemberInfoCommand), GroupID: "g1", UserID: "u1", Nickname: str("n")}, &callbackstruct.CallbackBeforeSetGroupMemberInfoResp{}},
-		{&callbackstruct.CallbackBeforeInviteUserToGroupReq{CallbackCommand: cmd(callbackstruct.CallbackBeforeInviteJoinGroupCommand), GroupID: "g1", InvitedUserIDs: []string{"u2", "u3"}}, &callbackstruct.CallbackBeforeInviteUserToGroupResp{}},
 		{&callbackstruct.CallbackBeforeSetGroupInfoReq{CallbackCommand: cmd(callbackstruct.CallbackBeforeSetGroupInfoCommand), GroupID: "g1", GroupName: "name"}, &callbackstruct.CallbackBeforeSetGroupInfoResp{}},
 		{&callbackstruct.CallbackBeforeSetGroupInfoExReq{CallbackCommand: cmd(callbackstruct.CallbackBeforeSetGroupInfoExCommand), GroupID: "g1"}, &callbackstruct.CallbackBeforeSetGroupInfoExResp{}},
 		{&callbackstruct.CallbackBeforeSendSingleMsgReq{CommonCallbackReq: common(callbackstruct.CallbackBeforeSendSingleMsgCommand), RecvID: "u2"}, &callbackstruct.CallbackBeforeSendSingleMsgResp{}},

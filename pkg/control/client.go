@@ -69,21 +69,25 @@ func (c *Client) ListRemove(ctx context.Context, list, id string) (ListResponse,
 	return out, c.do(ctx, http.MethodDelete, "/api/v1/lists/"+url.PathEscape(list)+"/"+url.PathEscape(id), nil, &out)
 }
 
-func quotaPath(rule string, ids []string) string {
+func quotaPath(command, rule string, ids []string) string {
 	q := url.Values{"id": ids}
+	if command != "" {
+		q.Set("command", command)
+	}
 	return "/api/v1/quota/" + url.PathEscape(rule) + "?" + q.Encode()
 }
 
-// Quota shows a rule's quota for the IDs that key it.
-func (c *Client) Quota(ctx context.Context, rule string, ids []string) (QuotaResponse, error) {
+// Quota shows the quota of a rule of command's policy (a section name such
+// as invite_to_group; empty: join_group) for the IDs that key it.
+func (c *Client) Quota(ctx context.Context, command, rule string, ids []string) (QuotaResponse, error) {
 	var out QuotaResponse
-	return out, c.do(ctx, http.MethodGet, quotaPath(rule, ids), nil, &out)
+	return out, c.do(ctx, http.MethodGet, quotaPath(command, rule, ids), nil, &out)
 }
 
 // ResetQuota gives a rule's key its full burst again.
-func (c *Client) ResetQuota(ctx context.Context, rule string, ids []string) (QuotaResponse, error) {
+func (c *Client) ResetQuota(ctx context.Context, command, rule string, ids []string) (QuotaResponse, error) {
 	var out QuotaResponse
-	return out, c.do(ctx, http.MethodDelete, quotaPath(rule, ids), nil, &out)
+	return out, c.do(ctx, http.MethodDelete, quotaPath(command, rule, ids), nil, &out)
 }
 
 // Explain asks how a callback body would be decided now, consuming nothing.

@@ -7,6 +7,7 @@
 package control
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/joingate/joingate/pkg/callback"
@@ -34,7 +36,7 @@ type Store interface {
 
 // Handler serves the API for the store and the policy in force (read on
 // every call, so a reloaded policy applies at once).
-func Handler(store Store, current func() *policy.JoinGroup, log *slog.Logger) http.Handler {
+func Handler(store Store, current func() *policy.Set, log *slog.Logger) http.Handler {
 	s := &server{store: store, policy: current, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/lists/{list}", s.listMembers)
@@ -51,7 +53,7 @@ func Handler(store Store, current func() *policy.JoinGroup, log *slog.Logger) ht
 
 type server struct {
 	store  Store
-	policy func() *policy.JoinGroup
+	policy func() *policy.Set
 	log    *slog.Logger
 }
 
@@ -77,13 +79,17 @@ type QuotaResponse struct {
 
 // ExplainResponse says how a callback would be decided now.
 type ExplainResponse struct {
+	Command  string          `json:"command"`
 	Callback ExplainCallback `json:"callback"`
 	Decision string          `json:"decision"`
 	Reason   string          `json:"reason"`
 	Rule     string          `json:"rule,omitempty"`
 	Answer   json.RawMessage `json:"answer"`
 	Rules    []RuleVerdict   `json:"rules,omitempty"`
-	Error    string          `json:"store_error,omitempty"`
+	// MuteUntil is when the members admitted may post (member_join
+	// probation), RFC 3339 with milliseconds, as muteEndTime says.
+	MuteUntil string `json:"mute_until,omitempty"`
+	Error     string `json:"store_error,omitempty"`
 }
 
 // ExplainCallback is the callback as joingate read it. GroupType is the
@@ -91,13 +97,18 @@ type ExplainResponse struct {
 // never judged.
 type ExplainCallback struct {
 	GroupID   string `json:"groupID"`
-	ApplyID   string `json:"applyID"`
-	GroupType int32  `json:"groupType"`
+	ApplyID   string `json:"applyID,omitempty"`
+	GroupType int32  `json:"groupType,omitempty"`
+	// Users are the users an invitation or members-join lists.
+	Users []string `json:"users,omitempty"`
 }
 
-// RuleVerdict is one limit rule's verdict in an explanation.
+// RuleVerdict is one limit check's verdict in an explanation: a rule, and
+// for a rule keyed by user, the user it counted and how many times.
 type RuleVerdict struct {
 	Name       string  `json:"name"`
+	For        string  `json:"for,omitempty"`
+	Cost       int     `json:"cost"`
 	Allowed    bool    `json:"allowed"`
 	Remaining  int     `json:"remaining"`
 	RetryAfter float64 `json:"retry_after_seconds"`
@@ -111,7 +122,7 @@ type errorResponse struct {
 func (s *server) list(w http.ResponseWriter, r *http.Request) (string, bool) {
 	list := r.PathValue("list")
 	if !slices.Contains(policy.Lists, list) {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no list %q (lists: allow_applicants, deny_applicants, deny_groups)", list))
+		writeError(w, http.StatusNotFound, fmt.Errorf("no list %q (lists: %s)", list, strings.Join(policy.Lists, ", ")))
 		return "", false
 	}
 	return list, true
@@ -156,42 +167,65 @@ func (s *server) listChange(w http.ResponseWriter, r *http.Request, add bool) {
 	s.listMembers(w, r)
 }
 
-// ruleCheck resolves ?id= values to the rule's key: the applicant for an
-// applicant rule, the group for a group rule, both (applicant first) for an
-// applicant_group rule, none for a global rule.
-func (s *server) ruleCheck(w http.ResponseWriter, r *http.Request) (ratelimit.Check, *policy.JoinGroup, bool) {
-	p := s.policy()
+// sections name the commands' policies as the config does, for ?command=
+// (the command's own name works too).
+var sections = map[string]string{
+	"join_group":      callback.JoinGroupCommand,
+	"invite_to_group": callback.InviteCommand,
+	"member_join":     callback.MembersJoinCommand,
+}
+
+// ruleCheck resolves ?command= (join_group when absent) and ?id= values to
+// the rule's key: the user (applicant, invitee, member) for a rule keyed
+// by one, the group for a group rule, both (user first) for a user and
+// group rule, none for a global rule.
+func (s *server) ruleCheck(w http.ResponseWriter, r *http.Request) (ratelimit.Check, bool) {
+	command := r.URL.Query().Get("command")
+	if c, ok := sections[command]; ok || command == "" {
+		command = cmp.Or(c, callback.JoinGroupCommand)
+	}
+	p, ok := s.policy().Limits(command)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no policy %q (join_group, invite_to_group, member_join)", command))
+		return ratelimit.Check{}, false
+	}
 	rule := r.PathValue("rule")
 	ids := r.URL.Query()["id"]
 	kind, ok := p.RuleKind(rule)
 	if !ok {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no limit rule %q (rules: %v)", rule, p.Rules()))
-		return ratelimit.Check{}, nil, false
+		writeError(w, http.StatusNotFound, fmt.Errorf("no limit rule %q in %s (rules: %v)", rule, command, p.Rules()))
+		return ratelimit.Check{}, false
 	}
-	want := map[string]int{config.KeyApplicant: 1, config.KeyGroup: 1, config.KeyApplicantGroup: 2, config.KeyGlobal: 0}[kind]
+	want := 1
+	switch kind {
+	case config.KeyApplicantGroup, config.KeyMemberGroup:
+		want = 2
+	case config.KeyGlobal:
+		want = 0
+	}
 	if len(ids) != want {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("rule %q is keyed by %s: give %d ID(s), got %d", rule, kind, want, len(ids)))
-		return ratelimit.Check{}, nil, false
+		return ratelimit.Check{}, false
 	}
-	var applicant, group string
-	switch kind {
-	case config.KeyApplicant:
-		applicant = ids[0]
-	case config.KeyGroup:
+	var user, group string
+	switch {
+	case kind == config.KeyGroup:
 		group = ids[0]
-	case config.KeyApplicantGroup:
-		applicant, group = ids[0], ids[1]
+	case want == 1:
+		user = ids[0]
+	case want == 2:
+		user, group = ids[0], ids[1]
 	}
-	c, err := p.Rule(rule, applicant, group)
+	c, err := p.Rule(rule, user, group)
 	if err != nil {
 		writeError(w, http.StatusNotFound, err)
-		return ratelimit.Check{}, nil, false
+		return ratelimit.Check{}, false
 	}
-	return c, p, true
+	return c, true
 }
 
 func (s *server) quotaShow(w http.ResponseWriter, r *http.Request) {
-	c, _, ok := s.ruleCheck(w, r)
+	c, ok := s.ruleCheck(w, r)
 	if !ok {
 		return
 	}
@@ -204,7 +238,7 @@ func (s *server) quotaShow(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) quotaReset(w http.ResponseWriter, r *http.Request) {
-	c, _, ok := s.ruleCheck(w, r)
+	c, ok := s.ruleCheck(w, r)
 	if !ok {
 		return
 	}
@@ -239,29 +273,54 @@ func (s *server) explain(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
 		return
 	}
-	var req callback.JoinGroup
-	if err := callback.DecodeJoinGroup(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+	// The body names its command, as IMServer writes it; a body without
+	// one is an application, as before the other commands had policies.
+	var head struct {
+		CallbackCommand string `json:"callbackCommand"`
+	}
+	json.Unmarshal(body, &head) // a body that is not JSON fails to decode below
+	command := cmp.Or(head.CallbackCommand, callback.JoinGroupCommand)
+	if _, ok := s.policy().Limits(command); !ok {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("no policy for callbackCommand %q (joingate answers it allow at the edge)", command))
 		return
 	}
 	p := s.policy()
 	var scratch policy.Scratch
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	d, err := p.Explain(ctx, &req, s.store, &scratch)
+	d, err := p.Explain(ctx, command, body, s.store, &scratch)
+	if errors.Is(err, callback.ErrMalformed) {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	resp := ExplainResponse{
-		Callback: ExplainCallback{GroupID: req.GroupID, ApplyID: req.ApplyID, GroupType: req.GroupType},
+		Command:  command,
 		Decision: "refuse", Reason: string(d.Reason), Rule: d.Rule, Answer: json.RawMessage(scratch.Body),
+	}
+	switch command {
+	case callback.JoinGroupCommand:
+		req := &scratch.JoinGroup
+		resp.Callback = ExplainCallback{GroupID: req.GroupID, ApplyID: req.ApplyID, GroupType: req.GroupType}
+	case callback.InviteCommand:
+		resp.Callback = ExplainCallback{GroupID: scratch.Invite.GroupID, Users: scratch.Invite.InvitedUserIDs}
+	case callback.MembersJoinCommand:
+		resp.Callback = ExplainCallback{GroupID: scratch.MembersJoin.GroupID}
+		for _, m := range scratch.MembersJoin.MemberList {
+			resp.Callback.Users = append(resp.Callback.Users, m.UserID)
+		}
 	}
 	if d.Allowed {
 		resp.Decision = "allow"
 	}
+	if !d.MuteUntil.IsZero() {
+		resp.MuteUntil = d.MuteUntil.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	}
 	if err != nil {
 		resp.Error = err.Error()
 	}
-	names, results := p.Results(&scratch)
-	for i, name := range names {
-		resp.Rules = append(resp.Rules, RuleVerdict{Name: name, Allowed: results[i].Allowed, Remaining: results[i].Remaining, RetryAfter: results[i].RetryAfter.Seconds()})
+	for _, v := range scratch.Verdicts() {
+		resp.Rules = append(resp.Rules, RuleVerdict{Name: v.Rule, For: v.For, Cost: v.Cost, Allowed: v.Result.Allowed,
+			Remaining: v.Result.Remaining, RetryAfter: v.Result.RetryAfter.Seconds()})
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
