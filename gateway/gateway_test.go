@@ -624,3 +624,34 @@ func TestStopClosesUnusedConnections(t *testing.T) {
 		t.Fatalf("the unused connection is still open (read %d bytes)", n)
 	}
 }
+
+// The invitation and members-join callbacks take the application's road:
+// decided by a worker when one answers, gateway.fallback when none does,
+// a malformed body answered at the edge, each counted by its command.
+func TestEveryWayInThroughTheEdge(t *testing.T) {
+	ns := testenv.NATS(t)
+	e := startGateway(t, ns, nil)
+	invite := "/callbackExample/" + callback.InviteCommand
+	members := "/callbackExample/" + callback.MembersJoinCommand
+	if _, a := post(t, e.url+invite, callback.IMServerInvite("g", "", "a", "b")); a.refused() || a.ActionCode != 0 {
+		t.Fatalf("invitation without a worker: %+v, want the fallback (allow)", a)
+	}
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_requests_total", callback.InviteCommand, "fallback")
+	if status, a := post(t, e.url+members, `{"groupID":"g","memberList":[]}`); status != 400 || a.ActionCode != 1 {
+		t.Fatalf("empty members-join: %d %+v", status, a)
+	}
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_requests_total", callback.MembersJoinCommand, "invalid")
+
+	cfg := policyConfig()
+	cfg.InviteToGroup.Limits = []config.Limit{limit("per-group", config.KeyGroup, 2, 5101, "too many invitations")}
+	cfg.MemberJoin.DenyGroups = []string{"closed"}
+	startWorker(t, ns, ratelimit.NewMemory(), cfg)
+	if _, a := post(t, e.url+invite, callback.IMServerInvite("g", "", "a", "b", "c")); !a.refused() || a.ErrCode != 5101 {
+		t.Fatalf("invitation of 3 of 2: %+v", a)
+	}
+	if _, a := post(t, e.url+members, callback.IMServerMembersJoin("closed", "a")); !a.refused() || a.ErrCode != 5200 {
+		t.Fatalf("members-join into a denied group: %+v", a)
+	}
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_requests_total", callback.InviteCommand, "decided")
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_requests_total", callback.MembersJoinCommand, "decided")
+}
