@@ -286,7 +286,7 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 		{allMetrics, 1, "joingate_gateway_requests_total", []string{"command", join, "outcome", "invalid"}},
 		{allMetrics, 1, "joingate_gateway_requests_total", []string{"command", "none", "outcome", "rejected"}},
 		{allMetrics, 1, "joingate_gateway_requests_total", []string{"command", "other", "outcome", "no_policy"}},
-		{allMetrics, 1, "joingate_worker_rule_refusals_total", []string{"rule", "applicant-per-minute", "mode", "enforce"}},
+		{allMetrics, 1, "joingate_worker_rule_refusals_total", []string{"command", join, "rule", "applicant-per-minute", "mode", "enforce"}},
 		{gwMetrics, 1, "joingate_gateway_fallbacks_total", []string{"cause", "no_responders"}},
 		{gwMetrics, 1, "joingate_gateway_join_answers_total", []string{"answer", "allow"}},
 		{allMetrics, 1, "joingate_config_reloads_total", []string{"result", "failure"}},
