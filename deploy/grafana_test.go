@@ -100,22 +100,23 @@ func TestDashboard(t *testing.T) {
 
 	// What an operator looks for, by the metric that shows it.
 	for _, m := range []string{
-		"joingate_gateway_join_answers_total",    // throughput by decision
-		"joingate_gateway_requests_total",        // requests by outcome
-		"joingate_worker_decisions_total",        // decisions by reason
-		"joingate_worker_rule_refusals_total",    // refusals by rule
-		"joingate_gateway_fallbacks_total",       // fallback ratio by cause
-		"joingate_worker_requests_total",         // expired requests
-		"joingate_worker_store_errors_total",     // store errors
-		"joingate_gateway_in_flight",             // in flight, gateways alive
-		"joingate_worker_in_flight",              // in flight
-		"joingate_worker_concurrency",            // workers alive, capacity
-		"joingate_worker_store_breaker_state",    // breaker
-		"joingate_config_reloads_total",          // reloads
-		"joingate_config_last_reload_successful", // policy in force
-		"process_cpu_seconds_total",              // CPU
-		"process_resident_memory_bytes",          // memory
-		"go_build_info",                          // versions in a rollout
+		"joingate_gateway_answers_total",          // answers by command
+		"joingate_gateway_requests_total",         // requests by outcome
+		"joingate_worker_decisions_total",         // decisions by reason
+		"joingate_worker_rule_refusals_total",     // refusals by rule
+		"joingate_worker_probation_members_total", // members muted on entry
+		"joingate_gateway_fallbacks_total",        // fallback ratio by cause
+		"joingate_worker_requests_total",          // expired requests
+		"joingate_worker_store_errors_total",      // store errors
+		"joingate_gateway_in_flight",              // in flight, gateways alive
+		"joingate_worker_in_flight",               // in flight
+		"joingate_worker_concurrency",             // workers alive, capacity
+		"joingate_worker_store_breaker_state",     // breaker
+		"joingate_config_reloads_total",           // reloads
+		"joingate_config_last_reload_successful",  // policy in force
+		"process_cpu_seconds_total",               // CPU
+		"process_resident_memory_bytes",           // memory
+		"go_build_info",                           // versions in a rollout
 	} {
 		if !metrics[m] {
 			t.Errorf("no panel queries %s", m)

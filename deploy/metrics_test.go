@@ -280,15 +280,15 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 		name   string
 		labels []string
 	}{
-		{allMetrics, 5, "joingate_gateway_join_answers_total", []string{"answer", "allow"}},
-		{allMetrics, 1, "joingate_gateway_join_answers_total", []string{"answer", "refuse"}},
+		{allMetrics, 5, "joingate_gateway_answers_total", []string{"answer", "allow", "command", join}},
+		{allMetrics, 1, "joingate_gateway_answers_total", []string{"answer", "refuse", "command", join}},
 		{allMetrics, 6, "joingate_gateway_requests_total", []string{"command", join, "outcome", "decided"}},
 		{allMetrics, 1, "joingate_gateway_requests_total", []string{"command", join, "outcome", "invalid"}},
 		{allMetrics, 1, "joingate_gateway_requests_total", []string{"command", "none", "outcome", "rejected"}},
 		{allMetrics, 1, "joingate_gateway_requests_total", []string{"command", "other", "outcome", "no_policy"}},
 		{allMetrics, 1, "joingate_worker_rule_refusals_total", []string{"command", join, "rule", "applicant-per-minute", "mode", "enforce"}},
 		{gwMetrics, 1, "joingate_gateway_fallbacks_total", []string{"cause", "no_responders"}},
-		{gwMetrics, 1, "joingate_gateway_join_answers_total", []string{"answer", "allow"}},
+		{gwMetrics, 1, "joingate_gateway_answers_total", []string{"answer", "allow", "command", join}},
 		{allMetrics, 1, "joingate_config_reloads_total", []string{"result", "failure"}},
 	} {
 		if got := value(c.mfs, c.name, c.labels...); got != c.want {
@@ -327,7 +327,7 @@ func TestArtefactsUseExportedMetrics(t *testing.T) {
 
 	// In Prometheus: wait for a scrape after the traffic, then run every
 	// query.
-	prom.waitSamples(t, `sum(joingate_gateway_fallbacks_total{cause="no_responders"}) >= 1 and sum(joingate_gateway_join_answers_total{answer="refuse"}) >= 1 and sum(joingate_config_reloads_total{result="failure"}) >= 1`)
+	prom.waitSamples(t, `sum(joingate_gateway_fallbacks_total{cause="no_responders"}) >= 1 and sum(joingate_gateway_answers_total{answer="refuse"}) >= 1 and sum(joingate_config_reloads_total{result="failure"}) >= 1`)
 	results := map[string]int{}
 	for _, q := range queries {
 		n, err := prom.query(q.Expr)

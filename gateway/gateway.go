@@ -143,7 +143,7 @@ func New(opts Options) (*Gateway, error) {
 		requests:        sync.Pool{New: newRequest},
 	}
 	for _, c := range callback.Commands {
-		g.routes[c] = route{command: c, subject: opts.Subject + "." + c}
+		g.routes[c] = route{command: c, subject: opts.Subject + "." + c, metrics: g.metrics.command(c)}
 	}
 	g.throttled = throttle.New(g.log, time.Second)
 	if opts.BasicUser != "" {
@@ -310,7 +310,10 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 }
 
 // route is where a callback joingate decides goes.
-type route struct{ command, subject string }
+type route struct {
+	command, subject string
+	metrics          *commandMetrics
+}
 
 // command is the callback command a request target names: its last path
 // segment. It routes on the raw target cut at the query: fasthttp's parsed
@@ -340,7 +343,7 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 	opID := ctx.Request.Header.Peek(natsconn.HeaderOperationID)
 
 	if err := callback.Validate(command, body); err != nil {
-		g.metrics.requests.WithLabelValues(command, outcomeInvalid).Inc()
+		r.metrics.invalid.Inc()
 		if l, ok := g.throttled.Allow(slog.LevelWarn, "malformed callback; answered actionCode 1", slog.String("command", command)); ok {
 			l.Log("operationID", string(opID), "remote", ctx.RemoteAddr().String(), "err", err)
 		}
@@ -391,26 +394,26 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 		}
 	}
 
-	answer := "allow"
 	if cause != "" {
-		g.metrics.fallbacks.WithLabelValues(cause).Inc()
-		g.metrics.requests.WithLabelValues(command, outcomeFallback).Inc()
-		writeJSON(ctx, fasthttp.StatusOK, g.opts.FallbackBody)
-		if g.fallbackRefuses {
-			answer = "refuse"
-		}
+		g.fallback(ctx, r, cause)
 	} else {
-		g.metrics.requests.WithLabelValues(command, outcomeDecided).Inc()
+		r.metrics.decided.Inc()
 		writeJSON(ctx, fasthttp.StatusOK, reply.Data)
-		if callback.IsRefusal(reply.Data) {
-			answer = "refuse"
-		}
+		refused := callback.IsRefusal(reply.Data)
+		r.metrics.answered(refused)
 		if g.log.Enabled(context.Background(), slog.LevelDebug) {
-			g.log.Debug("decided", "operationID", string(opID), "answer", answer, "elapsed", time.Since(start))
+			g.log.Debug("decided", "operationID", string(opID), "command", command, "refused", refused, "elapsed", time.Since(start))
 		}
 	}
-	g.metrics.answers.WithLabelValues(answer).Inc()
 	g.metrics.duration.Observe(time.Since(start).Seconds())
+}
+
+// fallback answers a decided callback with gateway.fallback.
+func (g *Gateway) fallback(ctx *fasthttp.RequestCtx, r route, cause string) {
+	g.metrics.fallbacks.WithLabelValues(cause).Inc()
+	r.metrics.fallback.Inc()
+	r.metrics.answered(g.fallbackRefuses)
+	writeJSON(ctx, fasthttp.StatusOK, g.opts.FallbackBody)
 }
 
 // request is a reusable NATS request: the message, its header map and the
@@ -525,17 +528,10 @@ func (g *Gateway) unparsableTarget(ctx *fasthttp.RequestCtx) bool {
 		return false // not why fasthttp failed
 	}
 	cmd := command(target)
-	_, decided := g.routes[string(cmd)]
+	r, decided := g.routes[string(cmd)]
 	switch {
 	case decided:
-		g.metrics.requests.WithLabelValues(string(cmd), outcomeFallback).Inc()
-		g.metrics.fallbacks.WithLabelValues(causeError).Inc()
-		answer := "allow"
-		if g.fallbackRefuses {
-			answer = "refuse"
-		}
-		g.metrics.answers.WithLabelValues(answer).Inc()
-		writeJSON(ctx, fasthttp.StatusOK, g.opts.FallbackBody)
+		g.fallback(ctx, r, causeError)
 	case callback.IsCommand(cmd):
 		g.metrics.requests.WithLabelValues(commandOther, outcomeNoPolicy).Inc()
 		writeJSONString(ctx, fasthttp.StatusOK, callback.AllowJSON)

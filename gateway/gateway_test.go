@@ -186,7 +186,7 @@ func TestJoinGroupDecisions(t *testing.T) {
 	f("u2", "g1", "toolong", 5003)
 	f("admin", "closed", "toolong", 0)
 
-	testenv.WantValue(t, e.reg, 4, "joingate_gateway_join_answers_total", "refuse")
+	testenv.WantValue(t, e.reg, 4, "joingate_gateway_answers_total", "refuse", callback.JoinGroupCommand)
 	testenv.WantValue(t, e.reg, 7, "joingate_gateway_requests_total", callback.JoinGroupCommand, "decided")
 }
 
@@ -411,7 +411,7 @@ func TestFallbacks(t *testing.T) {
 			t.Fatalf("%+v, want the deny fallback", a)
 		}
 		testenv.WantValue(t, e.reg, 1, "joingate_gateway_fallbacks_total", "timeout")
-		testenv.WantValue(t, e.reg, 1, "joingate_gateway_join_answers_total", "refuse")
+		testenv.WantValue(t, e.reg, 1, "joingate_gateway_answers_total", "refuse", callback.JoinGroupCommand)
 	})
 
 	t.Run("nats down", func(t *testing.T) {
@@ -654,4 +654,10 @@ func TestEveryWayInThroughTheEdge(t *testing.T) {
 	}
 	testenv.WantValue(t, e.reg, 1, "joingate_gateway_requests_total", callback.InviteCommand, "decided")
 	testenv.WantValue(t, e.reg, 1, "joingate_gateway_requests_total", callback.MembersJoinCommand, "decided")
+	// Answers by command as IMServer read them: the fallback allowed one
+	// invitation, the worker refused one of each.
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_answers_total", "allow", callback.InviteCommand)
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_answers_total", "refuse", callback.InviteCommand)
+	testenv.WantValue(t, e.reg, 1, "joingate_gateway_answers_total", "refuse", callback.MembersJoinCommand)
+	testenv.WantValue(t, e.reg, 0, "joingate_gateway_answers_total", "refuse", callback.JoinGroupCommand)
 }

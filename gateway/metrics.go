@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/joingate/joingate/pkg/buckets"
-	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/natsconn"
 )
 
@@ -55,16 +54,16 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn)
 			Help: "Callback requests by command (callbackBeforeJoinGroupCommand, callbackBeforeInviteJoinGroupCommand, callbackBeforeMembersJoinGroupCommand, other, none) and outcome (decided, fallback, no_policy, invalid, rejected).",
 		}, []string{"command", "outcome"}),
 		answers: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "joingate_gateway_join_answers_total",
-			Help: "Answers to join-group callbacks as IMServer reads them: allow or refuse, decided and fallback alike.",
-		}, []string{"answer"}),
+			Name: "joingate_gateway_answers_total",
+			Help: "Answers to the callbacks joingate decides, by command, as IMServer reads them: allow or refuse, decided and fallback alike.",
+		}, []string{"command", "answer"}),
 		fallbacks: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "joingate_gateway_fallbacks_total",
-			Help: "Join-group callbacks answered with gateway.fallback, by cause: timeout, no_responders (no worker subscribed), nats_unavailable, error.",
+			Help: "Decided callbacks answered with gateway.fallback, by cause: timeout, no_responders (no worker subscribed), nats_unavailable, error. requests_total{outcome=\"fallback\"} has them by command.",
 		}, []string{"cause"}),
 		duration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "joingate_gateway_request_duration_seconds",
-			Help:    "Time to answer a join-group callback, from the request being read to the answer being ready.",
+			Help:    "Time to answer a decided callback (every command), from the request being read to the answer being ready.",
 			Buckets: latency,
 		}),
 		natsTime: f.NewHistogram(prometheus.HistogramOpts{
@@ -74,7 +73,7 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn)
 		}),
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "joingate_gateway_in_flight",
-			Help: "Join-group callbacks waiting for a decision now.",
+			Help: "Decided callbacks (every command) waiting for a decision now.",
 		}),
 		connsRefused: f.NewCounter(prometheus.CounterOpts{
 			Name: "joingate_gateway_connections_refused_total",
@@ -84,19 +83,38 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, nc *nats.Conn)
 	// Not readiness (see Gateway.Ready): a metric and an alert.
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "joingate_gateway_nats_connected",
-		Help: "1 while the gateway is connected to NATS and can get decisions; 0 while it answers every join callback with gateway.fallback.",
+		Help: "1 while the gateway is connected to NATS and can get decisions; 0 while it answers every decided callback with gateway.fallback.",
 	}, natsconn.Connected(nc))
-	for _, c := range callback.Commands {
-		for _, o := range []string{outcomeDecided, outcomeFallback, outcomeInvalid} {
-			m.requests.WithLabelValues(c, o)
-		}
-	}
 	m.requests.WithLabelValues(commandOther, outcomeNoPolicy)
 	m.requests.WithLabelValues(commandNone, outcomeRejected)
-	m.answers.WithLabelValues("allow")
-	m.answers.WithLabelValues("refuse")
 	for _, c := range []string{causeTimeout, causeNoResponders, causeNATSUnavailable, causeError} {
 		m.fallbacks.WithLabelValues(c)
 	}
 	return m
+}
+
+// commandMetrics are the series of one decided command, resolved once so
+// that a callback does not hash its labels.
+type commandMetrics struct {
+	decided, fallback, invalid prometheus.Counter
+	allow, refuse              prometheus.Counter
+}
+
+func (m *metrics) command(c string) *commandMetrics {
+	return &commandMetrics{
+		decided:  m.requests.WithLabelValues(c, outcomeDecided),
+		fallback: m.requests.WithLabelValues(c, outcomeFallback),
+		invalid:  m.requests.WithLabelValues(c, outcomeInvalid),
+		allow:    m.answers.WithLabelValues(c, "allow"),
+		refuse:   m.answers.WithLabelValues(c, "refuse"),
+	}
+}
+
+// answered counts an answer as IMServer reads it.
+func (c *commandMetrics) answered(refused bool) {
+	if refused {
+		c.refuse.Inc()
+	} else {
+		c.allow.Inc()
+	}
 }
