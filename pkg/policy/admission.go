@@ -43,16 +43,26 @@ type Admission struct {
 	probationGroups map[string]struct{}
 }
 
+// section is what a command's section gives its Admission.
+type section struct {
+	limits                                  []config.Limit
+	dryRun                                  bool
+	allowGroups, denyGroups, denyUsers      []string
+	allowList, denyGroupList, denyUsersList string
+	userReason                              Reason
+	ns                                      string
+	deny                                    config.Refusal
+}
+
 // NewInvite compiles the invite_to_group policy.
 func NewInvite(cfg config.InviteToGroup, storeErr config.Worker, keyPrefix string) (*Admission, error) {
-	p, err := newAdmission(cfg.Limits, cfg.DryRun, storeErr, keyPrefix)
+	p, err := newAdmission(section{
+		cfg.Limits, cfg.DryRun, cfg.AllowGroups, cfg.DenyGroups, cfg.DenyInvitees,
+		ListInviteAllowGroups, ListInviteDenyGroups, ListInviteDenyInvitees, ReasonDenyInvitee, nsInvite, cfg.DenyRefusal,
+	}, storeErr, keyPrefix)
 	if err != nil {
 		return nil, err
 	}
-	p.allowGroups, p.denyGroups, p.denyUsers = set(cfg.AllowGroups), set(cfg.DenyGroups), set(cfg.DenyInvitees)
-	p.allowList, p.denyGroupList, p.denyUserList = ListInviteAllowGroups, ListInviteDenyGroups, ListInviteDenyInvitees
-	p.userReason, p.ns = ReasonDenyInvitee, nsInvite
-	p.denyBody = callback.AppendRefusal(nil, cfg.DenyRefusal.ErrCode, cfg.DenyRefusal.ErrMsg, "")
 	p.maxUsers = cfg.MaxInvitees
 	p.maxUsersBody = callback.AppendRefusal(nil, cfg.MaxInviteesRefusal.ErrCode, cfg.MaxInviteesRefusal.ErrMsg, "")
 	return p, nil
@@ -60,14 +70,13 @@ func NewInvite(cfg config.InviteToGroup, storeErr config.Worker, keyPrefix strin
 
 // NewMemberJoin compiles the member_join policy.
 func NewMemberJoin(cfg config.MemberJoin, storeErr config.Worker, keyPrefix string) (*Admission, error) {
-	p, err := newAdmission(cfg.Limits, cfg.DryRun, storeErr, keyPrefix)
+	p, err := newAdmission(section{
+		cfg.Limits, cfg.DryRun, cfg.AllowGroups, cfg.DenyGroups, cfg.DenyMembers,
+		ListMemberAllowGroups, ListMemberDenyGroups, ListMemberDenyMembers, ReasonDenyMember, nsMemberJoin, cfg.DenyRefusal,
+	}, storeErr, keyPrefix)
 	if err != nil {
 		return nil, err
 	}
-	p.allowGroups, p.denyGroups, p.denyUsers = set(cfg.AllowGroups), set(cfg.DenyGroups), set(cfg.DenyMembers)
-	p.allowList, p.denyGroupList, p.denyUserList = ListMemberAllowGroups, ListMemberDenyGroups, ListMemberDenyMembers
-	p.userReason, p.ns = ReasonDenyMember, nsMemberJoin
-	p.denyBody = callback.AppendRefusal(nil, cfg.DenyRefusal.ErrCode, cfg.DenyRefusal.ErrMsg, "")
 	p.muteFor = cfg.Probation.MuteFor
 	if len(cfg.Probation.Groups) > 0 {
 		p.probationGroups = set(cfg.Probation.Groups)
@@ -75,12 +84,18 @@ func NewMemberJoin(cfg config.MemberJoin, storeErr config.Worker, keyPrefix stri
 	return p, nil
 }
 
-func newAdmission(limits []config.Limit, dryRun bool, storeErr config.Worker, keyPrefix string) (*Admission, error) {
-	rules, err := compileRules(limits, dryRun)
+func newAdmission(sec section, storeErr config.Worker, keyPrefix string) (*Admission, error) {
+	rules, err := compileRules(sec.limits, sec.dryRun)
 	if err != nil {
 		return nil, err
 	}
-	p := &Admission{rules: rules, keys: NewKeys(keyPrefix), storeErrorAllows: storeErr.OnStoreError != config.Deny}
+	p := &Admission{
+		allowGroups: set(sec.allowGroups), denyGroups: set(sec.denyGroups), denyUsers: set(sec.denyUsers),
+		allowList: sec.allowList, denyGroupList: sec.denyGroupList, denyUserList: sec.denyUsersList,
+		userReason: sec.userReason, ns: sec.ns, rules: rules, keys: NewKeys(keyPrefix),
+		denyBody:         callback.AppendRefusal(nil, sec.deny.ErrCode, sec.deny.ErrMsg, ""),
+		storeErrorAllows: storeErr.OnStoreError != config.Deny,
+	}
 	if !p.storeErrorAllows {
 		p.storeErrorBody = callback.AppendRefusal(nil, storeErr.StoreErrorRefusal.ErrCode, storeErr.StoreErrorRefusal.ErrMsg, "retry in 1s")
 	}

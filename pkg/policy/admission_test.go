@@ -2,7 +2,6 @@ package policy
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -60,12 +59,7 @@ func call(t *testing.T, p *Set, st Store, command, body string) (Decision, membe
 		t.Fatalf("Decide(%s): %v", command, err)
 	}
 	var m members
-	if err := json.Unmarshal(s.Body, &m); err != nil {
-		t.Fatalf("body %q: %v", s.Body, err)
-	}
-	if refused := m.ActionCode == 0 && m.NextCode == 1; refused == d.Allowed {
-		t.Fatalf("decision %+v but body %s", d, s.Body)
-	}
+	readAnswer(t, d, s.Body, &m)
 	return d, m
 }
 
@@ -120,12 +114,7 @@ func TestInviteListsAndSize(t *testing.T) {
 			c.InviteToGroup.Limits = []config.Limit{limit("per-group", config.KeyGroup, 4)}
 		})
 		k := p.Keys()
-		add := func(list, id string) {
-			t.Helper()
-			if err := st.ListAdd(context.Background(), k.Index(list), id, k.Flag(list, id)); err != nil {
-				t.Fatal(err)
-			}
-		}
+		add := func(list, id string) { t.Helper(); listAdd(t, st, k, list, id) }
 		add(ListInviteAllowGroups, "vip-group")
 		add(ListInviteAllowGroups, "closed") // the dynamic allow-list beats the static deny list
 		add(ListInviteDenyGroups, "locked")

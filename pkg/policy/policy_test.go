@@ -38,13 +38,30 @@ func decide(t *testing.T, p *JoinGroup, lim Store, applicant, group, msg string)
 		t.Fatalf("Decide: %v", err)
 	}
 	var a answer
-	if err := json.Unmarshal(s.Body, &a); err != nil {
-		t.Fatalf("body %q: %v", s.Body, err)
-	}
-	if refused := a.ActionCode == 0 && a.NextCode == 1; refused == d.Allowed {
-		t.Fatalf("decision %+v but body %s", d, s.Body)
-	}
+	readAnswer(t, d, s.Body, &a)
 	return d, a
+}
+
+// readAnswer decodes body into v (an answer, or a struct embedding one)
+// and fails unless the answer refuses exactly when d does.
+func readAnswer(t *testing.T, d Decision, body []byte, v interface{ common() answer }) {
+	t.Helper()
+	if err := json.Unmarshal(body, v); err != nil {
+		t.Fatalf("body %q: %v", body, err)
+	}
+	if a := v.common(); (a.ActionCode == 0 && a.NextCode == 1) == d.Allowed {
+		t.Fatalf("decision %+v but body %s", d, body)
+	}
+}
+
+func (a *answer) common() answer { return *a }
+
+// listAdd puts id on a dynamic list as the admin API does.
+func listAdd(t *testing.T, st listStore, k Keys, list, id string) {
+	t.Helper()
+	if err := st.ListAdd(context.Background(), k.Index(list), id, k.Flag(list, id)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestListsAndMessages(t *testing.T) {
@@ -179,12 +196,7 @@ func TestDynamicLists(t *testing.T) {
 	})
 	st := ratelimit.NewMemory()
 	k := p.Keys()
-	add := func(list, id string) {
-		t.Helper()
-		if err := st.ListAdd(context.Background(), k.Index(list), id, k.Flag(list, id)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	add := func(list, id string) { t.Helper(); listAdd(t, st, k, list, id) }
 	add(ListAllowApplicants, "vip")
 	add(ListAllowApplicants, "static-denied")
 	add(ListDenyApplicants, "troll")
