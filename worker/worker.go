@@ -408,7 +408,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 		w.metrics.ruleRefusals.WithLabelValues(command, d.Rule, "enforce").Inc()
 	}
 	if !d.MuteUntil.IsZero() {
-		w.metrics.probation.Add(float64(len(s.MembersJoin.MemberList)))
+		w.metrics.probation.Add(float64(len(s.Users())))
 	}
 	for _, r := range s.Shadowed {
 		w.metrics.ruleRefusals.WithLabelValues(command, r, "shadow").Inc()

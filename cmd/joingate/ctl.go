@@ -215,7 +215,10 @@ func printCtl(w io.Writer, out any) {
 		}
 		for _, r := range v.Rules {
 			verdict := fmt.Sprintf("admits %d, %d left after", r.Cost, r.Remaining)
-			if !r.Allowed {
+			switch {
+			case r.Never:
+				verdict = fmt.Sprintf("refuses %d: more than the burst at once, never admitted", r.Cost)
+			case !r.Allowed:
 				verdict = fmt.Sprintf("refuses %d, retry in %.1fs", r.Cost, r.RetryAfter)
 			}
 			name := r.Name

@@ -64,6 +64,11 @@ func DecodeInvite(body []byte, r *Invite) error {
 	case len(r.InvitedUserIDs) == 0:
 		return malformed("invitedUserIDs is missing or empty")
 	}
+	for i, id := range r.InvitedUserIDs {
+		if id == "" {
+			return malformed("invitedUserIDs[" + strconv.Itoa(i) + "] is empty")
+		}
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package callback
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -15,6 +16,7 @@ func FuzzDecodeMembers(f *testing.F) {
 		IMServerInvite("g1", "hi <3", "u1", "u2"),
 		IMServerMembersJoin("g1", "u1", "u2"),
 		`{"groupID":"g","invitedUserIDs":null}`,
+		`{"groupID":"g","invitedUserIDs":["a",""]}`,
 		`{"groupID":"g","memberList":[null]}`,
 		`{"groupID":"g","memberList":[{"userID":"\ud800"}]}`,
 		`{"GROUPID":"g","InvitedUserIDs":["a"]}`,
@@ -29,7 +31,7 @@ func FuzzDecodeMembers(f *testing.F) {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("DecodeInvite(%q): %v does not wrap ErrMalformed", body, err)
 			}
-		} else if inv.GroupID == "" || len(inv.InvitedUserIDs) == 0 {
+		} else if inv.GroupID == "" || len(inv.InvitedUserIDs) == 0 || slices.Contains(inv.InvitedUserIDs, "") {
 			t.Fatalf("DecodeInvite(%q) accepted %+v", body, inv)
 		}
 		if (Validate(InviteCommand, []byte(body)) == nil) != (DecodeInvite([]byte(body), &inv) == nil) {

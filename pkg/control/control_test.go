@@ -180,6 +180,11 @@ func testAPI(t *testing.T, store Store) {
 	if err != nil || e.Command != callback.InviteCommand || e.Decision != "allow" || len(e.Rules) != 3 {
 		t.Fatalf("Explain invitation: %+v %v", e, err)
 	}
+	// n listed three times against per-invitee's burst of 2: never.
+	e, err = c.Explain(ctx, []byte(callback.IMServerInvite("g", "", "n", "n", "n")))
+	if err != nil || e.Decision != "refuse" || len(e.Rules) != 1 || !e.Rules[0].Never || e.Rules[0].Cost != 3 {
+		t.Fatalf("Explain of a call above a burst: %+v %v", e, err)
+	}
 
 	// Bad input: clear errors.
 	for _, tc := range []struct {
@@ -191,6 +196,7 @@ func testAPI(t *testing.T, store Store) {
 		{func() error { _, err := c.Quota(ctx, "", "pair", []string{"u"}); return err }, "give 2 ID(s)"},
 		{func() error { _, err := c.Quota(ctx, "invite_to_group", "per-applicant", []string{"u"}); return err }, `no limit rule "per-applicant" in callbackBeforeInviteJoinGroupCommand`},
 		{func() error { _, err := c.Quota(ctx, "kick", "x", nil); return err }, `no policy "kick"`},
+		{func() error { _, err := c.Quota(ctx, "invite_to_group", "per-invitee", []string{""}); return err }, "empty ID"},
 		{func() error {
 			_, err := c.Explain(ctx, []byte(`{"callbackCommand":"callbackAfterJoinGroupCommand"}`))
 			return err

@@ -65,12 +65,15 @@ type ListResponse struct {
 
 // QuotaResponse is a rule's state for one key.
 type QuotaResponse struct {
-	Rule       string  `json:"rule"`
-	Key        string  `json:"key"`
-	Limit      int     `json:"limit"`
-	Period     string  `json:"period"`
-	Burst      int     `json:"burst"`
-	Allowed    bool    `json:"allowed"`
+	Rule    string `json:"rule"`
+	Key     string `json:"key"`
+	Limit   int    `json:"limit"`
+	Period  string `json:"period"`
+	Burst   int    `json:"burst"`
+	Allowed bool   `json:"allowed"`
+	// Never: the call asks more than the rule's burst at once; no wait
+	// admits it.
+	Never      bool    `json:"never,omitempty"`
 	Remaining  int     `json:"remaining"`
 	RetryAfter float64 `json:"retry_after_seconds"`
 	Shadow     bool    `json:"shadow,omitempty"`
@@ -106,10 +109,13 @@ type ExplainCallback struct {
 // RuleVerdict is one limit check's verdict in an explanation: a rule, and
 // for a rule keyed by user, the user it counted and how many times.
 type RuleVerdict struct {
-	Name       string  `json:"name"`
-	For        string  `json:"for,omitempty"`
-	Cost       int     `json:"cost"`
-	Allowed    bool    `json:"allowed"`
+	Name    string `json:"name"`
+	For     string `json:"for,omitempty"`
+	Cost    int    `json:"cost"`
+	Allowed bool   `json:"allowed"`
+	// Never: the call asks more than the rule's burst at once; no wait
+	// admits it.
+	Never      bool    `json:"never,omitempty"`
 	Remaining  int     `json:"remaining"`
 	RetryAfter float64 `json:"retry_after_seconds"`
 }
@@ -205,6 +211,10 @@ func (s *server) ruleCheck(w http.ResponseWriter, r *http.Request) (ratelimit.Ch
 	}
 	if len(ids) != want {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("rule %q is keyed by %s: give %d ID(s), got %d", rule, kind, want, len(ids)))
+		return ratelimit.Check{}, false
+	}
+	if slices.Contains(ids, "") {
+		writeError(w, http.StatusBadRequest, errors.New("empty ID: IMServer never sends one"))
 		return ratelimit.Check{}, false
 	}
 	var user, group string
@@ -319,7 +329,7 @@ func (s *server) explain(w http.ResponseWriter, r *http.Request) {
 		resp.Error = err.Error()
 	}
 	for _, v := range scratch.Verdicts() {
-		resp.Rules = append(resp.Rules, RuleVerdict{Name: v.Rule, For: v.For, Cost: v.Cost, Allowed: v.Result.Allowed,
+		resp.Rules = append(resp.Rules, RuleVerdict{Name: v.Rule, For: v.For, Cost: v.Cost, Allowed: v.Result.Allowed, Never: v.Result.Never,
 			Remaining: v.Result.Remaining, RetryAfter: v.Result.RetryAfter.Seconds()})
 	}
 	writeJSON(w, http.StatusOK, resp)

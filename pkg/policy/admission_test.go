@@ -186,15 +186,30 @@ func TestMemberJoinProbation(t *testing.T) {
 }
 
 // A call asking more than a rule's burst at once can never pass: its
-// answer says so instead of a wait that would not help.
+// answer names that rule and says so, instead of a wait that would not
+// help, even when another rule refuses first in configuration order, and
+// the same when the memory of refusals answers the second time.
 func TestMoreThanTheBurstAtOnce(t *testing.T) {
-	p := compileSet(t, func(c *config.Config) {
-		c.InviteToGroup.Limits = []config.Limit{limit("per-group", config.KeyGroup, 2)}
+	onStores(t, func(t *testing.T, st listStore) {
+		perInvitee, perGroup := limit("per-invitee", config.KeyInvitee, 1), limit("per-group", config.KeyGroup, 3)
+		perInvitee.ErrCode, perGroup.ErrCode = 5111, 5112
+		p := compileSet(t, func(c *config.Config) {
+			c.InviteToGroup.Limits = []config.Limit{perInvitee, perGroup}
+		})
+		remembering := ratelimit.NewRefusals(st, 0)
+		if d, _ := call(t, p, remembering, callback.InviteCommand, callback.IMServerInvite("g", "", "a")); !d.Allowed {
+			t.Fatalf("first invitation: %+v", d)
+		}
+		for i := range 2 { // from the store, then from memory (a's refusal)
+			d, m := call(t, p, remembering, callback.InviteCommand, callback.IMServerInvite("g", "", "a", "b", "c", "d"))
+			if d.Allowed || d.Rule != "per-group" || m.ErrCode != 5112 || m.ErrDlt != "more than 3 at once" {
+				t.Fatalf("call %d of 4 against a burst of 3: %+v %+v", i, d, m)
+			}
+		}
+		if remembering.Stats().Hits != 1 {
+			t.Fatalf("memory hits %d, want 1: the second call must be answered from memory", remembering.Stats().Hits)
+		}
 	})
-	d, m := call(t, p, ratelimit.NewMemory(), callback.InviteCommand, callback.IMServerInvite("g", "", "a", "b", "c"))
-	if d.Allowed || m.ErrDlt != "more than 2 at once" {
-		t.Fatalf("%+v %+v", d, m)
-	}
 }
 
 // A user listed twice costs two on a per-user rule (one check of cost 2,

@@ -81,6 +81,10 @@ type Scratch struct {
 	MembersJoin callback.MembersJoin
 }
 
+// Users returns the distinct users of the last invitation or members-join
+// decided with s, in the order first listed: those its answer names.
+func (s *Scratch) Users() []string { return s.users }
+
 // reset starts a decision with rules.
 func (s *Scratch) reset(rules []rule, mode ratelimit.Mode) {
 	s.Body = s.Body[:0]

@@ -77,19 +77,25 @@ func (s *Scratch) addCheck(rules []rule, i int, key, user string, cost int) {
 }
 
 // verdict reads the limits' results: the request passes when every
-// enforcing check admits it; otherwise the first refusing rule answers,
-// with the longest wait among the refusing checks. Shadow rules that would
-// have refused are named once each in s.Shadowed.
+// enforcing check admits it. Otherwise a rule it asks more of at once than
+// its burst answers, since no wait would admit it; failing that, the first
+// refusing rule answers, with the longest wait among the refusing checks.
+// Shadow rules that would have refused are named once each in s.Shadowed.
 func verdict(rules []rule, a *ratelimit.Answer, s *Scratch) Decision {
 	s.limitsRead = true
-	refusing, never := -1, false
+	refusing, never := -1, -1
 	var retry time.Duration
 	for i := range s.query.Checks {
 		res := &a.Results[i]
+		r := &rules[s.checkRule[i]]
+		if s.query.Checks[i].Cost > r.limit.Burst {
+			// Known without the store, which a refusal from memory may not
+			// have asked about this check.
+			res.Allowed, res.Never = false, true
+		}
 		if res.Allowed {
 			continue
 		}
-		r := &rules[s.checkRule[i]]
 		if r.shadow {
 			if !slices.Contains(s.Shadowed, r.name) {
 				s.Shadowed = append(s.Shadowed, r.name)
@@ -99,21 +105,23 @@ func verdict(rules []rule, a *ratelimit.Answer, s *Scratch) Decision {
 		if refusing < 0 {
 			refusing = s.checkRule[i]
 		}
+		if res.Never && never < 0 {
+			never = s.checkRule[i]
+		}
 		// The request passes only once every refusing check admits it.
 		retry = max(retry, res.RetryAfter)
-		never = never || res.Never
 	}
 	if refusing < 0 {
 		return Decision{Allowed: true, Reason: ReasonPassed}
 	}
-	r := &rules[refusing]
-	if never {
-		// More at once than the rule's burst: no wait admits it.
+	if never >= 0 {
+		r := &rules[never]
 		s.Body = callback.AppendRefusal(s.Body, r.code, r.msg, "more than "+strconv.Itoa(r.limit.Burst)+" at once")
-	} else {
-		secs := int64((retry + time.Second - 1) / time.Second)
-		s.Body = callback.AppendRetryRefusal(s.Body, r.code, r.msg, max(secs, 1))
+		return Decision{Reason: ReasonRateLimit, Rule: r.name}
 	}
+	r := &rules[refusing]
+	secs := int64((retry + time.Second - 1) / time.Second)
+	s.Body = callback.AppendRetryRefusal(s.Body, r.code, r.msg, max(secs, 1))
 	return Decision{Reason: ReasonRateLimit, Rule: r.name}
 }
 
