@@ -5,7 +5,8 @@ package gateway_test
 // responder. allocs/op counts every allocation of the round trip, client
 // and responder included; BenchmarkNATSRequest measures the NATS share
 // alone, so that the gateway's own allocations are the difference (see
-// BENCHMARKS.md).
+// BENCHMARKS.md). Every NATS connection is in process, as in `joingate
+// all`.
 
 import (
 	"bytes"
@@ -39,10 +40,15 @@ var benchBodies = func() [][]byte {
 	return bodies
 }()
 
+// inProcess connects to ns as `joingate all` does: in process, no socket.
+func inProcess(b *testing.B, ns *server.Server) *nats.Conn {
+	return testenv.Conn(b, ns, nats.InProcessServer(ns))
+}
+
 // benchResponder answers every request on the gateway's subject with the
 // allow body and nothing else: a worker that costs nothing.
 func benchResponder(b *testing.B, ns *server.Server) {
-	nc := testenv.Conn(b, ns)
+	nc := inProcess(b, ns)
 	if _, err := nc.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
 		m.Respond([]byte(callback.AllowJSON))
 	}); err != nil {
@@ -66,7 +72,7 @@ func benchWorker(b *testing.B, ns *server.Server) {
 		b.Fatal(err)
 	}
 	opts := worker.DefaultOptions()
-	opts.Conn, opts.Store, opts.Policy = testenv.Conn(b, ns), ratelimit.NewMemory(), p
+	opts.Conn, opts.Store, opts.Policy = inProcess(b, ns), ratelimit.NewMemory(), p
 	w, err := worker.New(opts)
 	if err != nil {
 		b.Fatal(err)
@@ -83,7 +89,7 @@ func benchGateway(b *testing.B, ns *server.Server) *fasthttp.HostClient {
 	ln := fasthttputil.NewInmemoryListener()
 	opts := gateway.DefaultOptions()
 	opts.Listener = ln
-	opts.Conn = testenv.Conn(b, ns)
+	opts.Conn = inProcess(b, ns)
 	gw, err := gateway.New(opts)
 	if err != nil {
 		b.Fatal(err)
@@ -112,6 +118,7 @@ func benchRequest(path string) *fasthttp.Request {
 func benchJoin(b *testing.B, client *fasthttp.HostClient, path string) {
 	req, resp := benchRequest(path), &fasthttp.Response{}
 	b.ReportAllocs()
+	defer testenv.CPUPerOp(b)()
 	for i := 0; b.Loop(); i++ {
 		req.SetBodyRaw(benchBodies[i%len(benchBodies)])
 		if err := client.Do(req, resp); err != nil {
@@ -148,6 +155,7 @@ func BenchmarkGatewayJoinWorkerParallel(b *testing.B) {
 	b.ReportAllocs()
 	b.SetParallelism(8)
 	b.ResetTimer()
+	defer testenv.CPUPerOp(b)()
 	b.RunParallel(func(pb *testing.PB) {
 		req, resp := benchRequest("/callbackExample/"+callback.JoinGroupCommand), &fasthttp.Response{}
 		for i := 0; pb.Next(); i++ {
@@ -175,7 +183,7 @@ func BenchmarkGatewayNoPolicy(b *testing.B) {
 func BenchmarkNATSRequest(b *testing.B) {
 	ns := testenv.NATS(b)
 	benchResponder(b, ns)
-	nc := testenv.Conn(b, ns)
+	nc := inProcess(b, ns)
 	subject := "joingate." + callback.JoinGroupCommand
 	b.Run("headers", func(b *testing.B) {
 		b.ReportAllocs()

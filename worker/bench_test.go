@@ -77,6 +77,7 @@ func benchHandle(b *testing.B, store Store, limit int, period time.Duration, mem
 		w.handle(m, &s)
 	}
 	b.ReportAllocs()
+	defer testenv.CPUPerOp(b)()
 	for i := 0; b.Loop(); i++ {
 		w.handle(msgs[i%len(msgs)], &s)
 		if !strings.HasPrefix(string(s.Body), want) {
