@@ -164,7 +164,7 @@ func runSuite(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.NATSServer, "nats-server", "", "nats-server binary for the distributed set (default: next to the joingate binary, then $PATH)")
 	fs.StringVar(&o.RedisServer, "redis-server", o.RedisServer, "redis-server binary")
 	openRates := fs.String("open-rates", joinRates(o.OpenRates), "rates of the open loops against the reference and `all`, requests per second, comma-separated; \"\" for none")
-	fs.StringVar(&o.Profile, "profile", "", "also take a CPU profile of `all` under closed-loop load and write it to `FILE`")
+	fs.StringVar(&o.Profile, "profile", "", "also take a CPU profile of `all` under closed-loop load and write it to `FILE` (the flood's to FILE-flood)")
 	fs.DurationVar(&o.ProfileFor, "profile-duration", o.ProfileFor, "length of the --profile")
 	jsonOut := fs.String("json", "", "also write the results to `FILE` as JSON")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the working directory (configuration, logs) after the run")

@@ -65,7 +65,8 @@ type Options struct {
 	// the reference's measured rate.
 	OpenFactor float64
 	// Profile, if set, is where a CPU profile of `all` under closed-loop
-	// load, ProfileFor long, is written.
+	// load, ProfileFor long, is written; the flood's goes beside it
+	// ("all.pprof", "all-flood.pprof").
 	Profile    string
 	ProfileFor time.Duration
 	// Keep keeps the working directory (configuration, logs) after the
@@ -156,6 +157,7 @@ log:
   level: warn
 redis:
   key_prefix: "%s"
+admin_pprof: true
 worker:
   refusal_memory: %d
 join_group:
@@ -351,6 +353,7 @@ func (s *suite) load(ctx context.Context, setup, base string, metrics []string, 
 
 // loadWith is load with a load of its own.
 func (s *suite) loadWith(ctx context.Context, opts loadgen.Options, setup, base string, metrics []string, rate float64, procs ...*launch.Process) (*Row, error) {
+	countStoreCalls := setup == SetupFlood || setup == setupFloodNoMemory
 	opts.Base, opts.MetricsURLs, opts.Rate = base, metrics, rate
 	row := &Row{Setup: setup}
 	for _, p := range procs {
@@ -363,10 +366,29 @@ func (s *suite) loadWith(ctx context.Context, opts loadgen.Options, setup, base 
 	var cpuStart, redisStart, machineStart time.Duration
 	var windowStart time.Time
 	var machineCPU float64
+	var storeCalls func() error // the share of decisions that called the store, in the window
 	opts.OnMeasure = func(start bool) {
 		if start {
 			windowStart, cpuStart, redisStart, machineStart = time.Now(), procsCPU(procs), procsCPU(redis), machineBusy()
+			if countStoreCalls {
+				before, err := promtext.Get(http.DefaultClient, metrics[0])
+				storeCalls = func() error {
+					if err != nil {
+						return err
+					}
+					after, err := promtext.Get(http.DefaultClient, metrics[0])
+					if err == nil {
+						row.StoreCalls, err = storeCallsPerDecision(before, after)
+					}
+					return err
+				}
+			}
 			return
+		}
+		if storeCalls != nil {
+			if err := storeCalls(); err != nil {
+				fmt.Fprintf(s.o.Stderr, "store calls of %s: %v\n", setup, err)
+			}
 		}
 		window := time.Since(windowStart).Seconds()
 		row.ServerCPU = (procsCPU(procs) - cpuStart).Seconds() / window
@@ -485,7 +507,7 @@ func (s *suite) runAll(ctx context.Context, redisAddr string, rep *Report) (*Row
 		}
 	}
 	if s.o.Profile != "" {
-		if err := s.profileAll(ctx, base, admin); err != nil {
+		if err := s.profile(ctx, s.o.Load, base, admin, s.o.Profile); err != nil {
 			return nil, err
 		}
 		rep.Profile = s.o.Profile
@@ -493,10 +515,17 @@ func (s *suite) runAll(ctx context.Context, redisAddr string, rep *Report) (*Row
 	return row, nil
 }
 
-// profileAll takes a CPU profile of `all` under closed-loop load, apart
+// floodProfile is where the flood's profile goes beside all's: "all.pprof"
+// gives "all-flood.pprof".
+func floodProfile(allProfile string) string {
+	ext := filepath.Ext(allProfile)
+	return strings.TrimSuffix(allProfile, ext) + "-flood" + ext
+}
+
+// profile takes a CPU profile of `all` under closed-loop load, apart
 // from the measured runs so that profiling does not slow them down.
-func (s *suite) profileAll(ctx context.Context, base, admin string) error {
-	opts := s.o.Load
+func (s *suite) profile(ctx context.Context, load loadgen.Options, base, admin, file string) error {
+	opts := load
 	opts.Base, opts.Warmup, opts.Duration, opts.Progress = base, 0, s.o.ProfileFor+time.Second, nil
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -515,7 +544,7 @@ func (s *suite) profileAll(ctx context.Context, base, admin string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("profile: %s", resp.Status)
 	}
-	f, err := os.Create(s.o.Profile)
+	f, err := os.Create(file)
 	if err != nil {
 		return err
 	}
@@ -530,7 +559,7 @@ func (s *suite) profileAll(ctx context.Context, base, admin string) error {
 	if err := <-done; err != nil {
 		return err
 	}
-	fmt.Fprintf(s.o.Stdout, "CPU profile of all written to %s: go tool pprof -top -cum %s\n\n", s.o.Profile, s.o.Profile)
+	fmt.Fprintf(s.o.Stdout, "CPU profile of all written to %s: go tool pprof -top -cum %s\n\n", file, file)
 	return nil
 }
 
@@ -552,16 +581,9 @@ func (s *suite) runFlood(ctx context.Context) ([]Row, error) {
 			return nil, err
 		}
 		metrics := []string{"http://" + admin + "/metrics"}
-		before, err := promtext.Get(http.DefaultClient, metrics[0])
-		if err != nil {
-			return nil, err
-		}
 		row, err := s.loadWith(ctx, FloodLoad(s.o.Load), r.setup, "http://"+listen+"/callbackExample", metrics, 0, c)
-		if err == nil {
-			var after string
-			if after, err = promtext.Get(http.DefaultClient, metrics[0]); err == nil {
-				row.StoreCalls, err = storeCallsPerDecision(before, after)
-			}
+		if err == nil && s.o.Profile != "" && r.setup == SetupFlood {
+			err = s.profile(ctx, FloodLoad(s.o.Load), "http://"+listen+"/callbackExample", admin, floodProfile(s.o.Profile))
 		}
 		c.Stop(stopGrace)
 		if err != nil {

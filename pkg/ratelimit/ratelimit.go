@@ -66,11 +66,14 @@ func (c *Check) cost() int64 { return max(int64(c.Cost), 1) }
 
 // Result is one check's verdict. RetryAfter is set when it refuses: the wait
 // until it would admit the check's cost, unless Never: a cost above the
-// burst, which no wait admits.
+// burst, which no wait admits. When it admits, Then is how long, once this
+// check's cost is consumed, the same cost would be refused (0: it would be
+// admitted at once): what the memory of refusals learns from an admission.
 type Result struct {
 	Allowed    bool
 	Remaining  int
 	RetryAfter time.Duration
+	Then       time.Duration
 	Never      bool
 }
 
@@ -150,7 +153,9 @@ func gcra(l Limit, cost, tat, now int64) (Result, int64) {
 	if diff < 0 {
 		return Result{RetryAfter: time.Duration(-diff) * time.Microsecond}, 0
 	}
-	return Result{Allowed: true, Remaining: int(diff / interval)}, newTAT
+	// The next request of the same cost is refused until newTAT +
+	// interval*(cost-burst): interval*cost-diff from now.
+	return Result{Allowed: true, Remaining: int(diff / interval), Then: time.Duration(max(interval*cost-diff, 0)) * time.Microsecond}, newTAT
 }
 
 // ctxErr turns a context that ended before the store was asked into a store

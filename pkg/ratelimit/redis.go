@@ -32,7 +32,9 @@ import (
 // 2 + 3 × its checks numbers: guard (the 1-based index of the first existing
 // guard, 0 for none, -1 when the deadline had passed), admitted, then
 // allowed, remaining, retry_after_us per check (zeros when a guard decided;
-// retry_after_us -1: a cost above the burst, never admitted).
+// retry_after_us -1: a cost above the burst, never admitted; for an
+// admitted check, how long the same cost is refused once it is consumed,
+// Result.Then).
 // Numbers are integers of microseconds, exact in Lua's doubles up to 2^53 µs
 // (year 2255).
 var decideScript = redis.NewScript(`
@@ -85,7 +87,7 @@ for q = 1, tonumber(ARGV[1]) do
         out[r], out[r + 1], out[r + 2] = 0, 0, -diff
       else
         tats[j] = new_tat
-        out[r], out[r + 1], out[r + 2] = 1, math.floor(diff / interval), 0
+        out[r], out[r + 1], out[r + 2] = 1, math.floor(diff / interval), math.max(interval * cost - diff, 0)
       end
     end
     if mode == "c" and out[o + 2] == 1 then
@@ -327,7 +329,12 @@ func readAnswer(vals []int64, q *Query, p *part, a *Answer) error {
 	}
 	for j, i := range checks {
 		v := vals[2+3*j:]
-		a.Results[i] = Result{Allowed: v[0] == 1, Remaining: int(v[1]), RetryAfter: time.Duration(max(v[2], 0)) * time.Microsecond, Never: v[2] < 0}
+		wait := time.Duration(max(v[2], 0)) * time.Microsecond
+		if v[0] == 1 {
+			a.Results[i] = Result{Allowed: true, Remaining: int(v[1]), Then: wait}
+		} else {
+			a.Results[i] = Result{Remaining: int(v[1]), RetryAfter: wait, Never: v[2] < 0}
+		}
 	}
 	return nil
 }

@@ -72,9 +72,13 @@ type refusedKey struct {
 // maxRemembered the longest a refusal is: a list changed behind joingate's
 // back (redis-cli), or a Redis clock that jumps ahead (NTP, a failover to a
 // replica whose clock is ahead), misleads the memory for at most that long.
+// A minute covers the waits of per-minute limits whole (10 s cost a flood
+// of 5 a minute per applicant a Redis call per applicant every 12 s, and
+// one for every guard key every 10 s: a quarter of the flood's Redis calls
+// in the bench suite's window).
 const (
-	guardTTL      = 10 * time.Second
-	maxRemembered = 10 * time.Second
+	guardTTL      = time.Minute
+	maxRemembered = time.Minute
 )
 
 // DefaultRefusalsSize is the number of entries Refusals keeps by default:
@@ -116,8 +120,30 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	if err := r.store.Decide(ctx, q, a); err != nil {
 		return err
 	}
-	if a.Guard >= 0 || a.Admitted(q) {
-		return nil // only refusals are remembered, and the guards they need
+	if a.Guard >= 0 {
+		return nil // a list decided: nothing to learn of the limits
+	}
+	// What the answer says is refused from now on: a refusing check (it
+	// consumed nothing), and, when the query was admitted (every check that
+	// admitted consumed), an admitted check whose cost the key cannot give
+	// again for a while (Result.Then). Either lasts at least that long:
+	// TATs only move forward.
+	admitted := a.Admitted(q)
+	refusedFor := func(res *Result) time.Duration {
+		if !res.Allowed {
+			return res.RetryAfter
+		}
+		if admitted {
+			return res.Then
+		}
+		return 0
+	}
+	learnt := false
+	for i := range a.Results {
+		learnt = learnt || refusedFor(&a.Results[i]) > time.Microsecond
+	}
+	if !learnt {
+		return nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -133,18 +159,18 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 		r.absent[g] = sent + int64(guardTTL)
 	}
 	for i := range q.Checks {
-		c, res := &q.Checks[i], &a.Results[i]
-		if res.Allowed || res.RetryAfter <= time.Microsecond {
+		c, wait := &q.Checks[i], refusedFor(&a.Results[i])
+		if wait <= time.Microsecond {
 			continue
 		}
 		k := refusedKey{c.Key, c.Limit, c.cost()}
 		if _, ok := r.refused[k]; !ok {
 			r.makeRoom()
 		}
-		// RetryAfter counts from the store's instant, which is after
+		// The wait counts from the store's instant, which is after
 		// sent; a microsecond off for the store's rounding. Nothing is
 		// remembered longer than maxRemembered.
-		r.refused[k] = sent + int64(min(res.RetryAfter-time.Microsecond, maxRemembered)+r.slack)
+		r.refused[k] = max(r.refused[k], sent+int64(min(wait-time.Microsecond, maxRemembered)+r.slack))
 	}
 	return nil
 }

@@ -208,20 +208,28 @@ func TestRefusalsBounds(t *testing.T) {
 	}
 	q := refuse("shadow", true)
 	var a Answer
-	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 0 || w.Stats().Entries != 0 {
-		t.Fatalf("a shadow check was remembered: %+v, %v", w.Stats(), err)
+	// Its refusal is remembered (to report it beside an enforcing
+	// refusal from memory), but never refuses on its own.
+	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 0 || !a.Admitted(&q) {
+		t.Fatalf("a shadow check refused from memory: %+v, %+v, %v", a, w.Stats(), err)
 	}
+	w.Clear()
 	q = refuse("enforcing", false)
+	// The admission that took the key's one request taught memory that the
+	// next is refused: the second was answered from memory.
+	if w.Stats().Hits != 1 {
+		t.Fatalf("after an admission that empties the key: %+v, want the next refused from memory", w.Stats())
+	}
 	peek := q
 	peek.Mode = Peek
-	if err := w.Decide(ctx, &peek, &a); err != nil || w.Stats().Hits != 0 {
+	if err := w.Decide(ctx, &peek, &a); err != nil || w.Stats().Hits != 1 {
 		t.Fatalf("Peek answered from memory: %+v, %v", w.Stats(), err)
 	}
-	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 1 || a.Admitted(&q) || a.Results[0].RetryAfter < maxRemembered-time.Second {
+	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 2 || a.Admitted(&q) || a.Results[0].RetryAfter < maxRemembered-time.Second {
 		t.Fatalf("refused key: %+v, stats %+v, %v; want a refusal from memory for maxRemembered (the hour capped)", a, w.Stats(), err)
 	}
 	w.Clear()
-	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 1 {
+	if err := w.Decide(ctx, &q, &a); err != nil || w.Stats().Hits != 2 {
 		t.Fatalf("answered from memory after Clear: %+v", w.Stats())
 	}
 	for i := range 40 {

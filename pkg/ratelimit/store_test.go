@@ -69,6 +69,11 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 			if !r.Allowed || r.Remaining != want || r.RetryAfter != 0 {
 				t.Fatalf("request with %d left: got %+v", want+1, r)
 			}
+			// The admission that takes the last one says how long the
+			// next will be refused: what RetryAfter will say.
+			if (want > 0) != (r.Then == 0) || r.Then > 20*time.Minute || (want == 0 && r.Then <= 19*time.Minute) {
+				t.Fatalf("request with %d left: Then %v, want 0 while some are left, just under 20m for the last", want+1, r.Then)
+			}
 		}
 		r := allow(t, s, c)[0]
 		if r.Allowed || r.Remaining != 0 {
@@ -480,7 +485,7 @@ func sameAnswer(q *Query, a, b *Answer) error {
 	}
 	for i := range a.Results {
 		ra, rb := a.Results[i], b.Results[i]
-		if ra.Allowed != rb.Allowed || ra.Remaining != rb.Remaining || (ra.RetryAfter-rb.RetryAfter).Abs() > time.Second {
+		if ra.Allowed != rb.Allowed || ra.Remaining != rb.Remaining || (ra.RetryAfter-rb.RetryAfter).Abs() > time.Second || (ra.Then-rb.Then).Abs() > time.Second {
 			return fmt.Errorf("check %d %+v: %+v, %+v", i, q.Checks[i], ra, rb)
 		}
 	}
