@@ -25,9 +25,10 @@ import (
 // that keeps Refusals (joingate broadcasts it over NATS).
 //
 // A refusal from memory names only the checks known to refuse: Results of
-// the others read Allowed, and RetryAfter is the longest known (at most
-// maxRemembered). The store might have named an earlier rule that refuses
-// too, or a longer wait. Shadow checks never refuse from memory; a query
+// the others read Allowed, and RetryAfter is what the store said, less the
+// time since (memory refuses for at most maxRemembered of it). The store
+// might have named an earlier rule that refuses too, or a longer wait.
+// Shadow checks never refuse from memory; a query
 // with one is answered from memory only when that check is remembered
 // refusing too, so that shadow refusals are reported as the store would.
 // Peek and GuardsOnly queries always go to the store.
@@ -45,9 +46,9 @@ type Refusals struct {
 	epoch time.Time // the monotonic clock's origin
 
 	mu      sync.Mutex
-	refused map[refusedKey]int64 // until, ns since epoch
-	absent  map[string]int64     // guard key -> known absent until, ns since epoch
-	gen     uint64               // incremented by Clear
+	refused map[refusedKey]refusal
+	absent  map[string]int64 // guard key -> known absent until, ns since epoch
+	gen     uint64           // incremented by Clear
 
 	hits, evictions atomic.Uint64
 	// slack, set by tests only, lengthens every refusal remembered: the
@@ -59,6 +60,12 @@ type Refusals struct {
 type Decider interface {
 	Decide(ctx context.Context, q *Query, a *Answer) error
 }
+
+// refusal is what is remembered of one: until when memory refuses (capped
+// at maxRemembered), and when the store said the key would admit again (a
+// lower bound: others may consume meanwhile), which the answer reports.
+// Both are ns since the epoch.
+type refusal struct{ until, retryAt int64 }
 
 // refusedKey is what a refusal is remembered by: a refusal of cost n says
 // nothing of a smaller cost, which GCRA may admit sooner.
@@ -95,7 +102,7 @@ func NewRefusals(store Decider, size int) *Refusals {
 		store:   store,
 		size:    size,
 		epoch:   time.Now(),
-		refused: make(map[refusedKey]int64),
+		refused: make(map[refusedKey]refusal),
 		absent:  make(map[string]int64),
 	}
 }
@@ -170,7 +177,11 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 		// The wait counts from the store's instant, which is after
 		// sent; a microsecond off for the store's rounding. Nothing is
 		// remembered longer than maxRemembered.
-		r.refused[k] = max(r.refused[k], sent+int64(min(wait-time.Microsecond, maxRemembered)+r.slack))
+		old := r.refused[k]
+		r.refused[k] = refusal{
+			until:   max(old.until, sent+int64(min(wait-time.Microsecond, maxRemembered)+r.slack)),
+			retryAt: max(old.retryAt, sent+int64(wait-time.Microsecond+r.slack)),
+		}
 	}
 	return nil
 }
@@ -191,7 +202,7 @@ func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
 	enforced := false
 	for i := range q.Checks {
 		c := &q.Checks[i]
-		refusing := r.refused[refusedKey{c.Key, c.Limit, c.cost()}] > now
+		refusing := r.refused[refusedKey{c.Key, c.Limit, c.cost()}].until > now
 		if c.Shadow && !refusing {
 			return false
 		}
@@ -203,8 +214,8 @@ func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
 	a.reset(q)
 	for i := range q.Checks {
 		c := &q.Checks[i]
-		if until := r.refused[refusedKey{c.Key, c.Limit, c.cost()}]; until > now {
-			a.Results[i] = Result{RetryAfter: time.Duration(until - now)}
+		if known := r.refused[refusedKey{c.Key, c.Limit, c.cost()}]; known.until > now {
+			a.Results[i] = Result{RetryAfter: time.Duration(known.retryAt - now)}
 		} else {
 			a.Results[i].Allowed = true
 		}
@@ -221,8 +232,8 @@ func (r *Refusals) makeRoom() {
 		return
 	}
 	now := r.now()
-	for k, until := range r.refused {
-		if until <= now {
+	for k, known := range r.refused {
+		if known.until <= now {
 			delete(r.refused, k)
 		}
 	}
