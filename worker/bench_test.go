@@ -5,6 +5,7 @@ package worker
 // without the NATS delivery in front of it.
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -56,6 +57,12 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 // policy of the default two limits set to limit per period (and burst),
 // and wants every answer to start with want.
 func benchHandle(b *testing.B, store Store, limit int, period time.Duration, memory int, want string) {
+	benchHandleWith(b, store, limit, period, memory, want, nil)
+}
+
+// benchHandleWith is benchHandle with prepare run on the worker before the
+// messages are handled once each.
+func benchHandleWith(b *testing.B, store Store, limit int, period time.Duration, memory int, want string, prepare func(*Worker)) {
 	ns := testenv.NATS(b)
 	cfg := config.Default()
 	for i := range cfg.JoinGroup.Limits {
@@ -72,6 +79,9 @@ func benchHandle(b *testing.B, store Store, limit int, period time.Duration, mem
 		b.Fatal(err)
 	}
 	msgs := benchMessages(b, opts.Conn, 1024)
+	if prepare != nil {
+		prepare(w)
+	}
 	var s policy.Scratch
 	for _, m := range msgs { // every applicant once: a flood finds them refused
 		w.handle(m, &s)
@@ -107,4 +117,35 @@ func BenchmarkHandleRedisFlood(b *testing.B) {
 	refusal := `{"actionCode":0,"errCode":5001`
 	b.Run("memory=off", func(b *testing.B) { benchHandle(b, red, 1, time.Hour, 0, refusal) })
 	b.Run("memory=on", func(b *testing.B) { benchHandle(b, red, 1, time.Hour, 100_000, refusal) })
+}
+
+// A flood of deny-listed applicants (the operator's answer to an attack):
+// without the memory each callback asks Redis, whose guard decides; with
+// it the worker holds the lists and none does.
+func BenchmarkHandleRedisDenyListed(b *testing.B) {
+	red := ratelimit.NewRedis(testenv.StartRedis(b).Client)
+	k := policy.NewKeys("bench:")
+	deny := policy.ListDenyApplicants
+	for i := range 1024 {
+		id := fmt.Sprint(1_000_000_000 + i)
+		if err := red.ListAdd(context.Background(), k.Index(deny), id, k.Flag(deny, id)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	refusal := `{"actionCode":0,"errCode":5002`
+	held := func(w *Worker) {
+		if w.memory == nil {
+			return
+		}
+		// The lists load with the first decisions: wait until they are held.
+		if !testenv.Eventually(5*time.Second, func() bool {
+			var s policy.Scratch
+			w.handle(benchMessages(b, w.opts.Conn, 1)[0], &s)
+			return w.memory.Stats().Entries >= 1024
+		}) {
+			b.Fatal("lists never held")
+		}
+	}
+	b.Run("memory=off", func(b *testing.B) { benchHandleWith(b, red, 1_000_000, time.Second, 0, refusal, held) })
+	b.Run("memory=on", func(b *testing.B) { benchHandleWith(b, red, 1_000_000, time.Second, 100_000, refusal, held) })
 }

@@ -58,11 +58,11 @@ func newMemory(store ratelimit.Decider, size int, nc *nats.Conn, subject string,
 	f := promauto.With(reg)
 	f.NewCounterFunc(prometheus.CounterOpts{
 		Name: "joingate_worker_refusal_memory_hits_total",
-		Help: "Refusals answered from the worker's memory of refusals, without a store call (worker.refusal_memory).",
+		Help: "Callbacks answered from the worker's memory of refusals, without a store call (worker.refusal_memory): refusals, and decisions of a dynamic list entry it holds.",
 	}, func() float64 { return float64(m.Stats().Hits) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "joingate_worker_refusal_memory_entries",
-		Help: "Refusals and list keys known absent that the worker's memory of refusals holds.",
+		Help: "Refusals, list keys known absent and dynamic list entries that the worker's memory of refusals holds.",
 	}, func() float64 { return float64(m.Stats().Entries) })
 	f.NewCounterFunc(prometheus.CounterOpts{
 		Name: "joingate_worker_refusal_memory_evictions_total",

@@ -97,6 +97,60 @@ func TestRefusalMemoryAcrossWorkers(t *testing.T) {
 	}
 }
 
+// A worker with its memory holds the dynamic lists whole: a deny-listed
+// applicant is refused from memory, the list entry's key never asked of
+// Redis, and taking the entry off (through the store, then Invalidate, as
+// the admin API does) is seen by the very next callback, every time.
+func TestHeldListsDecideFromMemory(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	red := ratelimit.NewRedis(srv.Client)
+	p := testPolicy(t, perApplicant(1000))
+	w, reg, _ := startWorker(t, ns, red, p, func(o *Options) { o.RefusalMemory = 1000 })
+	nc := testenv.Conn(t, ns)
+	ctx := context.Background()
+	k := p.Keys()
+	join := func(applicant string) answer {
+		t.Helper()
+		m, err := request(t, nc, joinBody(applicant, "g1"), time.Now().Add(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return decode(t, m)
+	}
+	hits := func() float64 { return testenv.Value(t, reg, "joingate_worker_refusal_memory_hits_total") }
+	deny := policy.ListDenyApplicants
+	for round := range 5 {
+		troll := fmt.Sprint("troll-", round)
+		if err := red.ListAdd(ctx, k.Index(deny), troll, k.Flag(deny, troll)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Invalidate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		before := hits()
+		// The lists load in the background after a change: Redis answers
+		// until they are held, then memory does.
+		if !testenv.Eventually(5*time.Second, func() bool {
+			if got := join(troll); got.ErrCode != 5002 {
+				t.Fatalf("round %d: deny-listed %s: %+v, want 5002", round, troll, got)
+			}
+			return hits() > before
+		}) {
+			t.Fatalf("round %d: the deny list was never answered from memory", round)
+		}
+		if err := red.ListRemove(ctx, k.Index(deny), troll, k.Flag(deny, troll)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Invalidate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := join(troll); got.ErrCode != 0 {
+			t.Fatalf("round %d: %s right after leaving the deny list: %+v, want allowed", round, troll, got)
+		}
+	}
+}
+
 // A worker's memory refuses nothing a shadow rule or a dry run would
 // refuse, and without RefusalMemory there is none.
 func TestRefusalMemoryNeverShadow(t *testing.T) {

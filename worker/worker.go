@@ -182,6 +182,9 @@ func New(opts Options) (*Worker, error) {
 	w.decider = w.store
 	if opts.RefusalMemory > 0 {
 		w.memory = newMemory(w.store, opts.RefusalMemory, opts.Conn, opts.Subject, opts.Registerer)
+		if ls, ok := opts.Store.(listStore); ok {
+			w.memory.HoldLists(w.listKeys(ls))
+		}
 		w.decider = w.memory
 		// NATS refuses a subscription asynchronously: watch its errors,
 		// passing them on to the handler the connection had.
@@ -196,6 +199,30 @@ func New(opts Options) (*Worker, error) {
 	w.policy.Store(opts.Policy)
 	w.metrics.concurrency.Set(float64(opts.Concurrency))
 	return w, nil
+}
+
+// listStore is a store that can say what its dynamic lists hold.
+type listStore interface {
+	ListMembers(ctx context.Context, index string) ([]string, error)
+}
+
+// listKeys returns the loader of the memory's held lists: the guard key of
+// every entry of every dynamic list, under the policy in force.
+func (w *Worker) listKeys(ls listStore) ratelimit.ListLoader {
+	return func(ctx context.Context) ([]string, error) {
+		k := w.policy.Load().Keys()
+		var keys []string
+		for _, list := range policy.Lists {
+			members, err := ls.ListMembers(ctx, k.Index(list))
+			if err != nil {
+				return nil, fmt.Errorf("list %s: %w", list, err)
+			}
+			for _, m := range members {
+				keys = append(keys, k.Flag(list, m))
+			}
+		}
+		return keys, nil
+	}
 }
 
 // Policy returns the policies in force.

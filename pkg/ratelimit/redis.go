@@ -137,6 +137,7 @@ return 0
 type rediser interface {
 	redis.Scripter
 	Pipeline() redis.Pipeliner
+	TxPipeline() redis.Pipeliner
 	Process(ctx context.Context, cmd redis.Cmder) error
 	Time(ctx context.Context) *redis.TimeCmd
 	Ping(ctx context.Context) *redis.StatusCmd
@@ -481,7 +482,7 @@ func (r *Redis) Reset(ctx context.Context, keys ...string) error {
 // ListAdd puts member on the list named index (a set, for listing) and sets
 // its guard key, which the decision script checks.
 func (r *Redis) ListAdd(ctx context.Context, index, member, flag string) error {
-	pipe := r.client.Pipeline()
+	pipe := r.listPipeline()
 	pipe.Set(ctx, flag, "1", 0)
 	pipe.SAdd(ctx, index, member)
 	if _, err := pipe.Exec(ctx); err != nil {
@@ -490,9 +491,21 @@ func (r *Redis) ListAdd(ctx context.Context, index, member, flag string) error {
 	return nil
 }
 
+// listPipeline writes a list entry's guard key and index together: in one
+// transaction (MULTI), so that a worker holding the lists from their
+// indexes (Refusals.HoldLists) never sees one without the other; on Redis
+// Cluster, where the two live in different slots and the memory is off, a
+// pipeline.
+func (r *Redis) listPipeline() redis.Pipeliner {
+	if r.cluster {
+		return r.client.Pipeline()
+	}
+	return r.client.TxPipeline()
+}
+
 // ListRemove takes member off the list and deletes its guard key.
 func (r *Redis) ListRemove(ctx context.Context, index, member, flag string) error {
-	pipe := r.client.Pipeline()
+	pipe := r.listPipeline()
 	pipe.Del(ctx, flag)
 	pipe.SRem(ctx, index, member)
 	if _, err := pipe.Exec(ctx); err != nil {

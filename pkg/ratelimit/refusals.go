@@ -50,6 +50,15 @@ type Refusals struct {
 	absent  map[string]int64 // guard key -> known absent until, ns since epoch
 	gen     uint64           // incremented by Clear
 
+	// The dynamic lists held whole (HoldLists): the guard keys that exist,
+	// nil while not loaded; when the load began; whether one is running,
+	// and when a failed one may be tried again.
+	load      ListLoader
+	held      map[string]struct{}
+	heldAt    int64
+	loading   bool
+	loadAfter int64
+
 	hits, evictions atomic.Uint64
 	// slack, set by tests only, lengthens every refusal remembered: the
 	// differential test proves it notices.
@@ -109,6 +118,54 @@ func NewRefusals(store Decider, size int) *Refusals {
 
 func (r *Refusals) now() int64 { return int64(time.Since(r.epoch)) }
 
+// ListLoader returns the guard keys that exist now: the key of every
+// dynamic list entry.
+type ListLoader func(ctx context.Context) ([]string, error)
+
+// HoldLists makes r hold the dynamic lists whole, from load: a guard key
+// among those it returned decides a query from memory as the store would
+// (no check is evaluated, nothing consumed), and one not among them is
+// known absent without asking. They are loaded in the background at the
+// first query, again after every Clear (until then r asks the store about
+// guards, as without HoldLists) and every guardTTL, which bounds how long a
+// list changed behind joingate's back misleads it. Lists of more than size
+// entries are not held. Call it before the first Decide.
+func (r *Refusals) HoldLists(load ListLoader) { r.load = load }
+
+// loadLists starts loading the lists when they are due. r.mu is held.
+func (r *Refusals) loadLists(now int64) {
+	if r.load == nil || r.loading || now < r.loadAfter || (r.held != nil && now-r.heldAt < int64(guardTTL)) {
+		return
+	}
+	r.loading = true
+	go r.reload(r.gen, now)
+}
+
+// reload loads the lists and holds them, unless a Clear came meanwhile:
+// they may predate the change.
+func (r *Refusals) reload(gen uint64, started int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), listLoadTimeout)
+	keys, err := r.load(ctx)
+	cancel()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.loading = false
+	switch {
+	case err != nil:
+		r.loadAfter = r.now() + int64(time.Second)
+	case len(keys) > r.size:
+		r.held, r.loadAfter = nil, r.now()+int64(guardTTL)
+	case r.gen == gen:
+		r.held, r.heldAt = make(map[string]struct{}, len(keys)), started
+		for _, k := range keys {
+			r.held[k] = struct{}{}
+		}
+	}
+}
+
+// listLoadTimeout bounds one load of the lists.
+const listLoadTimeout = 5 * time.Second
+
 // Decide answers q from memory when the store is bound to refuse it, and
 // asks the store otherwise, remembering what its answer tells.
 func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
@@ -117,6 +174,7 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	}
 	sent := r.now()
 	r.mu.Lock()
+	r.loadLists(sent)
 	gen := r.gen
 	hit := r.recall(q, a, sent)
 	r.mu.Unlock()
@@ -135,19 +193,24 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	// admitted consumed), an admitted check whose cost the key cannot give
 	// again for a while (Result.Then). Either lasts at least that long:
 	// TATs only move forward.
+	// A key checked twice in one query (under two limits) is stored by the
+	// last check that consumed it, so the other's Then may not hold: only a
+	// key checked once teaches anything from an admission. (Policies give
+	// every rule keys of its own; only hand-made queries share them.)
 	admitted := a.Admitted(q)
-	refusedFor := func(res *Result) time.Duration {
+	refusedFor := func(i int) time.Duration {
+		res := &a.Results[i]
 		if !res.Allowed {
 			return res.RetryAfter
 		}
-		if admitted {
+		if admitted && res.Then > 0 && onlyOnce(q.Checks, i) {
 			return res.Then
 		}
 		return 0
 	}
 	learnt := false
 	for i := range a.Results {
-		learnt = learnt || refusedFor(&a.Results[i]) > time.Microsecond
+		learnt = learnt || refusedFor(i) > time.Microsecond
 	}
 	if !learnt {
 		return nil
@@ -160,13 +223,16 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 		return nil
 	}
 	for _, g := range q.Guards {
+		if r.held != nil {
+			break // known without remembering them
+		}
 		if _, ok := r.absent[g]; !ok {
 			r.makeRoom()
 		}
 		r.absent[g] = sent + int64(guardTTL)
 	}
 	for i := range q.Checks {
-		c, wait := &q.Checks[i], refusedFor(&a.Results[i])
+		c, wait := &q.Checks[i], refusedFor(i)
 		if wait <= time.Microsecond {
 			continue
 		}
@@ -186,16 +252,36 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	return nil
 }
 
-// recall fills a with a refusal when memory says the store is bound to
-// refuse q at now: an enforcing check is remembered refusing, and so is
-// every shadow check (whose refusals the caller reports: one not known to
-// refuse might, so the store is asked). r.mu is held.
+// onlyOnce reports whether checks[i]'s key is checked by no other check.
+func onlyOnce(checks []Check, i int) bool {
+	for j := range checks {
+		if j != i && checks[j].Key == checks[i].Key {
+			return false
+		}
+	}
+	return true
+}
+
+// recall fills a with what memory says the store would answer q at now: a
+// held list entry's guard decides it, or an enforcing check is remembered
+// refusing, and so is every shadow check (whose refusals the caller
+// reports: one not known to refuse might, so the store is asked). r.mu is
+// held.
 func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
+	if r.held != nil {
+		for i, g := range q.Guards {
+			if _, ok := r.held[g]; ok {
+				a.reset(q)
+				a.Guard = i
+				return true
+			}
+		}
+	}
 	if len(r.refused) == 0 {
 		return false
 	}
 	for _, g := range q.Guards {
-		if r.absent[g] <= now {
+		if r.held == nil && r.absent[g] <= now {
 			return false
 		}
 	}
@@ -268,19 +354,20 @@ func (r *Refusals) Clear() {
 	r.gen++
 	clear(r.refused)
 	clear(r.absent)
+	r.held = nil
 }
 
 // RefusalStats are a Refusals' counters, for metrics.
 type RefusalStats struct {
 	Hits      uint64 // queries refused from memory
-	Entries   int    // refusals and guards remembered
+	Entries   int    // refusals, guards and held list entries remembered
 	Evictions uint64 // entries dropped before they expired, for room
 }
 
 // Stats returns the counters.
 func (r *Refusals) Stats() RefusalStats {
 	r.mu.Lock()
-	n := len(r.refused) + len(r.absent)
+	n := len(r.refused) + len(r.absent) + len(r.held)
 	r.mu.Unlock()
 	return RefusalStats{Hits: r.hits.Load(), Entries: n, Evictions: r.evictions.Load()}
 }

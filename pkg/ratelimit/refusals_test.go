@@ -17,7 +17,9 @@ import (
 // removed, quotas reset), each followed by the broadcast (Clear on every
 // worker) unless the run leaves it out. Every answer given from memory is
 // checked at once against Redis (Peek): no guard may exist, and every check
-// it says refuses must refuse there too, for at least as long. The clock of
+// it says refuses must refuse there too, for at least as long; when the
+// workers hold the lists (HoldLists), a guard it says decides must be the
+// one that decides there. The clock of
 // a claim is the instant before the call, that of Redis's verdict the
 // instant after the Peek, so the check holds whatever the scheduling: a
 // claim is wrong only if it outlasts what Redis says.
@@ -28,18 +30,37 @@ type refusalsRun struct {
 	rng       *rand.Rand
 	broadcast bool
 	hits      int
+	guardHits int // answers from memory that a held list entry decided
 	wrong     []string
 }
 
-func newRefusalsRun(t *testing.T, srv *testenv.Redis, seed uint64, slack time.Duration, broadcast bool) *refusalsRun {
+// guardKeys are the run's list entries' keys (guards).
+var guardKeys = []string{"allow", "deny0", "deny1", "deny2"}
+
+func newRefusalsRun(t *testing.T, srv *testenv.Redis, seed uint64, slack time.Duration, broadcast, hold bool) *refusalsRun {
 	if err := srv.Client.FlushDB(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	red := NewRedis(srv.Client)
 	r := &refusalsRun{t: t, red: red, rng: rand.New(rand.NewPCG(seed, 7)), broadcast: broadcast}
 	for range 2 {
-		w := NewRefusals(red, 16) // small: evictions happen
+		w := NewRefusals(red, 12) // small: evictions happen
 		w.slack = slack
+		if hold {
+			w.HoldLists(func(ctx context.Context) ([]string, error) {
+				var exist []string
+				for _, k := range guardKeys {
+					n, err := srv.Client.Exists(ctx, k).Result()
+					if err != nil {
+						return nil, err
+					}
+					if n == 1 {
+						exist = append(exist, k)
+					}
+				}
+				return exist, nil
+			})
+		}
 		r.workers = append(r.workers, w)
 	}
 	return r
@@ -71,9 +92,9 @@ func (r *refusalsRun) step(i int) {
 		var err error
 		switch r.rng.IntN(3) {
 		case 0:
-			err = r.red.ListAdd(ctx, "idx", "x", []string{"allow", "deny0", "deny1", "deny2"}[r.rng.IntN(4)])
+			err = r.red.ListAdd(ctx, "idx", "x", guardKeys[r.rng.IntN(4)])
 		case 1:
-			err = r.red.ListRemove(ctx, "idx", "x", []string{"allow", "deny0", "deny1", "deny2"}[r.rng.IntN(4)])
+			err = r.red.ListRemove(ctx, "idx", "x", guardKeys[r.rng.IntN(4)])
 		default:
 			err = r.red.Reset(ctx, fmt.Sprint("k", r.rng.IntN(4)))
 		}
@@ -111,6 +132,13 @@ func (r *refusalsRun) step(i int) {
 			r.t.Fatal(err)
 		}
 		after := time.Now()
+		if a.Guard >= 0 {
+			r.guardHits++
+			if truth.Guard != a.Guard {
+				r.wrong = append(r.wrong, fmt.Sprintf("step %d: guard %q decided from memory, Redis says guard %d", i, q.Guards[a.Guard], truth.Guard))
+			}
+			return
+		}
 		if truth.Guard >= 0 {
 			r.wrong = append(r.wrong, fmt.Sprintf("step %d: refused from memory, but guard %q exists", i, q.Guards[truth.Guard]))
 			return
@@ -154,20 +182,24 @@ func (r *refusalsRun) run(steps int) {
 // does answer from memory, often.
 func TestRefusalsAgainstRedis(t *testing.T) {
 	srv := testenv.StartRedis(t)
-	for seed := range uint64(3) {
-		r := newRefusalsRun(t, srv, seed, 0, true)
+	for seed := range uint64(6) {
+		hold := seed%2 == 1 // the lists held whole, or guards remembered absent
+		r := newRefusalsRun(t, srv, seed, 0, true, hold)
 		r.run(3000)
 		for _, w := range r.wrong {
 			t.Error(w)
 		}
-		if r.hits < 60 {
+		if r.hits < 30 {
 			t.Errorf("seed %d: %d answers from memory in 3000 steps: the test exercises nothing", seed, r.hits)
+		}
+		if hold && r.guardHits < 10 {
+			t.Errorf("seed %d: %d answers decided by a held list entry: the lists were never held", seed, r.guardHits)
 		}
 		ev := r.workers[0].Stats().Evictions + r.workers[1].Stats().Evictions
 		if ev == 0 {
 			t.Errorf("seed %d: no eviction: memory was never full", seed)
 		}
-		t.Logf("seed %d: %d answers from memory, %d evictions", seed, r.hits, ev)
+		t.Logf("seed %d (hold %v): %d answers from memory (%d by a list entry), %d evictions", seed, hold, r.hits, r.guardHits, ev)
 	}
 }
 
@@ -176,11 +208,15 @@ func TestRefusalsAgainstRedis(t *testing.T) {
 func TestRefusalsTestCatchesBugs(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	for _, c := range []struct {
-		name      string
-		slack     time.Duration
-		broadcast bool
-	}{{"refusing 50ms too long", 50 * time.Millisecond, true}, {"no broadcast", 0, false}} {
-		r := newRefusalsRun(t, srv, 1, c.slack, c.broadcast)
+		name            string
+		slack           time.Duration
+		broadcast, hold bool
+	}{
+		{"refusing 50ms too long", 50 * time.Millisecond, true, false},
+		{"no broadcast", 0, false, false},
+		{"no broadcast, lists held", 0, false, true},
+	} {
+		r := newRefusalsRun(t, srv, 1, c.slack, c.broadcast, c.hold)
 		r.run(3000)
 		if len(r.wrong) == 0 {
 			t.Errorf("%s: no wrong answer noticed in %d answers from memory", c.name, r.hits)
