@@ -38,14 +38,7 @@ func TestRefusalMemoryAcrossWorkers(t *testing.T) {
 	c, _, _ := startWorker(t, ns, red, p, func(o *Options) { o.RefusalMemory = 0 })
 	nc := testenv.Conn(t, ns)
 	ctx := context.Background()
-	join := func(applicant string) answer {
-		t.Helper()
-		m, err := request(t, nc, joinBody(applicant, "g1"), time.Now().Add(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return decode(t, m)
-	}
+	join := func(applicant string) answer { t.Helper(); return joinG1(t, nc, applicant) }
 	hits := func() float64 {
 		return testenv.Value(t, regA, "joingate_worker_refusal_memory_hits_total") +
 			testenv.Value(t, regB, "joingate_worker_refusal_memory_hits_total")
@@ -110,14 +103,7 @@ func TestHeldListsDecideFromMemory(t *testing.T) {
 	nc := testenv.Conn(t, ns)
 	ctx := context.Background()
 	k := p.Keys()
-	join := func(applicant string) answer {
-		t.Helper()
-		m, err := request(t, nc, joinBody(applicant, "g1"), time.Now().Add(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return decode(t, m)
-	}
+	join := func(applicant string) answer { t.Helper(); return joinG1(t, nc, applicant) }
 	hits := func() float64 { return testenv.Value(t, reg, "joingate_worker_refusal_memory_hits_total") }
 	deny := policy.ListDenyApplicants
 	for round := range 5 {
@@ -149,6 +135,16 @@ func TestHeldListsDecideFromMemory(t *testing.T) {
 			t.Fatalf("round %d: %s right after leaving the deny list: %+v, want allowed", round, troll, got)
 		}
 	}
+}
+
+// joinG1 asks for applicant's application to g1 and returns the answer.
+func joinG1(t *testing.T, nc *nats.Conn, applicant string) answer {
+	t.Helper()
+	m, err := request(t, nc, joinBody(applicant, "g1"), time.Now().Add(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decode(t, m)
 }
 
 // A worker's memory refuses nothing a shadow rule or a dry run would
