@@ -177,12 +177,20 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	r.loadLists(sent)
 	gen := r.gen
 	hit := r.recall(q, a, sent)
+	unguarded := r.held != nil // and, not a hit, none of q's guards exists
 	r.mu.Unlock()
 	if hit {
 		r.hits.Add(1)
 		return nil
 	}
-	if err := r.store.Decide(ctx, q, a); err != nil {
+	asked := q
+	if unguarded && len(q.Guards) > 0 {
+		// The held lists say no guard exists: the store need not look.
+		stripped := *q
+		stripped.Guards = nil
+		asked = &stripped
+	}
+	if err := r.store.Decide(ctx, asked, a); err != nil {
 		return err
 	}
 	if a.Guard >= 0 {

@@ -19,7 +19,9 @@ import (
 // checked at once against Redis (Peek): no guard may exist, and every check
 // it says refuses must refuse there too, for at least as long; when the
 // workers hold the lists (HoldLists), a guard it says decides must be the
-// one that decides there. The clock of
+// one that decides there, and an answer Redis gave (to a query the held
+// lists may have stripped of its guards) must have been decided by the
+// guard that exists, if one does. The clock of
 // a claim is the instant before the call, that of Redis's verdict the
 // instant after the Peek, so the check holds whatever the scheduling: a
 // claim is wrong only if it outlasts what Redis says.
@@ -121,10 +123,6 @@ func (r *refusalsRun) step(i int) {
 		if err := w.Decide(ctx, &q, &a); err != nil {
 			r.t.Fatal(err)
 		}
-		if w.Stats().Hits == hits {
-			return
-		}
-		r.hits++
 		peek := q
 		peek.Mode = Peek
 		var truth Answer
@@ -132,6 +130,15 @@ func (r *refusalsRun) step(i int) {
 			r.t.Fatal(err)
 		}
 		after := time.Now()
+		if w.Stats().Hits == hits {
+			// Asked of Redis, perhaps without the guards the held lists
+			// say are absent: a guard that exists must have decided.
+			if truth.Guard >= 0 && a.Guard != truth.Guard {
+				r.wrong = append(r.wrong, fmt.Sprintf("step %d: guard %q exists, the store's answer says guard %d", i, q.Guards[truth.Guard], a.Guard))
+			}
+			return
+		}
+		r.hits++
 		if a.Guard >= 0 {
 			r.guardHits++
 			if truth.Guard != a.Guard {
