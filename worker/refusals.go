@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +51,11 @@ type memory struct {
 	sub        atomic.Pointer[nats.Subscription] // set by Run
 	reconnects atomic.Uint64                     // as last seen
 	clears     *prometheus.CounterVec
+	// catching serialises catching up with broadcasts (see catchUp).
+	catching sync.Mutex
+	// afterClear, set by tests only, runs in catchUp between the Clear and
+	// the drain: what another goroutine or the network may do there.
+	afterClear func()
 }
 
 func newMemory(store ratelimit.Decider, size int, nc *nats.Conn, subject string, reg prometheus.Registerer) *memory {
@@ -122,7 +128,10 @@ func (m *memory) Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.An
 // catchUp clears the memory when a broadcast arrived or the connection was
 // lost since the last decision. It clears before it drains the broadcast
 // (or records the reconnect), so that a decision that finds nothing
-// pending finds the memory cleared already.
+// pending finds the memory cleared already; and it drains only the
+// broadcasts it counted before the Clear, one goroutine at a time, so that
+// one arriving after the Clear stays pending and clears again (drained
+// unseen, what was learnt since the Clear would outlive its change).
 func (m *memory) catchUp() {
 	if n := m.nc.Stats().Reconnects; n != m.reconnects.Load() {
 		m.clear("reconnect")
@@ -135,8 +144,17 @@ func (m *memory) catchUp() {
 	if n, _, _ := sub.Pending(); n == 0 {
 		return
 	}
+	m.catching.Lock()
+	defer m.catching.Unlock()
+	n, _, _ := sub.Pending()
+	if n == 0 {
+		return // another goroutine caught up meanwhile
+	}
 	m.clear("broadcast")
-	for {
+	if m.afterClear != nil {
+		m.afterClear()
+	}
+	for range n {
 		if _, err := sub.NextMsg(0); err != nil {
 			break
 		}

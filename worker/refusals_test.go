@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -137,6 +139,36 @@ func TestHeldListsDecideFromMemory(t *testing.T) {
 	}
 }
 
+// The held lists are every dynamic list of every command: an entry of
+// each is among the keys the memory loads, under the key a decision asks.
+func TestHeldListsAreEveryList(t *testing.T) {
+	ns := testenv.NATS(t)
+	red := ratelimit.NewRedis(testenv.StartRedis(t).Client)
+	p := testPolicy(t)
+	w, _, _ := startWorker(t, ns, red, p, func(o *Options) { o.RefusalMemory = 1000 })
+	ctx := context.Background()
+	k := p.Keys()
+	want := map[string]bool{}
+	for _, list := range policy.Lists {
+		id := "id-" + list
+		if err := red.ListAdd(ctx, k.Index(list), id, k.Flag(list, id)); err != nil {
+			t.Fatal(err)
+		}
+		want[k.Flag(list, id)] = true
+	}
+	keys, err := w.listKeys(red)(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, key := range keys {
+		got[key] = true
+	}
+	if !maps.Equal(got, want) || len(keys) != len(policy.Lists) {
+		t.Fatalf("held list keys %q, want one per list: %v", keys, slices.Sorted(maps.Keys(want)))
+	}
+}
+
 // joinG1 asks for applicant's application to g1 and returns the answer.
 func joinG1(t *testing.T, nc *nats.Conn, applicant string) answer {
 	t.Helper()
@@ -241,5 +273,124 @@ func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 	}
 	if err := listener.Invalidate(context.Background()); err == nil || !strings.Contains(err.Error(), "may not publish") {
 		t.Fatalf("Invalidate by a worker that may not publish the broadcast: %v", err)
+	}
+}
+
+// A broadcast that arrives between catchUp's Clear and its drain is not
+// drained with the one before: it clears again, so that what the memory
+// learnt in between (here, from a decision made concurrently) does not
+// survive the operator's change behind it.
+func TestCatchUpKeepsLaterBroadcast(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	red := ratelimit.NewRedis(srv.Client)
+	nc := testenv.Conn(t, ns)
+	ctl := testenv.Conn(t, ns)
+	m := newMemory(red, 100, nc, "jg", prometheus.NewRegistry())
+	if err := m.listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	q := ratelimit.Query{Checks: []ratelimit.Check{{Key: "k", Limit: ratelimit.Limit{Rate: 1, Period: time.Hour, Burst: 1}}}}
+	decide := func() (ratelimit.Answer, uint64) {
+		var a ratelimit.Answer
+		if err := m.Decide(ctx, &q, &a); err != nil {
+			t.Fatal(err)
+		}
+		return a, m.Stats().Hits
+	}
+	change := func() { // an operator's quota reset, then its broadcast
+		if err := red.Reset(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		sub := m.sub.Load()
+		before, _, _ := sub.Pending()
+		if err := broadcast(ctx, ctl, "jg"); err != nil {
+			t.Fatal(err)
+		}
+		if !testenv.Eventually(time.Second, func() bool { n, _, _ := sub.Pending(); return n > before }) {
+			t.Fatal("broadcast not received")
+		}
+	}
+	decide() // admitted: memory learns that k refuses for an hour
+	change() // B1
+	m.afterClear = func() {
+		m.afterClear = nil
+		decide() // a concurrent decision: admitted, learnt again
+		change() // B2: arrives before the drain
+	}
+	m.catchUp() // clears for B1, drains B1 and B2
+	m.catchUp() // nothing pending
+	a, hits := decide()
+	var truth ratelimit.Answer
+	peek := q
+	peek.Mode = ratelimit.Peek
+	if err := red.Decide(ctx, &peek, &truth); err != nil {
+		t.Fatal(err)
+	}
+	if hits > 0 && !a.Admitted(&q) && truth.Admitted(&peek) {
+		t.Fatalf("refused from memory after the reset's broadcast (B2 drained without a Clear); Redis admits: %+v", truth)
+	}
+}
+
+// The same window with the lists held: a load started by a decision made
+// between the Clear and the drain reads the lists before the operator's
+// next change; that change's broadcast clears them again, so the removed
+// deny entry decides nothing.
+func TestCatchUpKeepsLaterBroadcastHeldLists(t *testing.T) {
+	ns := testenv.NATS(t)
+	srv := testenv.StartRedis(t)
+	red := ratelimit.NewRedis(srv.Client)
+	nc := testenv.Conn(t, ns)
+	ctl := testenv.Conn(t, ns)
+	p := testPolicy(t, perApplicant(1000))
+	w := &Worker{}
+	w.policy.Store(p)
+	m := newMemory(red, 100, nc, "jg", prometheus.NewRegistry())
+	m.HoldLists(w.listKeys(red))
+	if err := m.listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	k := p.Keys()
+	deny := "deny_applicants"
+	q := ratelimit.Query{Guards: []string{k.Flag(deny, "x")}}
+	q.Checks = []ratelimit.Check{{Key: "c", Limit: ratelimit.Limit{Rate: 1000, Period: time.Hour, Burst: 1000}}}
+	decide := func() ratelimit.Answer {
+		var a ratelimit.Answer
+		if err := m.Decide(ctx, &q, &a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	bcast := func() {
+		sub := m.sub.Load()
+		before, _, _ := sub.Pending()
+		if err := broadcast(ctx, ctl, "jg"); err != nil {
+			t.Fatal(err)
+		}
+		if !testenv.Eventually(time.Second, func() bool { n, _, _ := sub.Pending(); return n > before }) {
+			t.Fatal("broadcast not received")
+		}
+	}
+	if err := red.ListAdd(ctx, k.Index(deny), "x", k.Flag(deny, "x")); err != nil { // C1
+		t.Fatal(err)
+	}
+	bcast() // B1
+	m.afterClear = func() {
+		m.afterClear = nil
+		decide() // a concurrent decision starts the load, which sees x
+		if !testenv.Eventually(time.Second, func() bool { return m.Stats().Entries > 0 }) {
+			t.Fatal("lists never held")
+		}
+		if err := red.ListRemove(ctx, k.Index(deny), "x", k.Flag(deny, "x")); err != nil { // C2
+			t.Fatal(err)
+		}
+		bcast() // B2, before the drain
+	}
+	m.catchUp()
+	m.catchUp()
+	if a := decide(); a.Guard == 0 {
+		t.Fatalf("x decided by the deny list from memory after its removal was broadcast; Redis admits it")
 	}
 }

@@ -356,7 +356,7 @@ func (s invalidating) ListRemove(ctx context.Context, index, member, flag string
 // changed part of what it meant to.
 func (s invalidating) then(ctx context.Context, err error) error {
 	if berr := s.invalidate(ctx); berr != nil {
-		return errors.Join(err, fmt.Errorf("the other workers may refuse from memory what changed in the store, for up to 10s (retry once NATS is back): %w", berr))
+		return errors.Join(err, fmt.Errorf("the other workers may refuse from memory what changed in the store, for up to a minute (retry once NATS is back): %w", berr))
 	}
 	return err
 }

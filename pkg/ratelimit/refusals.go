@@ -163,6 +163,13 @@ func (r *Refusals) reload(gen uint64, started int64) {
 	}
 }
 
+// listsHeld reports whether the lists are held and fresh: loaded within
+// two guardTTLs (reloads that keep failing do not make old lists last).
+// r.mu is held.
+func (r *Refusals) listsHeld(now int64) bool {
+	return r.held != nil && now-r.heldAt < 2*int64(guardTTL)
+}
+
 // listLoadTimeout bounds one load of the lists.
 const listLoadTimeout = 5 * time.Second
 
@@ -177,7 +184,7 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	r.loadLists(sent)
 	gen := r.gen
 	hit := r.recall(q, a, sent)
-	unguarded := r.held != nil // and, not a hit, none of q's guards exists
+	unguarded := r.listsHeld(sent) // and, not a hit, none of q's guards exists
 	r.mu.Unlock()
 	if hit {
 		r.hits.Add(1)
@@ -231,7 +238,7 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 		return nil
 	}
 	for _, g := range q.Guards {
-		if r.held != nil {
+		if r.listsHeld(sent) {
 			break // known without remembering them
 		}
 		if _, ok := r.absent[g]; !ok {
@@ -276,7 +283,8 @@ func onlyOnce(checks []Check, i int) bool {
 // reports: one not known to refuse might, so the store is asked). r.mu is
 // held.
 func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
-	if r.held != nil {
+	held := r.listsHeld(now)
+	if held {
 		for i, g := range q.Guards {
 			if _, ok := r.held[g]; ok {
 				a.reset(q)
@@ -289,7 +297,7 @@ func (r *Refusals) recall(q *Query, a *Answer, now int64) bool {
 		return false
 	}
 	for _, g := range q.Guards {
-		if r.held == nil && r.absent[g] <= now {
+		if !held && r.absent[g] <= now {
 			return false
 		}
 	}

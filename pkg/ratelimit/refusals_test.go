@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -304,4 +305,41 @@ type clearing struct {
 func (c *clearing) Decide(ctx context.Context, q *Query, a *Answer) error {
 	c.during()
 	return c.Redis.Decide(ctx, q, a)
+}
+
+// Held lists decide from memory while fresh; lists that could not be
+// reloaded for two guardTTLs decide nothing (a list changed behind
+// joingate's back misleads it for a bounded time).
+func TestHeldListsGoStale(t *testing.T) {
+	red := NewRedis(testenv.StartRedis(t).Client)
+	ctx := context.Background()
+	if err := red.ListAdd(ctx, "idx", "x", "deny"); err != nil {
+		t.Fatal(err)
+	}
+	w := NewRefusals(red, 16)
+	loads := 0
+	w.HoldLists(func(context.Context) ([]string, error) {
+		loads++
+		if loads > 1 {
+			return nil, errors.New("redis down")
+		}
+		return []string{"deny"}, nil
+	})
+	q := Query{Guards: []string{"deny"}, Checks: []Check{{Key: "k", Limit: Limit{Rate: 1000, Period: time.Hour, Burst: 1000}}}}
+	var a Answer
+	if !testenv.Eventually(5*time.Second, func() bool {
+		if err := w.Decide(ctx, &q, &a); err != nil || a.Guard != 0 {
+			t.Fatalf("a deny-listed query: %+v, %v", a, err)
+		}
+		return w.Stats().Hits > 0
+	}) {
+		t.Fatal("the held list never decided")
+	}
+	w.mu.Lock()
+	w.heldAt -= 2 * int64(guardTTL) // as if every reload since had failed
+	w.mu.Unlock()
+	hits := w.Stats().Hits
+	if err := w.Decide(ctx, &q, &a); err != nil || a.Guard != 0 || w.Stats().Hits != hits {
+		t.Fatalf("stale lists: %+v, hits %d then %d, %v; want Redis to decide", a, hits, w.Stats().Hits, err)
+	}
 }
