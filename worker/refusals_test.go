@@ -276,20 +276,36 @@ func TestRefusalMemoryOffWithoutPermission(t *testing.T) {
 	}
 }
 
+// catchUpMemory is a memory listening for broadcasts on "jg", its Redis,
+// and a function that sends a broadcast (as an operator's change does) and
+// returns once the memory has it pending.
+func catchUpMemory(t *testing.T) (*memory, *ratelimit.Redis, func()) {
+	ns := testenv.NATS(t)
+	red := ratelimit.NewRedis(testenv.StartRedis(t).Client)
+	ctl := testenv.Conn(t, ns)
+	m := newMemory(red, 100, testenv.Conn(t, ns), "jg", prometheus.NewRegistry())
+	if err := m.listen(); err != nil {
+		t.Fatal(err)
+	}
+	bcast := func() {
+		sub := m.sub.Load()
+		before, _, _ := sub.Pending()
+		if err := broadcast(context.Background(), ctl, "jg"); err != nil {
+			t.Fatal(err)
+		}
+		if !testenv.Eventually(time.Second, func() bool { n, _, _ := sub.Pending(); return n > before }) {
+			t.Fatal("broadcast not received")
+		}
+	}
+	return m, red, bcast
+}
+
 // A broadcast that arrives between catchUp's Clear and its drain is not
 // drained with the one before: it clears again, so that what the memory
 // learnt in between (here, from a decision made concurrently) does not
 // survive the operator's change behind it.
 func TestCatchUpKeepsLaterBroadcast(t *testing.T) {
-	ns := testenv.NATS(t)
-	srv := testenv.StartRedis(t)
-	red := ratelimit.NewRedis(srv.Client)
-	nc := testenv.Conn(t, ns)
-	ctl := testenv.Conn(t, ns)
-	m := newMemory(red, 100, nc, "jg", prometheus.NewRegistry())
-	if err := m.listen(); err != nil {
-		t.Fatal(err)
-	}
+	m, red, bcast := catchUpMemory(t)
 	ctx := context.Background()
 	q := ratelimit.Query{Checks: []ratelimit.Check{{Key: "k", Limit: ratelimit.Limit{Rate: 1, Period: time.Hour, Burst: 1}}}}
 	decide := func() (ratelimit.Answer, uint64) {
@@ -303,14 +319,7 @@ func TestCatchUpKeepsLaterBroadcast(t *testing.T) {
 		if err := red.Reset(ctx, "k"); err != nil {
 			t.Fatal(err)
 		}
-		sub := m.sub.Load()
-		before, _, _ := sub.Pending()
-		if err := broadcast(ctx, ctl, "jg"); err != nil {
-			t.Fatal(err)
-		}
-		if !testenv.Eventually(time.Second, func() bool { n, _, _ := sub.Pending(); return n > before }) {
-			t.Fatal("broadcast not received")
-		}
+		bcast()
 	}
 	decide() // admitted: memory learns that k refuses for an hour
 	change() // B1
@@ -338,22 +347,14 @@ func TestCatchUpKeepsLaterBroadcast(t *testing.T) {
 // next change; that change's broadcast clears them again, so the removed
 // deny entry decides nothing.
 func TestCatchUpKeepsLaterBroadcastHeldLists(t *testing.T) {
-	ns := testenv.NATS(t)
-	srv := testenv.StartRedis(t)
-	red := ratelimit.NewRedis(srv.Client)
-	nc := testenv.Conn(t, ns)
-	ctl := testenv.Conn(t, ns)
+	m, red, bcast := catchUpMemory(t)
 	p := testPolicy(t, perApplicant(1000))
 	w := &Worker{}
 	w.policy.Store(p)
-	m := newMemory(red, 100, nc, "jg", prometheus.NewRegistry())
 	m.HoldLists(w.listKeys(red))
-	if err := m.listen(); err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	k := p.Keys()
-	deny := "deny_applicants"
+	deny := policy.ListDenyApplicants
 	q := ratelimit.Query{Guards: []string{k.Flag(deny, "x")}}
 	q.Checks = []ratelimit.Check{{Key: "c", Limit: ratelimit.Limit{Rate: 1000, Period: time.Hour, Burst: 1000}}}
 	decide := func() ratelimit.Answer {
@@ -362,16 +363,6 @@ func TestCatchUpKeepsLaterBroadcastHeldLists(t *testing.T) {
 			t.Fatal(err)
 		}
 		return a
-	}
-	bcast := func() {
-		sub := m.sub.Load()
-		before, _, _ := sub.Pending()
-		if err := broadcast(ctx, ctl, "jg"); err != nil {
-			t.Fatal(err)
-		}
-		if !testenv.Eventually(time.Second, func() bool { n, _, _ := sub.Pending(); return n > before }) {
-			t.Fatal("broadcast not received")
-		}
 	}
 	if err := red.ListAdd(ctx, k.Index(deny), "x", k.Flag(deny, "x")); err != nil { // C1
 		t.Fatal(err)
