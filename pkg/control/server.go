@@ -65,15 +65,12 @@ type ListResponse struct {
 
 // QuotaResponse is a rule's state for one key.
 type QuotaResponse struct {
-	Rule    string `json:"rule"`
-	Key     string `json:"key"`
-	Limit   int    `json:"limit"`
-	Period  string `json:"period"`
-	Burst   int    `json:"burst"`
-	Allowed bool   `json:"allowed"`
-	// Never: the call asks more than the rule's burst at once; no wait
-	// admits it.
-	Never      bool    `json:"never,omitempty"`
+	Rule       string  `json:"rule"`
+	Key        string  `json:"key"`
+	Limit      int     `json:"limit"`
+	Period     string  `json:"period"`
+	Burst      int     `json:"burst"`
+	Allowed    bool    `json:"allowed"`
 	Remaining  int     `json:"remaining"`
 	RetryAfter float64 `json:"retry_after_seconds"`
 	Shadow     bool    `json:"shadow,omitempty"`

@@ -16,9 +16,13 @@ import (
 // refusals are remembered per cost). Refusals keeps, per key
 // and limit, the instant it refuses until (the local time the query was sent
 // plus RetryAfter: never later than the store's), and, per guard key (the
-// dynamic lists), that the key was absent. A query in Consume mode whose
+// dynamic lists), that the key was absent. An admission teaches it too: a
+// check that takes what is left of a key's burst says how long the same
+// cost will now be refused (Result.Then). With HoldLists it holds the lists
+// whole instead of guard keys one by one. A query in Consume mode whose
 // guards are all known absent and one of whose enforcing checks is known to
-// refuse is refused without asking the store. It never refuses what the
+// refuse is refused without asking the store; one whose guard is a held
+// list entry is decided by it. It never refuses what the
 // store would admit, with one exception it cannot see: an operator's change
 // to the store (a quota reset, a list entry added) makes a refusal it
 // remembers wrong. Whoever changes the store calls Clear, on every process
@@ -33,7 +37,8 @@ import (
 // refusing too, so that shadow refusals are reported as the store would.
 // Peek and GuardsOnly queries always go to the store.
 //
-// Memory is bounded: past size entries (refusals and guards together),
+// Memory is bounded: past size entries (refusals and guards together; held
+// lists apart, and only up to size entries),
 // expired ones are dropped, then arbitrary others (counted as evictions).
 // Guards are remembered for guardTTL, refusals at most maxRemembered.
 //
