@@ -105,13 +105,9 @@ type flusher struct {
 	b      *Batcher
 	batch  []*call
 	inPipe []*call // the calls sent
-	// The script call: its keys and numbers, and its arguments, which
-	// point into them so that none is allocated.
-	keys  []string
-	nums  []int64
-	flags []any // per query its mode, then per check its shadow flag
-	args  []any
-	idx   []int // 0, 1, 2…: readAnswer's indexes of a whole query
+	script scriptCall
+	args   []any // the EVALSHA command
+	idx    []int // 0, 1, 2…: readAnswer's indexes of a whole query
 }
 
 // callState is where a queued call is. The flusher moves it from queued to
@@ -280,7 +276,7 @@ func (f *flusher) run() {
 func (f *flusher) flush(batch []*call) {
 	b := f.b
 	calls := f.inPipe[:0]
-	f.keys, f.nums, f.flags = f.keys[:0], f.nums[:0], f.flags[:0]
+	f.script.reset()
 	var last time.Time // the latest deadline; zero if a call has none
 	anyWithout := false
 	for _, c := range batch {
@@ -298,7 +294,7 @@ func (f *flusher) flush(batch []*call) {
 			c.done <- struct{}{}
 			continue
 		}
-		c.nchecks = f.add(c.q, deadlineArg(c.ctx))
+		c.nchecks = f.script.add(c.q, nil, deadlineArg(c.ctx))
 		c.state = callSent
 		if d, ok := c.ctx.Deadline(); !ok {
 			anyWithout = true
@@ -360,7 +356,7 @@ func (f *flusher) flush(batch []*call) {
 		c.done <- struct{}{}
 	}
 	clear(calls)
-	clear(f.keys) // the callers' strings
+	f.script.reset() // drops the callers' strings
 }
 
 // replyLen is the length of the script's reply to calls.
@@ -372,50 +368,16 @@ func replyLen(calls []*call) int {
 	return n
 }
 
-// add appends q, with its caller's deadline (deadlineArg), to the script
-// call and returns the number of checks the script evaluates for it.
-func (f *flusher) add(q *Query, deadline int64) int {
-	checks := q.Checks
-	if q.Mode == GuardsOnly {
-		checks = nil // as scriptArgs: no check keys in the script call
-	}
-	if len(f.nums) == 0 {
-		f.nums = append(f.nums, 0, 0) // the number of keys, of queries
-	}
-	f.nums[1]++
-	f.keys = append(f.keys, q.Guards...)
-	f.nums = append(f.nums, int64(len(q.Guards)), int64(len(checks)), deadline)
-	f.flags = append(f.flags, modeArg(q.Mode))
-	for i := range checks {
-		f.keys = append(f.keys, checks[i].Key)
-		f.nums = append(f.nums, checks[i].Limit.interval(), int64(checks[i].Limit.Burst), checks[i].cost())
-		f.flags = append(f.flags, shadowArg(checks[i].Shadow))
-	}
-	return len(checks)
-}
-
-// command returns the EVALSHA command of the queries added: for each, the
-// arguments that scriptArgs gives Script.Run, passed by pointer into the
-// flusher's arrays, which no longer grow.
+// command returns the EVALSHA command of the queries added, its keys and
+// arguments passed by pointer into the flusher's arrays, which no longer
+// grow.
 func (f *flusher) command(ctx context.Context) *redis.IntSliceCmd {
-	f.nums[0] = int64(len(f.keys))
-	f.args = append(f.args[:0], "evalsha", f.b.sha, &f.nums[0])
-	for i := range f.keys {
-		f.args = append(f.args, &f.keys[i])
+	argv := f.script.argv()
+	f.args = append(f.args[:0], "evalsha", f.b.sha, &f.script.head[0])
+	for i := range f.script.keys {
+		f.args = append(f.args, &f.script.keys[i])
 	}
-	f.args = append(f.args, &f.nums[1])
-	// nums after the two counts: per query its numbers of guards and of
-	// checks and its deadline, then interval, burst and cost per check;
-	// flags: per query its mode, then per check its shadow flag.
-	for n, fl := 2, 0; n < len(f.nums); {
-		nchecks := int(f.nums[n+1])
-		f.args = append(f.args, &f.nums[n], &f.nums[n+1], f.flags[fl], &f.nums[n+2])
-		n, fl = n+3, fl+1
-		for range nchecks {
-			f.args = append(f.args, &f.nums[n], &f.nums[n+1], &f.nums[n+2], f.flags[fl])
-			n, fl = n+3, fl+1
-		}
-	}
+	f.args = append(f.args, argv...)
 	return redis.NewIntSliceCmd(ctx, f.args...)
 }
 

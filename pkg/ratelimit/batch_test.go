@@ -29,61 +29,82 @@ func newBatcher(t testing.TB, client rediser, solo bool, pipelines int) *Batcher
 	return b
 }
 
-// The EVALSHA command that the flusher builds for a batch, with its
-// arguments passed by pointer, is the one Script.Run sends for each query
-// alone, their keys and arguments put end to end.
+// The EVALSHA command that the flusher builds for a batch: its keys and
+// arguments (passed by pointer) in the script's layout, each limit sent once,
+// and nothing left over from a larger batch built before it.
 func TestBatcherCommand(t *testing.T) {
-	cost := 0
-	hourly := func(key string, shadow bool) Check {
-		cost = (cost + 1) % 4 // 1, 2, 3, then 0 (one)
+	hourly := func(key string, shadow bool, cost int) Check {
 		return Check{Key: key, Limit: Limit{Rate: 7, Period: time.Hour, Burst: 300}, Shadow: shadow, Cost: cost}
 	}
+	const iv = 514285714 // µs: an hour / 7
 	f := &flusher{b: &Batcher{sha: decideScript.Hash()}}
-	batch := func(qs ...Query) {
+	batch := func(want []any, qs ...Query) {
 		t.Helper()
-		var keys []string
-		var args []any
-		f.keys, f.nums, f.flags = f.keys[:0], f.nums[:0], f.flags[:0]
+		f.script.reset()
 		for i := range qs {
-			deadline := int64(i) * 1_000_003 // 0 (none) for the first
-			k, a := scriptArgs(&qs[i], nil, deadline)
-			keys, args = append(keys, k...), append(args, a[1:]...)
-			if n := f.add(&qs[i], deadline); 5+4*n != len(a) {
-				t.Fatalf("add says %d checks for %d arguments", n, len(a))
-			}
+			f.script.add(&qs[i], nil, int64(i)*5)
 		}
-		want := append([]any{"evalsha", decideScript.Hash(), len(keys)}, toAny(keys)...)
-		want = append(want, len(qs))
-		want = append(want, args...)
-		cmd := f.command(context.Background())
-		got := make([]any, len(cmd.Args()))
-		for i, v := range cmd.Args() {
-			switch v := v.(type) {
-			case *string:
-				got[i] = *v
-			case *int64:
-				got[i] = *v
-			default:
-				got[i] = v
-			}
-		}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
+		want = append([]any{"evalsha", decideScript.Hash()}, want...)
+		if got := derefArgs(f.command(context.Background()).Args()); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("queries %+v:\nbuilt %v\nwant  %v", qs, got, want)
 		}
 	}
-	// One flusher, its buffers reused from batch to batch, larger and smaller.
-	batch(Query{Checks: []Check{hourly("a", false)}})
-	batch(Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", true)}})
-	batch(Query{Guards: []string{"g1"}, Checks: []Check{hourly("a", true)}, Mode: Peek})
-	batch(Query{Guards: []string{"g1", "g2"}, Checks: []Check{hourly("a", false)}, Mode: GuardsOnly})
-	batch(Query{Guards: []string{"g1"}, Mode: GuardsOnly})
-	batch(
-		Query{Guards: []string{"g1", "g2", "g3"}, Checks: []Check{hourly("a", false), hourly("b", false), hourly("c", true)}},
-		Query{Guards: []string{"g1", "g2"}, Checks: []Check{hourly("a", false)}, Mode: GuardsOnly},
-		Query{Checks: []Check{hourly("a", false), hourly("b", true)}, Mode: Peek},
-		Query{Guards: []string{"g4"}, Checks: []Check{hourly("d", false)}},
+	batch([]any{7, "g1", "g2", "a", "b", "a", "c", "g3",
+		3, 3, iv, 300, 1, "0", iv, 300, 1, "1", iv, 300, 2, "0",
+		2, 2, "c", 0, 1, 2,
+		0, 2, "p", 5, 1, 3,
+		1, 0, "g", 10},
+		Query{Guards: []string{"g1", "g2"}, Checks: []Check{hourly("a", false, 0), hourly("b", true, 1)}},
+		Query{Checks: []Check{hourly("a", false, 1), hourly("c", false, 2)}, Mode: Peek},
+		Query{Guards: []string{"g3"}, Checks: []Check{hourly("d", false, 1)}, Mode: GuardsOnly},
 	)
-	batch(Query{Checks: []Check{hourly("a", false), hourly("b", false)}})
+	batch([]any{1, "a", 1, 1, iv, 300, 1, "0", 0, 1, "c", 0, 1},
+		Query{Checks: []Check{hourly("a", false, 1)}})
+	// As Redis.Decide builds a query alone.
+	q := Query{Guards: []string{"g1"}, Checks: []Check{hourly("a", true, 3)}}
+	keys, args := scriptArgs(&q, nil, 9)
+	if got, want := fmt.Sprint(keys, derefArgs(args)), fmt.Sprint([]string{"g1", "a"}, []any{1, 1, iv, 300, 3, "1", 1, 1, "c", 9, 1}); got != want {
+		t.Fatalf("alone: %s, want %s", got, want)
+	}
+}
+
+// A check shares a limit sent before it among the first maxShared, and
+// sends its own beyond them.
+func TestScriptCallShares(t *testing.T) {
+	var c scriptCall
+	limit := func(i int) Check {
+		return Check{Key: fmt.Sprint("k", i), Limit: Limit{Rate: 1 + i, Period: time.Hour, Burst: 10}}
+	}
+	var q Query
+	for i := range maxShared + 8 {
+		q.Checks = append(q.Checks, limit(i))
+	}
+	q.Checks = append(q.Checks, limit(0), limit(maxShared-1), limit(maxShared))
+	c.add(&q, nil, 0)
+	c.argv()
+	if got, want := c.head[2], int64(maxShared+8+1); got != want {
+		t.Fatalf("%d limits sent, want %d", got, want)
+	}
+	if got, want := fmt.Sprint(c.queries[len(c.queries)-3:]), fmt.Sprint([]int64{1, maxShared, maxShared + 9}); got != want {
+		t.Fatalf("the last three checks use limits %s, want %s", got, want)
+	}
+}
+
+// derefArgs returns args with the pointers the script call passes replaced
+// by what they point to.
+func derefArgs(args []any) []any {
+	got := make([]any, len(args))
+	for i, v := range args {
+		switch v := v.(type) {
+		case *string:
+			got[i] = *v
+		case *int64:
+			got[i] = *v
+		default:
+			got[i] = v
+		}
+	}
+	return got
 }
 
 // A batch decides its queries as the in-memory store decides them one after
@@ -105,12 +126,18 @@ func TestBatchAgrees(t *testing.T) {
 	for step := range 300 {
 		qs := make([]Query, 1+rng.IntN(40))
 		want := make([]Answer, len(qs))
-		f.keys, f.nums, f.flags = f.keys[:0], f.nums[:0], f.flags[:0]
+		f.script.reset()
 		nchecks := make([]int, len(qs))
 		for i := range qs {
 			qs[i] = randomQuery(rng)
+			if step%4 == 0 {
+				// Limits of their own: more than a call shares (maxShared).
+				for j := range qs[i].Checks {
+					qs[i].Checks[j].Limit.Burst += i
+				}
+			}
 			want[i] = decide(t, mem, qs[i])
-			nchecks[i] = f.add(&qs[i], 0)
+			nchecks[i] = f.script.add(&qs[i], nil, 0)
 		}
 		vals, err := f.exec(ctx)
 		if err != nil {
@@ -140,14 +167,6 @@ func TestBatchAgrees(t *testing.T) {
 	if multi < 250 {
 		t.Fatalf("only %d batches of more than one query", multi)
 	}
-}
-
-func toAny(keys []string) []any {
-	out := make([]any, len(keys))
-	for i, k := range keys {
-		out[i] = k
-	}
-	return out
 }
 
 // The conformance suite, unchanged, through the Batcher: with every call

@@ -79,7 +79,7 @@ func TestLateQueryInBatch(t *testing.T) {
 	f := &flusher{b: NewBatcher(r, 0, 0)}
 	nchecks := make([]int, len(qs))
 	for i := range qs {
-		nchecks[i] = f.add(&qs[i].q, qs[i].deadline)
+		nchecks[i] = f.script.add(&qs[i].q, nil, qs[i].deadline)
 	}
 	vals, err := f.exec(ctx)
 	if err != nil {

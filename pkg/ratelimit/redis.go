@@ -23,12 +23,14 @@ import (
 // was busy, while its caller gave up) decides and consumes nothing, so that
 // a request the gateway has already answered is not charged.
 //
-// KEYS are, query after query, its guards then its checks' keys. ARGV[1] is
-// the number of queries, then per query: its number of guards, its number of
+// KEYS are, query after query, its guards then its checks' keys. ARGV is
+// built by scriptCall: the number of queries, the number of limits, four
+// numbers per limit (emission interval in µs, burst, cost: the requests
+// counted at once, shadow 0/1: a batch's queries share a few limits, each
+// sent and parsed once), then per query: its number of guards, its number of
 // checks, its mode ("c" consume, "p" peek, "g" guards only, with no checks),
-// its deadline (µs since the epoch; 0: none), then four per check: emission
-// interval (µs), burst, cost (requests counted at once), shadow (0/1). The
-// reply is, per query,
+// its deadline (µs since the epoch; 0: none), then per check the 1-based
+// number of its limit. The reply is, per query,
 // 2 + 3 × its checks numbers: guard (the 1-based index of the first existing
 // guard, 0 for none, -1 when the deadline had passed), admitted, then
 // allowed, remaining, retry_after_us per check (zeros when a guard decided;
@@ -36,7 +38,7 @@ import (
 // admitted check, how long the same cost is refused once it is consumed,
 // Result.Then).
 // Numbers are integers of microseconds, exact in Lua's doubles up to 2^53 µs
-// (year 2255).
+// (year 2255), and written with %d (a 64-bit integer in Redis's Lua).
 var decideScript = redis.NewScript(`
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -48,9 +50,17 @@ for i = 1, #KEYS, 1000 do
     cur[KEYS[n]] = vals[n - i + 1]
   end
 end
+local nlimits = tonumber(ARGV[2])
+local interval, burst, cost, shadow = {}, {}, {}, {}
+for l = 1, nlimits do
+  local b = 4 * l - 1
+  interval[l], burst[l], cost[l] = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  shadow[l] = ARGV[b + 3] == "1"
+end
 local dirty = {}
 local out = {}
-local k, a = 1, 2
+local tats = {}
+local k, a = 1, 3 + 4 * nlimits
 for q = 1, tonumber(ARGV[1]) do
   local nguards, nchecks, mode = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
   local deadline = tonumber(ARGV[a + 3])
@@ -69,25 +79,24 @@ for q = 1, tonumber(ARGV[1]) do
   out[o + 2] = 0
   if guard == 0 and mode ~= "g" then
     out[o + 2] = 1
-    local tats = {}
     for j = 0, nchecks - 1 do
-      local interval = tonumber(ARGV[a + 4 * j])
-      local burst = tonumber(ARGV[a + 4 * j + 1])
-      local cost = tonumber(ARGV[a + 4 * j + 2])
+      local l = tonumber(ARGV[a + j])
+      local iv, c, b = interval[l], cost[l], burst[l]
       local tat = tonumber(cur[KEYS[k + j]]) or 0
       if tat < now then tat = now end
-      local new_tat = tat + interval * cost
-      local diff = now - (new_tat - interval * burst)
+      local new_tat = tat + iv * c
+      local diff = now - (new_tat - iv * b)
       local r = o + 3 + 3 * j
-      if cost > burst then
-        if ARGV[a + 4 * j + 3] ~= "1" then out[o + 2] = 0 end
+      tats[j] = false
+      if c > b then
+        if not shadow[l] then out[o + 2] = 0 end
         out[r], out[r + 1], out[r + 2] = 0, 0, -1
       elseif diff < 0 then
-        if ARGV[a + 4 * j + 3] ~= "1" then out[o + 2] = 0 end
+        if not shadow[l] then out[o + 2] = 0 end
         out[r], out[r + 1], out[r + 2] = 0, 0, -diff
       else
         tats[j] = new_tat
-        out[r], out[r + 1], out[r + 2] = 1, math.floor(diff / interval), math.max(interval * cost - diff, 0)
+        out[r], out[r + 1], out[r + 2] = 1, math.floor(diff / iv), math.max(iv * c - diff, 0)
       end
     end
     if mode == "c" and out[o + 2] == 1 then
@@ -102,11 +111,11 @@ for q = 1, tonumber(ARGV[1]) do
     for r = o + 3, o + 2 + 3 * nchecks do out[r] = 0 end
   end
   k = k + nchecks
-  a = a + 4 * nchecks
+  a = a + nchecks
 end
 for key in pairs(dirty) do
   local tat = cur[key]
-  redis.call("SET", key, string.format("%.0f", tat), "PX", math.ceil((tat - now) / 1000))
+  redis.call("SET", key, string.format("%d", tat), "PX", math.ceil((tat - now) / 1000))
 end
 return out
 `)
@@ -206,27 +215,97 @@ func deadlineArg(ctx context.Context) int64 {
 // consumed nothing. It is the error of a call cut short by its deadline.
 var errLate = fmt.Errorf("%w: the query reached Redis after its deadline: %w", ErrStore, context.DeadlineExceeded)
 
-// scriptArgs returns the script's keys and arguments for q, or for the part
-// of q that p names when p is not nil, with deadline (deadlineArg).
-func scriptArgs(q *Query, p *part, deadline int64) ([]string, []any) {
+// scriptCall builds one call of decideScript for the queries added to it,
+// reused from call to call: its arguments point into its own arrays, so
+// that building a call allocates nothing once they have grown.
+type scriptCall struct {
+	keys []string
+	// head: the number of keys, of queries, of limits.
+	head [3]int64
+	// limits: interval, burst and cost per limit; shadows: its flag.
+	limits  []int64
+	shadows []any
+	// queries: per query its numbers of guards and of checks and its
+	// deadline, then its checks' limit numbers; modes: its mode.
+	queries []int64
+	modes   []any
+	args    []any
+}
+
+// maxShared is how many of a call's limits a new check is compared with
+// to share one: a batch uses the policy's few limits, and a check with
+// another one sends it again rather than search further.
+const maxShared = 32
+
+// reset empties c for the next call, dropping its references to the
+// callers' key strings.
+func (c *scriptCall) reset() {
+	clear(c.keys)
+	c.keys, c.limits, c.shadows, c.queries, c.modes = c.keys[:0], c.limits[:0], c.shadows[:0], c.queries[:0], c.modes[:0]
+	c.head = [3]int64{}
+}
+
+// add appends q, or the part of q that p names when p is not nil, with its
+// caller's deadline (deadlineArg), and returns the number of checks the
+// script evaluates for it: where its reply ends (queryReplyLen).
+func (c *scriptCall) add(q *Query, p *part, deadline int64) int {
 	guards, checks := allIndexes(len(q.Guards), p, true), allIndexes(len(q.Checks), p, false)
 	if q.Mode == GuardsOnly {
 		// The script evaluates no check, so their keys stay out: on Redis
 		// Cluster they may be in other slots than the guards (CROSSSLOT).
 		checks = nil
 	}
-	keys := make([]string, 0, len(guards)+len(checks))
-	args := make([]any, 0, 5+4*len(checks))
-	args = append(args, 1, len(guards), len(checks), modeArg(q.Mode), deadline)
+	c.head[1]++
 	for _, g := range guards {
-		keys = append(keys, q.Guards[g])
+		c.keys = append(c.keys, q.Guards[g])
 	}
+	c.queries = append(c.queries, int64(len(guards)), int64(len(checks)), deadline)
+	c.modes = append(c.modes, modeArg(q.Mode))
 	for _, i := range checks {
-		c := &q.Checks[i]
-		keys = append(keys, c.Key)
-		args = append(args, c.Limit.interval(), c.Limit.Burst, c.cost(), shadowArg(c.Shadow))
+		ch := &q.Checks[i]
+		c.keys = append(c.keys, ch.Key)
+		c.queries = append(c.queries, c.limit(ch.Limit.interval(), int64(ch.Limit.Burst), ch.cost(), shadowArg(ch.Shadow)))
 	}
-	return keys, args
+	return len(checks)
+}
+
+// limit returns the 1-based number of the limit (interval, burst, cost,
+// shadow) among c's, added when it is not among the first maxShared.
+func (c *scriptCall) limit(interval, burst, cost int64, shadow any) int64 {
+	for l := range min(len(c.shadows), maxShared) {
+		if v := c.limits[3*l:]; v[0] == interval && v[1] == burst && v[2] == cost && c.shadows[l] == shadow {
+			return int64(l + 1)
+		}
+	}
+	c.limits = append(c.limits, interval, burst, cost)
+	c.shadows = append(c.shadows, shadow)
+	return int64(len(c.shadows))
+}
+
+// argv returns the script's ARGV for the queries added.
+func (c *scriptCall) argv() []any {
+	c.head[0], c.head[2] = int64(len(c.keys)), int64(len(c.shadows))
+	c.args = append(c.args[:0], &c.head[1], &c.head[2])
+	for l := range c.shadows {
+		c.args = append(c.args, &c.limits[3*l], &c.limits[3*l+1], &c.limits[3*l+2], c.shadows[l])
+	}
+	for n, m := 0, 0; n < len(c.queries); m++ {
+		nchecks := int(c.queries[n+1])
+		c.args = append(c.args, &c.queries[n], &c.queries[n+1], c.modes[m], &c.queries[n+2])
+		for i := range nchecks {
+			c.args = append(c.args, &c.queries[n+3+i])
+		}
+		n += 3 + nchecks
+	}
+	return c.args
+}
+
+// scriptArgs returns the script's keys and arguments for q alone, or for
+// the part of q that p names when p is not nil, with deadline.
+func scriptArgs(q *Query, p *part, deadline int64) ([]string, []any) {
+	var c scriptCall
+	c.add(q, p, deadline)
+	return c.keys, c.argv()
 }
 
 // modeArg is a query's mode in the script's arguments.
