@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -625,4 +626,44 @@ func reportRedisCPU(b *testing.B, client *redis.Client) func() {
 	return func() {
 		b.ReportMetric((redisCPU(b, client)-start)*1e6/float64(b.N), "redis-cpu-µs/op")
 	}
+}
+
+// BenchmarkDecideScript sends the decision script fixed batches of 32
+// queries of two checks (a worker's allow path with the lists held), one
+// script call an operation, and reports Redis's CPU per query. With
+// JOINGATE_BENCH_REDIS (a redis:// URL) it uses that server instead of one
+// of its own: `make redis-instructions` runs it against a redis-server under
+// callgrind, whose instruction count repeats from run to run where CPU time
+// on this shared machine does not.
+func BenchmarkDecideScript(b *testing.B) {
+	url := os.Getenv("JOINGATE_BENCH_REDIS")
+	if url == "" {
+		url = testenv.StartRedis(b).URL
+	}
+	client, err := redisconn.New(url, 10*time.Second, 4)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { client.Close() })
+	f := &flusher{b: NewBatcher(NewRedis(client), 0, 0)}
+	l := Limit{Rate: 1_000_000, Period: time.Second, Burst: 1_000_000}
+	const perCall = 32
+	queries := make([]Query, 4096)
+	for i := range queries {
+		queries[i] = Query{Checks: []Check{{Key: fmt.Sprint("bench:applicant:", i), Limit: l}, {Key: fmt.Sprint("bench:group:", i%256), Limit: l}}}
+	}
+	b.ReportAllocs()
+	start := redisCPU(b, client)
+	n := 0
+	for b.Loop() {
+		f.script.reset()
+		for range perCall {
+			f.script.add(&queries[n%len(queries)], nil, 0)
+			n++
+		}
+		if _, err := f.exec(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric((redisCPU(b, client)-start)*1e6/float64(n), "redis-cpu-µs/query")
 }
