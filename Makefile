@@ -109,8 +109,9 @@ redis-instructions: test-deps
 			--unixsocket $$dir/redis.sock --save '' --appendonly no >$$dir/valgrind.log 2>&1 & pid=$$!; \
 		for i in $$(seq 100); do redis-cli -s $$dir/redis.sock ping >/dev/null 2>&1 && break; sleep 0.2; done; \
 		JOINGATE_BENCH_REDIS=unix://$$dir/redis.sock $(GO) test -run '^$$' -bench '^BenchmarkDecideScript$$' \
-			-benchtime $${n}x ./pkg/ratelimit >$$dir/bench.$$n 2>&1 || { cat $$dir/bench.$$n; exit 1; }; \
-		redis-cli -s $$dir/redis.sock shutdown nosave >/dev/null 2>&1; wait $$pid; \
+			-benchtime $${n}x ./pkg/ratelimit >$$dir/bench.$$n 2>&1; rc=$$?; \
+		redis-cli -s $$dir/redis.sock shutdown nosave >/dev/null 2>&1 || kill $$pid; wait $$pid; \
+		[ $$rc -eq 0 ] || { cat $$dir/bench.$$n; exit 1; }; \
 	done; \
 	a=$$(sed -n 's/^summary: //p' $$dir/cg.300); b=$$(sed -n 's/^summary: //p' $$dir/cg.600); \
 	echo "redis-server: $$(( (b - a) / 9600 )) instructions per query ($$a and $$b in all)"

@@ -163,6 +163,7 @@ func runSuite(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Joingate, "joingate", "", "joingate binary that runs the servers (default: this one)")
 	fs.StringVar(&o.NATSServer, "nats-server", "", "nats-server binary for the distributed set (default: next to the joingate binary, then $PATH)")
 	fs.StringVar(&o.RedisServer, "redis-server", o.RedisServer, "redis-server binary")
+	fs.BoolVar(&o.RedisSocket, "redis-socket", false, "the servers reach Redis on a unix socket instead of loopback TCP")
 	openRates := fs.String("open-rates", joinRates(o.OpenRates), "rates of the open loops against the reference and `all`, requests per second, comma-separated; \"\" for none")
 	fs.StringVar(&o.Profile, "profile", "", "also take a CPU profile of `all` under closed-loop load and write it to `FILE` (the flood's to FILE-flood)")
 	fs.DurationVar(&o.ProfileFor, "profile-duration", o.ProfileFor, "length of the --profile")

@@ -82,11 +82,11 @@ func (s *suite) soak(ctx context.Context, interval time.Duration) ([]soakSample,
 		}
 		rate = row.Result.Throughput * s.o.OpenFactor
 	}
-	redisAddr, err := s.startRedis(ctx)
+	redisURL, err := s.startRedis(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	c, listen, admin, err := s.startAll(ctx, redisAddr, "bench.yaml")
+	c, listen, admin, err := s.startAll(ctx, redisURL, "bench.yaml")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -58,6 +58,9 @@ type Options struct {
 	NATSServer string
 	// RedisServer is the redis-server binary.
 	RedisServer string
+	// RedisSocket has the servers reach Redis on a unix socket instead of
+	// loopback TCP: what a host that runs both would configure.
+	RedisSocket bool
 	// OpenRates are the rates of the open loops against the reference and
 	// `all`, in requests per second (none: no open loop).
 	OpenRates []float64
@@ -211,7 +214,8 @@ type suite struct {
 	self, nats string
 	redis      string
 	redisProc  *launch.Process
-	redisAddr  string // of redisProc
+	redisURL   string // of redisProc, for joingate
+	redises    int    // started so far
 	children   []*launch.Process
 }
 
@@ -315,9 +319,9 @@ func (s *suite) run(ctx context.Context) (*Report, error) {
 		var row *Row
 		switch setup {
 		case SetupAll:
-			row, err = s.runAll(ctx, s.redisAddr, rep)
+			row, err = s.runAll(ctx, s.redisURL, rep)
 		case SetupDistributed:
-			row, err = s.runDistributed(ctx, s.redisAddr)
+			row, err = s.runDistributed(ctx, s.redisURL)
 		case SetupFlood:
 			var rows []Row
 			if rows, err = s.runFlood(ctx); err == nil {
@@ -452,23 +456,35 @@ func (s *suite) runReference(ctx context.Context, rep *Report) (*Row, error) {
 	return row, nil
 }
 
+// startRedis starts a Redis and returns its URL for joingate: on loopback
+// TCP, or on a unix socket in the working directory (RedisSocket).
 func (s *suite) startRedis(ctx context.Context) (string, error) {
+	// The flood starts a Redis of its own before it stops the last one.
+	s.redises++
+	var args []string
+	socket := filepath.Join(s.dir, fmt.Sprintf("redis-%d.sock", s.redises))
+	if s.o.RedisSocket {
+		args = []string{"--unixsocket", socket}
+	}
 	c, addrs, err := s.startOn(1, func(addrs []string) (*launch.Process, error) {
-		return launch.StartRedis(ctx, "redis", s.redis, addrs[0], s.dir)
+		return launch.StartRedis(ctx, "redis", s.redis, addrs[0], s.dir, args...)
 	})
 	if err != nil {
 		return "", err
 	}
-	s.redisProc, s.redisAddr = c, addrs[0]
-	return addrs[0], nil
+	s.redisProc, s.redisURL = c, "redis://"+addrs[0]+"/0"
+	if s.o.RedisSocket {
+		s.redisURL = "unix://" + socket
+	}
+	return s.redisURL, nil
 }
 
-// startAll starts `joingate all` on redisAddr with the configuration file
+// startAll starts `joingate all` on redisURL with the configuration file
 // config and waits until it is ready; it returns its callback and admin
 // addresses.
-func (s *suite) startAll(ctx context.Context, redisAddr, config string) (c *launch.Process, listen, admin string, err error) {
+func (s *suite) startAll(ctx context.Context, redisURL, config string) (c *launch.Process, listen, admin string, err error) {
 	c, addrs, err := s.startOn(2, func(addrs []string) (*launch.Process, error) {
-		args := []string{"all", "--config", filepath.Join(s.dir, config), "--listen", addrs[0], "--admin-listen", addrs[1], "--redis", "redis://" + redisAddr + "/0"}
+		args := []string{"all", "--config", filepath.Join(s.dir, config), "--listen", addrs[0], "--admin-listen", addrs[1], "--redis", redisURL}
 		return launch.StartReady(ctx, "all", s.self, args,
 			nil, s.dir, launch.HTTPOK("http://"+addrs[1]+"/readyz"))
 	})
@@ -478,8 +494,8 @@ func (s *suite) startAll(ctx context.Context, redisAddr, config string) (c *laun
 	return c, addrs[0], addrs[1], nil
 }
 
-func (s *suite) runAll(ctx context.Context, redisAddr string, rep *Report) (*Row, error) {
-	c, listen, admin, err := s.startAll(ctx, redisAddr, "bench.yaml")
+func (s *suite) runAll(ctx context.Context, redisURL string, rep *Report) (*Row, error) {
+	c, listen, admin, err := s.startAll(ctx, redisURL, "bench.yaml")
 	if err != nil {
 		return nil, err
 	}
@@ -571,12 +587,12 @@ func (s *suite) runFlood(ctx context.Context) ([]Row, error) {
 	var rows []Row
 	for _, r := range []struct{ setup, config string }{{SetupFlood, "flood.yaml"}, {setupFloodNoMemory, "flood-no-memory.yaml"}} {
 		old := s.redisProc
-		redisAddr, err := s.startRedis(ctx)
+		redisURL, err := s.startRedis(ctx)
 		if err != nil {
 			return nil, err
 		}
 		old.Stop(stopGrace)
-		c, listen, admin, err := s.startAll(ctx, redisAddr, r.config)
+		c, listen, admin, err := s.startAll(ctx, redisURL, r.config)
 		if err != nil {
 			return nil, err
 		}
@@ -594,10 +610,10 @@ func (s *suite) runFlood(ctx context.Context) ([]Row, error) {
 	return rows, nil
 }
 
-func (s *suite) runDistributed(ctx context.Context, redisAddr string) (*Row, error) {
+func (s *suite) runDistributed(ctx context.Context, redisURL string) (*Row, error) {
 	set, err := launch.StartSet(ctx, launch.SetOptions{
 		Joingate: s.self, NATSServer: s.nats, Config: filepath.Join(s.dir, "bench.yaml"),
-		RedisURL: "redis://" + redisAddr + "/0", Workers: 2, LogDir: s.dir, Grace: stopGrace,
+		RedisURL: redisURL, Workers: 2, LogDir: s.dir, Grace: stopGrace,
 	})
 	if err != nil {
 		return nil, err
@@ -646,6 +662,10 @@ func (s *suite) machine() map[string]string {
 	}
 	if len(s.o.Setups) > 1 {
 		m["redis-server"] = version(s.redis, "--version")
+		m["redis transport"] = "loopback TCP"
+		if s.o.RedisSocket {
+			m["redis transport"] = "unix socket"
+		}
 	}
 	if s.nats != "" {
 		m["nats-server binary"] = version(s.nats, "--version")
