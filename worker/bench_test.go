@@ -104,9 +104,12 @@ func BenchmarkHandleMemory(b *testing.B) {
 }
 
 // The decision with a real Redis on a unix socket: one script call per
-// request, the round trip included.
+// request, the round trip included. With the memory of refusals on (the
+// default), the worker holds the lists and sends the call without guards.
 func BenchmarkHandleRedis(b *testing.B) {
-	benchHandle(b, ratelimit.NewRedis(testenv.StartRedis(b).Client), 1_000_000, time.Second, 0, benchAllow)
+	red := ratelimit.NewRedis(testenv.StartRedis(b).Client)
+	b.Run("memory=off", func(b *testing.B) { benchHandle(b, red, 1_000_000, time.Second, 0, benchAllow) })
+	b.Run("memory=on", func(b *testing.B) { benchHandle(b, red, 1_000_000, time.Second, 100_000, benchAllow) })
 }
 
 // A flood: every applicant already at its limit (one an hour), so every

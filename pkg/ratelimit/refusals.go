@@ -49,6 +49,9 @@ type Refusals struct {
 	store Decider
 	size  int
 	epoch time.Time // the monotonic clock's origin
+	// unguarded holds the copies of queries sent to the store without
+	// their guards (*Query): one per decision would be an allocation.
+	unguarded sync.Pool
 
 	mu      sync.Mutex
 	refused map[refusedKey]refusal
@@ -197,12 +200,23 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	}
 	asked := q
 	if unguarded && len(q.Guards) > 0 {
-		// The held lists say no guard exists: the store need not look.
-		stripped := *q
+		// The held lists say no guard exists: the store need not look. The
+		// store is done with the copy when Decide returns (a Batcher
+		// touches an abandoned call's query no more).
+		stripped, _ := r.unguarded.Get().(*Query)
+		if stripped == nil {
+			stripped = new(Query)
+		}
+		*stripped = *q
 		stripped.Guards = nil
-		asked = &stripped
+		asked = stripped
 	}
-	if err := r.store.Decide(ctx, asked, a); err != nil {
+	err := r.store.Decide(ctx, asked, a)
+	if asked != q {
+		*asked = Query{}
+		r.unguarded.Put(asked)
+	}
+	if err != nil {
 		return err
 	}
 	if a.Guard >= 0 {

@@ -289,22 +289,49 @@ func TestRefusalsBounds(t *testing.T) {
 	// A Clear while the store answers: that answer is not remembered.
 	slow := &clearing{Redis: red}
 	w = NewRefusals(slow, 16)
-	slow.during = w.Clear
+	slow.during = func(*Query) { w.Clear() }
 	q = refuse("cleared", false)
 	if w.Stats().Entries != 0 {
 		t.Fatalf("an answer that predates a Clear was remembered: %+v", w.Stats())
 	}
 }
 
-// clearing is a store that runs during while each Decide is in flight.
+// clearing is a store that runs during, with the query it was asked,
+// while each Decide is in flight.
 type clearing struct {
 	*Redis
-	during func()
+	during func(q *Query)
 }
 
 func (c *clearing) Decide(ctx context.Context, q *Query, a *Answer) error {
-	c.during()
+	c.during(q)
 	return c.Redis.Decide(ctx, q, a)
+}
+
+// With the lists held, a query none of whose guards is listed reaches the
+// store without them (Redis need not look), and the caller's query keeps
+// its own.
+func TestHeldListsSpareTheStoreTheGuards(t *testing.T) {
+	var guards []int // of each query the store was asked
+	store := &clearing{Redis: NewRedis(testenv.StartRedis(t).Client), during: func(q *Query) { guards = append(guards, len(q.Guards)) }}
+	w := NewRefusals(store, 16)
+	w.HoldLists(func(context.Context) ([]string, error) { return []string{"deny:other"}, nil })
+	q := Query{Guards: []string{"allow:u", "deny:u"}, Checks: []Check{{Key: "k", Limit: Limit{Rate: 1000, Period: time.Hour, Burst: 1000}}}}
+	var a Answer
+	if !testenv.Eventually(5*time.Second, func() bool {
+		if err := w.Decide(context.Background(), &q, &a); err != nil || !a.Admitted(&q) {
+			t.Fatalf("%+v, %v; want admitted", a, err)
+		}
+		return guards[len(guards)-1] == 0
+	}) {
+		t.Fatalf("the store was asked %d times, with %d guards at last: never without them", len(guards), guards[len(guards)-1])
+	}
+	if len(guards) < 2 || guards[0] != 2 {
+		t.Errorf("before the lists were held the store was asked with %v guards; want 2 at first", guards)
+	}
+	if len(q.Guards) != 2 {
+		t.Errorf("the caller's query lost its guards: %v", q.Guards)
+	}
 }
 
 // Held lists decide from memory while fresh; lists that could not be
