@@ -99,8 +99,8 @@ bench: test-deps
 # Redis's instructions per query of the decision script: BenchmarkDecideScript
 # against a redis-server under valgrind's callgrind, twice (300 and 600
 # calls of 32 queries), the difference over the 9,600 more queries. It
-# repeats within half a percent from run to run, where Redis's CPU time on
-# this shared machine moves by a fifth: compare two versions of the script with it.
+# repeats from run to run where Redis's CPU time on a shared machine does
+# not (BENCHMARKS.md): compare two versions of the script with it.
 redis-instructions: test-deps
 	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	@dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; \
