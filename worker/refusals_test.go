@@ -287,13 +287,19 @@ func catchUpMemory(t *testing.T) (*memory, *ratelimit.Redis, func()) {
 	if err := m.listen(); err != nil {
 		t.Fatal(err)
 	}
+	// The subscription is sent asynchronously: a broadcast from another
+	// connection before NATS has it would be lost. (A worker has the same
+	// order through the flush after its queue subscription.)
+	if err := m.nc.FlushTimeout(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	bcast := func() {
 		sub := m.sub.Load()
 		before, _, _ := sub.Pending()
 		if err := broadcast(context.Background(), ctl, "jg"); err != nil {
 			t.Fatal(err)
 		}
-		if !testenv.Eventually(time.Second, func() bool { n, _, _ := sub.Pending(); return n > before }) {
+		if !testenv.Eventually(5*time.Second, func() bool { n, _, _ := sub.Pending(); return n > before }) {
 			t.Fatal("broadcast not received")
 		}
 	}
