@@ -603,7 +603,7 @@ func wantMoved(t *testing.T, reg prometheus.Gatherer, before, want moved) {
 	t.Helper()
 	want = moved{before.rejected + want.rejected, before.invalid + want.invalid, before.decided + want.decided, before.noPolicy + want.noPolicy, before.fallback + want.fallback}
 	var got moved
-	if !testenv.Eventually(2*time.Second, func() bool { got = counts(t, reg); return got == want }) {
+	if !testenv.Eventually(5*time.Second, func() bool { got = counts(t, reg); return got == want }) {
 		t.Fatalf("requests_total{none,rejected / join,invalid / join,decided / other,no_policy / join,fallback} = %+v, want %+v", got, want)
 	}
 }

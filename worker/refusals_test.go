@@ -377,7 +377,7 @@ func TestCatchUpKeepsLaterBroadcastHeldLists(t *testing.T) {
 	m.afterClear = func() {
 		m.afterClear = nil
 		decide() // a concurrent decision starts the load, which sees x
-		if !testenv.Eventually(time.Second, func() bool { return m.Stats().Entries > 0 }) {
+		if !testenv.Eventually(5*time.Second, func() bool { return m.Stats().Entries > 0 }) {
 			t.Fatal("lists never held")
 		}
 		if err := red.ListRemove(ctx, k.Index(deny), "x", k.Flag(deny, "x")); err != nil { // C2
