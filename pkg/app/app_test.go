@@ -284,6 +284,8 @@ join_group:
 	if !testenv.Eventually(10*time.Second, func() bool { return s.join(t, "g1", "bob") == deny }) {
 		t.Fatal("the new deny list was not applied after the file changed")
 	}
+	// The reload is logged after it is applied.
+	testenv.Eventually(10*time.Second, func() bool { return len(s.logs.Lines("config reloaded", `cause="file changed"`)) > 0 })
 	if got := s.logs.Lines("config reloaded", `cause="file changed"`, "changed=[join_group.deny_applicants]"); len(got) != 1 {
 		t.Fatalf("reload log lines naming the cause and the key: %q", got)
 	}
