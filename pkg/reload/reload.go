@@ -413,17 +413,18 @@ func (w *Watcher) forceReload(cause string) {
 func (w *Watcher) doReload(cause string) {
 	start := time.Now()
 	changed, err := w.reload()
+	// Logged before it is counted: who sees the count can read the line.
 	if err != nil {
-		w.metrics.reloads.WithLabelValues(resultFailure).Inc()
-		w.metrics.lastSuccessful.Set(0)
 		w.log.Error("config reload failed; keeping the previous configuration",
 			"path", w.path, "cause", cause, "err", err)
+		w.metrics.reloads.WithLabelValues(resultFailure).Inc()
+		w.metrics.lastSuccessful.Set(0)
 		return
 	}
+	w.log.Info("config reloaded", "path", w.path, "cause", cause, "changed", changed, "duration", time.Since(start))
 	w.metrics.reloads.WithLabelValues(resultSuccess).Inc()
 	w.metrics.lastSuccessful.Set(1)
 	w.metrics.lastSuccessAt.SetToCurrentTime()
-	w.log.Info("config reloaded", "path", w.path, "cause", cause, "changed", changed, "duration", time.Since(start))
 }
 
 // hashFile returns the SHA-256 of the file's content, following symlinks.
