@@ -209,6 +209,12 @@ func (w *Worker) leave(subs []*nats.Subscription, why string) {
 			sub.Unsubscribe()
 		}
 	}
+	// As in join: when readiness says out, the server has the UNSUBs.
+	if w.opts.Conn.IsConnected() {
+		if err := w.opts.Conn.FlushTimeout(time.Second); err != nil {
+			w.log.Warn("flush after leaving", "err", err)
+		}
+	}
 	w.metrics.member.Set(0)
 	w.metrics.memberships.WithLabelValues(leftGroup).Inc()
 	w.setStatus(fmt.Errorf("%s: out of the queue group", why))
