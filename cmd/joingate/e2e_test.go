@@ -542,8 +542,8 @@ func TestReloadPolicy(t *testing.T) {
 	}
 
 	// SIGHUP reloads the (fixed) file: deny group g now.
-	policy(3, "  deny_groups: [g]\n")
 	before := reloads("success")
+	policy(3, "  deny_groups: [g]\n")
 	if !testenv.Eventually(10*time.Second, func() bool { return reloads("success") > before }) {
 		t.Fatal("no reload after the file was fixed")
 	}
