@@ -413,18 +413,19 @@ func (w *Watcher) forceReload(cause string) {
 func (w *Watcher) doReload(cause string) {
 	start := time.Now()
 	changed, err := w.reload()
-	// Logged before it is counted: who sees the count can read the line.
+	// Logged and the gauges set before it is counted: who sees the count
+	// finds the rest.
 	if err != nil {
 		w.log.Error("config reload failed; keeping the previous configuration",
 			"path", w.path, "cause", cause, "err", err)
-		w.metrics.reloads.WithLabelValues(resultFailure).Inc()
 		w.metrics.lastSuccessful.Set(0)
+		w.metrics.reloads.WithLabelValues(resultFailure).Inc()
 		return
 	}
 	w.log.Info("config reloaded", "path", w.path, "cause", cause, "changed", changed, "duration", time.Since(start))
-	w.metrics.reloads.WithLabelValues(resultSuccess).Inc()
 	w.metrics.lastSuccessful.Set(1)
 	w.metrics.lastSuccessAt.SetToCurrentTime()
+	w.metrics.reloads.WithLabelValues(resultSuccess).Inc()
 }
 
 // hashFile returns the SHA-256 of the file's content, following symlinks.
