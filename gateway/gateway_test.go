@@ -44,6 +44,9 @@ func startGateway(t *testing.T, ns *server.Server, mutate func(*gateway.Options)
 	opts.Listen = "127.0.0.1:0"
 	opts.Conn = testenv.Conn(t, ns, nats.ReconnectBufSize(-1), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
 	opts.Registerer = reg
+	// Not production's 300 ms: a -race run on a loaded machine must not
+	// turn a decision into the fallback. Tests of the timeout set their own.
+	opts.DecisionTimeout = 2 * time.Second
 	if mutate != nil {
 		mutate(&opts)
 	}

@@ -106,6 +106,8 @@ func testConfig() config.Config {
 	cfg := config.Default()
 	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Log.Level = slog.LevelDebug
+	// A loaded -race run must not turn a decision into the fallback.
+	cfg.Gateway.DecisionTimeout = 2 * time.Second
 	cfg.JoinGroup.DenyApplicants = []string{"mallory"}
 	return cfg
 }
