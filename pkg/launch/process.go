@@ -111,7 +111,10 @@ func (p *Process) Stop(grace time.Duration) {
 
 // Output is what the process has written so far.
 func (p *Process) Output() string {
-	b, _ := os.ReadFile(p.Log)
+	b, err := os.ReadFile(p.Log)
+	if err != nil { // not to be taken for a process that wrote nothing
+		return fmt.Sprintf("(cannot read %s: %v)\n", p.Log, err)
+	}
 	return string(b)
 }
 
