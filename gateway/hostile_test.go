@@ -371,11 +371,14 @@ func testSlowClients(t *testing.T, e *edge, addr string) {
 
 			// Others are served while the slow client trickles.
 			<-trickling
+			postStart := time.Now()
 			if code, a := post(t, e.url+joinPath, joinBody("meanwhile", "g")); code != 200 || a != allow {
 				t.Fatalf("while a client trickles: %d %+v", code, a)
 			}
-			if answered.Load() {
-				t.Fatal("the slow client was answered before the normal callback: nothing was served meanwhile")
+			// A machine so loaded that the callback took half the slow
+			// client's read timeout proves nothing either way.
+			if took := time.Since(postStart); answered.Load() && took < hostileReadTimeout/2 {
+				t.Fatalf("the slow client was answered before the normal callback (%v): nothing was served meanwhile", took)
 			}
 
 			r := <-done

@@ -259,9 +259,12 @@ join_group:
   limits:
     - {name: per-applicant, key: applicant, limit: 1, period: 1h, burst: 1}
 `
-	write := func(content string) {
+	write := func(content string) { // whole, as an editor saves: one change
 		t.Helper()
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		if err := os.WriteFile(path+".tmp", []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
 			t.Fatal(err)
 		}
 	}
