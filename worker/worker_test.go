@@ -108,7 +108,7 @@ func TestDecides(t *testing.T) {
 	_, reg, _ := startWorker(t, ns, ratelimit.NewMemory(), testPolicy(t, perApplicant(2)), nil)
 	nc := testenv.Conn(t, ns)
 	for i := range 3 {
-		m, err := request(t, nc, joinBody("u1", "g1"), time.Now().Add(time.Second))
+		m, err := request(t, nc, joinBody("u1", "g1"), time.Now().Add(5*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -120,7 +120,7 @@ func TestDecides(t *testing.T) {
 	testenv.WantValue(t, reg, 1, "joingate_worker_decisions_total", callback.JoinGroupCommand, "refuse", "rate_limit")
 
 	// A body that is not a callback gets actionCode 1, not silence.
-	m, err := request(t, nc, `{"groupID":5}`, time.Now().Add(time.Second))
+	m, err := request(t, nc, `{"groupID":5}`, time.Now().Add(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +153,8 @@ func TestDecidesEveryWayIn(t *testing.T) {
 		t.Helper()
 		msg := nats.NewMsg("joingate." + command)
 		msg.Data = []byte(body)
-		natsconn.SetDeadline(msg, time.Now().Add(time.Second))
-		m, err := nc.RequestMsg(msg, time.Second)
+		natsconn.SetDeadline(msg, time.Now().Add(5*time.Second))
+		m, err := nc.RequestMsg(msg, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -216,7 +216,7 @@ func TestExpiredRequestConsumesNothing(t *testing.T) {
 		t.Fatalf("expired requests: %v, want 1", expired())
 	}
 	// "late" still has its one request.
-	m, err := request(t, nc, joinBody("late", "g"), time.Now().Add(time.Second))
+	m, err := request(t, nc, joinBody("late", "g"), time.Now().Add(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestStoreErrorAnswersConfigured(t *testing.T) {
 	_, reg, _ := startWorker(t, ns, ratelimit.NewRedis(srv.Client), testPolicy(t, perApplicant(5)), nil)
 	nc := testenv.Conn(t, ns)
 	srv.Stop()
-	m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
+	m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestMisconfiguredStoreNeverJoins(t *testing.T) {
 		t.Fatalf("Ready: %v; want the cause (auth) and Redis's words", err)
 	}
 	nc := testenv.Conn(t, ns)
-	if _, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second)); !errors.Is(err, nats.ErrNoResponders) {
+	if _, err := request(t, nc, joinBody("u", "g"), time.Now().Add(5*time.Second)); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("request to the misconfigured worker: %v, want no responders", err)
 	}
 	testenv.WantValue(t, reg, 0, "joingate_worker_queue_group_member")
@@ -354,7 +354,7 @@ func TestQueueGroupFollowsStore(t *testing.T) {
 	})
 	nc := testenv.Conn(t, ns)
 	ask := func() (answer, error) {
-		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
+		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(5*time.Second))
 		if err != nil {
 			return answer{}, err
 		}
@@ -515,7 +515,7 @@ func TestStoreBreaker(t *testing.T) {
 	})
 	nc := testenv.Conn(t, ns)
 	for i := range 3 {
-		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second))
+		m, err := request(t, nc, joinBody("u", "g"), time.Now().Add(5*time.Second))
 		if err != nil {
 			t.Fatalf("decision %d: %v", i+1, err)
 		}
@@ -528,7 +528,7 @@ func TestStoreBreaker(t *testing.T) {
 	if !testenv.Eventually(5*time.Second, func() bool { return w.Ready(context.Background()) != nil }) {
 		t.Fatal("the worker stayed in the queue group with its breaker open")
 	}
-	if _, err := request(t, nc, joinBody("u", "g"), time.Now().Add(time.Second)); !errors.Is(err, nats.ErrNoResponders) {
+	if _, err := request(t, nc, joinBody("u", "g"), time.Now().Add(5*time.Second)); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("request with the only worker out: %v, want no responders", err)
 	}
 	// What reaches the worker while it leaves is answered without a store call.
@@ -663,7 +663,7 @@ func TestLeaveWhileNATSIsAway(t *testing.T) {
 		t.Fatal("the worker did not reconnect")
 	}
 	client := testenv.Conn(t, ns)
-	if _, err := request(t, client, joinBody("u", "g"), time.Now().Add(time.Second)); !errors.Is(err, nats.ErrNoResponders) {
+	if _, err := request(t, client, joinBody("u", "g"), time.Now().Add(5*time.Second)); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("request after NATS came back: %v, want no responders: the server still counts the worker a member", err)
 	}
 	if err := w.Ready(context.Background()); err == nil {

@@ -36,11 +36,11 @@ func TestEmbeddedInProcess(t *testing.T) {
 	defer b.Close()
 	b.Subscribe("echo", func(m *nats.Msg) { m.Respond(m.Data) })
 	b.Flush()
-	m, err := a.Request("echo", []byte("hi"), time.Second)
+	m, err := a.Request("echo", []byte("hi"), 5*time.Second)
 	if err != nil || string(m.Data) != "hi" {
 		t.Fatalf("request through the embedded server: %v %v", m, err)
 	}
-	if err := Drain(a, time.Second); err != nil || !a.IsClosed() {
+	if err := Drain(a, 5*time.Second); err != nil || !a.IsClosed() {
 		t.Fatalf("Drain: %v, closed %v", err, a.IsClosed())
 	}
 }
