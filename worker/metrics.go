@@ -91,7 +91,7 @@ func newMetrics(reg prometheus.Registerer, timeout time.Duration, rules map[stri
 		}),
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "joingate_worker_in_flight",
-			Help: "Requests being decided now.",
+			Help: "Requests being decided now by the goroutines worker.concurrency bounds.",
 		}),
 		concurrency: f.NewGauge(prometheus.GaugeOpts{
 			Name: "joingate_worker_concurrency",

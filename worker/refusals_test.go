@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -389,5 +390,77 @@ func TestCatchUpKeepsLaterBroadcastHeldLists(t *testing.T) {
 	m.catchUp()
 	if a := decide(); a.Guard == 0 {
 		t.Fatalf("x decided by the deny list from memory after its removal was broadcast; Redis admits it")
+	}
+}
+
+// slowFor holds the store calls that check the applicant slow until
+// release is closed: a Redis that takes long over some calls.
+type slowFor struct {
+	Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s slowFor) Decide(ctx context.Context, q *ratelimit.Query, a *ratelimit.Answer) error {
+	for _, c := range q.Checks {
+		if strings.Contains(c.Key, "slow") {
+			s.entered <- struct{}{}
+			select {
+			case <-s.release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			break
+		}
+	}
+	return s.Store.Decide(ctx, q, a)
+}
+
+// What the memory of refusals knows is answered while every deciding
+// goroutine waits on the store: a flood's known refusals do not queue
+// behind a slow Redis, and the decision that waits still gets its answer.
+func TestMemoryAnswersWhileStoreIsBusy(t *testing.T) {
+	ns := testenv.NATS(t)
+	red := ratelimit.NewRedis(testenv.StartRedis(t).Client)
+	store := slowFor{Store: red, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	_, reg, _ := startWorker(t, ns, store, testPolicy(t, perApplicant(1)), func(o *Options) {
+		o.RefusalMemory, o.Concurrency, o.StoreBudget = 1000, 1, time.Minute
+	})
+	var once sync.Once
+	release := func() { once.Do(func() { close(store.release) }) }
+	t.Cleanup(release) // before the worker stops: a failure does not wait out the budget
+	nc := testenv.Conn(t, ns)
+	if got := joinG1(t, nc, "flooder"); got.ErrCode != 0 {
+		t.Fatalf("first application refused: %+v", got)
+	}
+	if got := joinG1(t, nc, "flooder"); got.ErrCode != 5001 {
+		t.Fatalf("second application: %+v, want 5001", got)
+	}
+
+	slow := make(chan error, 1)
+	go func() {
+		m, err := request(t, nc, joinBody("slow", "g1"), time.Now().Add(time.Minute))
+		if err == nil && decode(t, m).ErrCode != 0 {
+			err = fmt.Errorf("refused: %s", m.Data)
+		}
+		slow <- err
+	}()
+	select {
+	case <-store.entered: // the worker's one deciding goroutine waits
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow applicant's decision never reached the store")
+	}
+	hits := testenv.Value(t, reg, "joingate_worker_refusal_memory_hits_total")
+	for i := range 5 {
+		if got := joinG1(t, nc, "flooder"); got.ErrCode != 5001 {
+			t.Fatalf("application %d while the store was busy: %+v, want 5001", i+3, got)
+		}
+	}
+	if n := testenv.Value(t, reg, "joingate_worker_refusal_memory_hits_total") - hits; n != 5 {
+		t.Fatalf("%v of 5 refusals from memory while the store was busy", n)
+	}
+	release()
+	if err := <-slow; err != nil {
+		t.Fatalf("the decision that waited on the store: %v", err)
 	}
 }

@@ -39,7 +39,9 @@ type Options struct {
 	// callback.Commands, in queue group Queue.
 	Subject string
 	Queue   string
-	// Concurrency bounds the decisions made at once.
+	// Concurrency bounds the decisions made at once that may wait on the
+	// store. What the memory of refusals knows is decided beside them, on
+	// the subscription's goroutine.
 	Concurrency int
 	Policy      *policy.Set
 	Store       Store
@@ -257,7 +259,19 @@ func (w *Worker) Invalidate(ctx context.Context) error {
 func (w *Worker) Run(ctx context.Context) error {
 	work := make(chan *nats.Msg, w.opts.Concurrency)
 	stop := make(chan struct{})
+	inline := sync.Pool{New: func() any { return &fromMemory{memory: w.memory} }}
 	handler := func(m *nats.Msg) {
+		if w.memory != nil {
+			// What the memory knows is answered here, on the subscription's
+			// goroutine: no hand-off, and no wait behind decisions that
+			// wait on the store.
+			f := inline.Get().(*fromMemory)
+			done := w.decide(m, &f.s, f)
+			inline.Put(f)
+			if done {
+				return
+			}
+		}
 		select {
 		case work <- m:
 		case <-stop: // stopped after a drain timeout: the gateway falls back
@@ -363,10 +377,38 @@ func (w *Worker) Ready(context.Context) error {
 	return nil
 }
 
+// handle decides m and replies, on one of the Concurrency goroutines that
+// in_flight counts.
 func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
-	start := time.Now()
 	w.metrics.inFlight.Inc()
-	defer w.metrics.inFlight.Dec()
+	w.decide(m, s, nil)
+	w.metrics.inFlight.Dec()
+}
+
+// fromMemory is the store of a decision made from the memory of refusals
+// alone: what the memory does not know, it leaves to the store (missed).
+type fromMemory struct {
+	*memory
+	s      policy.Scratch
+	missed bool
+}
+
+// errMissed: the memory does not know; the decision needs the store.
+var errMissed = errors.New("not in the memory of refusals")
+
+func (f *fromMemory) Decide(_ context.Context, q *ratelimit.Query, a *ratelimit.Answer) error {
+	if f.off.Load() || !f.Recall(q, a) {
+		f.missed = true
+		return errMissed
+	}
+	return nil
+}
+
+// decide decides m and replies, asking the store when quick is nil. With
+// quick it decides only what needs no store, and returns false, having
+// answered and counted nothing, when the decision needs one.
+func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool {
+	start := time.Now()
 	opID := m.Header.Get(natsconn.HeaderOperationID)
 
 	deadline, ok := natsconn.Deadline(m)
@@ -377,7 +419,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 		// on a call IMServer was told to let through.
 		w.metrics.requests.WithLabelValues(outcomeExpired).Inc()
 		w.log.Debug("request expired before it was judged", "operationID", opID, "late", start.Sub(deadline))
-		return
+		return true
 	}
 
 	command := strings.TrimPrefix(m.Subject, w.prefix)
@@ -385,21 +427,34 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 		w.metrics.requests.WithLabelValues(outcomeNoPolicy).Inc()
 		s.Body = append(s.Body[:0], callback.AllowJSON...)
 		w.respond(m, s.Body, opID)
-		return
+		return true
 	}
 
-	// The store budget ends the call before the gateway stops waiting, so
-	// that a failing store still gets its answer (on_store_error) through.
-	storeBy := start.Add(w.opts.StoreBudget)
-	if deadline.Before(storeBy) {
-		storeBy = deadline
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), storeBy)
 	if w.memory != nil {
 		w.memory.catchUp()
 	}
-	d, err := w.policy.Load().Decide(ctx, command, m.Data, w.decider, s)
-	cancel()
+	var (
+		d   policy.Decision
+		err error
+	)
+	if quick != nil {
+		quick.missed = false
+		d, err = w.policy.Load().Decide(context.Background(), command, m.Data, quick, s)
+		if quick.missed {
+			return false
+		}
+	} else {
+		// The store budget ends the call before the gateway stops waiting,
+		// so that a failing store still gets its answer (on_store_error)
+		// through.
+		storeBy := start.Add(w.opts.StoreBudget)
+		if deadline.Before(storeBy) {
+			storeBy = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), storeBy)
+		d, err = w.policy.Load().Decide(ctx, command, m.Data, w.decider, s)
+		cancel()
+	}
 	if errors.Is(err, callback.ErrMalformed) {
 		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
 		if l, ok := w.throttled.Allow(slog.LevelWarn, "invalid callback body", slog.String("command", command)); ok {
@@ -407,7 +462,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 		}
 		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
 		w.respond(m, s.Body, opID)
-		return
+		return true
 	}
 	if err != nil && !time.Now().Before(deadline) {
 		// The store was too slow for this request's budget (go-redis says
@@ -418,7 +473,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 		// ahead of this host's) is a store failure, answered at once.
 		w.metrics.requests.WithLabelValues(outcomeExpired).Inc()
 		w.log.Debug("deadline passed during the store call", "operationID", opID)
-		return
+		return true
 	}
 	if err != nil {
 		cause := causeOf(err)
@@ -448,6 +503,7 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 	if w.log.Enabled(context.Background(), slog.LevelDebug) {
 		w.log.Debug("decided", "operationID", opID, "command", command, "decision", decision, "reason", d.Reason, "rule", d.Rule)
 	}
+	return true
 }
 
 func (w *Worker) respond(m *nats.Msg, body []byte, opID string) {

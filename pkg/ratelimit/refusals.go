@@ -187,15 +187,8 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 	if q.Mode != Consume {
 		return r.store.Decide(ctx, q, a)
 	}
-	sent := r.now()
-	r.mu.Lock()
-	r.loadLists(sent)
-	gen := r.gen
-	hit := r.recall(q, a, sent)
-	unguarded := r.listsHeld(sent) // and, not a hit, none of q's guards exists
-	r.mu.Unlock()
+	sent, gen, hit, unguarded := r.lookup(q, a)
 	if hit {
-		r.hits.Add(1)
 		return nil
 	}
 	asked := q
@@ -284,6 +277,35 @@ func (r *Refusals) Decide(ctx context.Context, q *Query, a *Answer) error {
 		}
 	}
 	return nil
+}
+
+// Recall answers q from memory, as Decide would when the store is bound to
+// refuse it or a held list decides it, and reports whether it did; it
+// never asks the store. A worker answers from it where it may not wait on
+// the store.
+func (r *Refusals) Recall(q *Query, a *Answer) bool {
+	if q.Mode != Consume {
+		return false
+	}
+	_, _, hit, _ := r.lookup(q, a)
+	return hit
+}
+
+// lookup is recall at the present instant, under r.mu, counting a hit: it
+// also returns that instant, the generation it was made in and whether,
+// not a hit, the lists held say that none of q's guards exists.
+func (r *Refusals) lookup(q *Query, a *Answer) (now int64, gen uint64, hit, unguarded bool) {
+	now = r.now()
+	r.mu.Lock()
+	r.loadLists(now)
+	gen = r.gen
+	hit = r.recall(q, a, now)
+	unguarded = r.listsHeld(now)
+	r.mu.Unlock()
+	if hit {
+		r.hits.Add(1)
+	}
+	return now, gen, hit, unguarded
 }
 
 // onlyOnce reports whether checks[i]'s key is checked by no other check.
