@@ -178,40 +178,49 @@ func BenchmarkGatewayNoPolicy(b *testing.B) {
 }
 
 // The NATS request-reply round trip the gateway makes, without HTTP: one
-// reused message with the gateway's two headers (what nats.go allocates on
-// its own, the gateway reusing its messages too), or bare.
+// reused message, framed as the gateway sends it, with the two headers that
+// gateways sent before (what nats.go allocates on its own, the message
+// reused too), or bare.
 func BenchmarkNATSRequest(b *testing.B) {
 	ns := testenv.NATS(b)
 	benchResponder(b, ns)
 	nc := inProcess(b, ns)
 	subject := "joingate." + callback.JoinGroupCommand
+	opID := []byte("bench-operation-0123456789")
+	b.Run("framed", func(b *testing.B) {
+		b.ReportAllocs()
+		msg := &nats.Msg{Subject: "joingate." + natsconn.FramedToken + "." + callback.JoinGroupCommand}
+		for i := 0; b.Loop(); i++ {
+			msg.Data = natsconn.AppendFramed(msg.Data[:0], time.Now().Add(time.Hour), opID, benchBodies[i%len(benchBodies)])
+			requestAllowed(b, nc, msg)
+		}
+	})
 	b.Run("headers", func(b *testing.B) {
 		b.ReportAllocs()
-		msg := &nats.Msg{Subject: subject, Header: nats.Header{
-			natsconn.HeaderOperationID: {"bench-operation-0123456789"},
-			natsconn.HeaderDeadline:    {string(natsconn.AppendDeadline(nil, time.Now().Add(time.Hour)))},
-		}}
+		msg := nats.NewMsg(subject)
+		msg.Header.Set(natsconn.HeaderOperationID, string(opID))
+		natsconn.SetDeadline(msg, time.Now().Add(time.Hour))
 		for i := 0; b.Loop(); i++ {
 			msg.Data = benchBodies[i%len(benchBodies)]
-			reply, err := nc.RequestMsg(msg, 300*time.Millisecond)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if !bytes.Equal(reply.Data, []byte(callback.AllowJSON)) {
-				b.Fatalf("reply %q", reply.Data)
-			}
+			requestAllowed(b, nc, msg)
 		}
 	})
 	b.Run("bare", func(b *testing.B) {
 		b.ReportAllocs()
+		msg := &nats.Msg{Subject: subject}
 		for i := 0; b.Loop(); i++ {
-			reply, err := nc.Request(subject, benchBodies[i%len(benchBodies)], 300*time.Millisecond)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if !bytes.Equal(reply.Data, []byte(callback.AllowJSON)) {
-				b.Fatalf("reply %q", reply.Data)
-			}
+			msg.Data = benchBodies[i%len(benchBodies)]
+			requestAllowed(b, nc, msg)
 		}
 	})
+}
+
+func requestAllowed(b *testing.B, nc *nats.Conn, msg *nats.Msg) {
+	reply, err := nc.RequestMsg(msg, 300*time.Millisecond)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if !bytes.Equal(reply.Data, []byte(callback.AllowJSON)) {
+		b.Fatalf("reply %q", reply.Data)
+	}
 }

@@ -19,7 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -115,7 +114,7 @@ type Gateway struct {
 	routes   map[string]route // by command
 	stopping atomic.Bool
 
-	requests        sync.Pool // of *request
+	requests        sync.Pool // of *nats.Msg, the framed request reused
 	fallbackRefuses bool
 	basicAuth       []byte // the expected Authorization header, or nil
 	// throttled logs per-request trouble (bad input, fallbacks) at most
@@ -140,10 +139,10 @@ func New(opts Options) (*Gateway, error) {
 		metrics:         newMetrics(opts.Registerer, opts.DecisionTimeout, opts.Conn),
 		routes:          make(map[string]route, len(callback.Commands)),
 		fallbackRefuses: callback.IsRefusal(opts.FallbackBody),
-		requests:        sync.Pool{New: newRequest},
+		requests:        sync.Pool{New: func() any { return new(nats.Msg) }},
 	}
 	for _, c := range callback.Commands {
-		g.routes[c] = route{command: c, subject: opts.Subject + "." + c, metrics: g.metrics.command(c)}
+		g.routes[c] = route{command: c, subject: opts.Subject + "." + natsconn.FramedToken + "." + c, metrics: g.metrics.command(c)}
 	}
 	g.throttled = throttle.New(g.log, time.Second)
 	if opts.BasicUser != "" {
@@ -244,7 +243,7 @@ func (g *Gateway) Close() {
 func (g *Gateway) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- g.srv.Serve(g.served) }()
-	g.log.Info("gateway listening", "addr", g.Addr(), "subjects", g.opts.Subject+".<command>", "commands", callback.Commands, "decision_timeout", g.opts.DecisionTimeout)
+	g.log.Info("gateway listening", "addr", g.Addr(), "subjects", g.opts.Subject+"."+natsconn.FramedToken+".<command>", "commands", callback.Commands, "decision_timeout", g.opts.DecisionTimeout)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("callback server: %w", err)
@@ -351,14 +350,13 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 		return
 	}
 
-	// The body and header slices belong to fasthttp; they stay valid until
-	// this handler returns, and the request is answered before that. The
-	// message is reused: nats.go copies what it sends before RequestMsg
-	// returns.
+	// The message and its frame are reused: nats.go copies what it sends
+	// before RequestMsg returns.
 	deadline := start.Add(g.opts.DecisionTimeout)
-	out := g.requests.Get().(*request)
+	out := g.requests.Get().(*nats.Msg)
 	defer g.requests.Put(out)
-	msg := out.prepare(r.subject, body, opID, deadline)
+	out.Subject = r.subject
+	out.Data = natsconn.AppendFramed(out.Data[:0], deadline, opID, body)
 
 	var (
 		cause string
@@ -369,7 +367,7 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 		cause, err = causeNATSUnavailable, errNotConnected
 	} else {
 		sent := time.Now()
-		reply, err = g.opts.Conn.RequestMsg(msg, deadline.Sub(sent))
+		reply, err = g.opts.Conn.RequestMsg(out, deadline.Sub(sent))
 		switch {
 		case err == nil && !isJSONObject(reply.Data):
 			cause = causeError
@@ -414,34 +412,6 @@ func (g *Gateway) fallback(ctx *fasthttp.RequestCtx, r route, cause string) {
 	r.metrics.fallback.Inc()
 	r.metrics.answered(g.fallbackRefuses)
 	writeJSON(ctx, fasthttp.StatusOK, g.opts.FallbackBody)
-}
-
-// request is a reusable NATS request: the message, its header map and the
-// memory its header values point into.
-type request struct {
-	msg      nats.Msg
-	opID     [1]string
-	deadline [1]string
-	buf      []byte
-}
-
-func newRequest() any {
-	r := &request{buf: make([]byte, 0, 20)}
-	r.msg.Header = nats.Header{natsconn.HeaderOperationID: r.opID[:], natsconn.HeaderDeadline: r.deadline[:]}
-	return r
-}
-
-// prepare fills the message without allocating: the header values alias
-// opID (fasthttp's, valid during the handler) and r's own buffer.
-func (r *request) prepare(subject string, body, opID []byte, deadline time.Time) *nats.Msg {
-	r.msg.Subject, r.msg.Data = subject, body
-	r.opID[0] = ""
-	if len(opID) > 0 {
-		r.opID[0] = unsafe.String(&opID[0], len(opID))
-	}
-	r.buf = natsconn.AppendDeadline(r.buf[:0], deadline)
-	r.deadline[0] = unsafe.String(&r.buf[0], len(r.buf))
-	return &r.msg
 }
 
 // errNotConnected is the fallback's error when NATS is down: nothing was

@@ -351,8 +351,8 @@ func TestOtherCommandsAllowedAtTheEdge(t *testing.T) {
 	}
 }
 
-// The request a worker gets: the raw body, the operation ID and a deadline
-// one decision timeout after the callback arrived.
+// The request a worker gets: framed, the raw body, the operation ID and a
+// deadline one decision timeout after the callback arrived.
 func TestPublishedRequest(t *testing.T) {
 	ns := testenv.NATS(t)
 	responder := testenv.Conn(t, ns)
@@ -374,15 +374,15 @@ func TestPublishedRequest(t *testing.T) {
 		t.Fatalf("the worker's reply was not written as it is: %+v", a)
 	}
 	m := <-got
-	if m.Subject != "joingate."+callback.JoinGroupCommand || string(m.Data) != body {
-		t.Fatalf("published %s %q", m.Subject, m.Data)
+	dl, id, raw, err := natsconn.ParseFramed(m.Data)
+	if m.Subject != "joingate."+natsconn.FramedToken+"."+callback.JoinGroupCommand || err != nil || string(raw) != body || m.Header != nil {
+		t.Fatalf("published %s %q (headers %v): %v", m.Subject, m.Data, m.Header, err)
 	}
-	if id := m.Header.Get(natsconn.HeaderOperationID); id != "op-test" {
-		t.Fatalf("operation ID header %q", id)
+	if string(id) != "op-test" {
+		t.Fatalf("operation ID %q", id)
 	}
-	dl, ok := natsconn.Deadline(m)
-	if !ok || dl.Before(before.Add(700*time.Millisecond)) || dl.After(time.Now().Add(700*time.Millisecond)) {
-		t.Fatalf("deadline %v (ok %v) is not one decision timeout after the request", dl, ok)
+	if dl.Before(before.Add(700*time.Millisecond)) || dl.After(time.Now().Add(700*time.Millisecond)) {
+		t.Fatalf("deadline %v is not one decision timeout after the request", dl)
 	}
 }
 
@@ -443,7 +443,7 @@ func TestFallbacks(t *testing.T) {
 		ns := testenv.NATS(t)
 		late := testenv.Conn(t, ns)
 		late.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
-			dl, _ := natsconn.Deadline(m)
+			dl, _, _, _ := natsconn.ParseFramed(m.Data)
 			time.Sleep(time.Until(dl) + 20*time.Millisecond) // a worker that decides too late
 			m.Respond(callback.AppendRefusal(nil, 5999, "late", ""))
 		})

@@ -35,9 +35,8 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 	for i := range n {
 		m := nats.NewMsg("bench.requests")
 		m.Reply = "bench.replies" // nobody listens: the reply is published and dropped
-		m.Data = []byte(callback.IMServerJoinGroup(fmt.Sprint(2_000_000_000+i%(n/16+1)), fmt.Sprint(1_000_000_000+i), "hello, please let me in"))
-		m.Header.Set(natsconn.HeaderOperationID, fmt.Sprint("bench-operation-", i))
-		natsconn.SetDeadline(m, deadline)
+		body := callback.IMServerJoinGroup(fmt.Sprint(2_000_000_000+i%(n/16+1)), fmt.Sprint(1_000_000_000+i), "hello, please let me in")
+		m.Data = natsconn.AppendFramed(nil, deadline, fmt.Append(nil, "bench-operation-", i), []byte(body))
 		if err := nc.PublishMsg(m); err != nil {
 			b.Fatal(err)
 		}
@@ -48,7 +47,7 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 			b.Fatal(err)
 		}
 		// Handled as on the worker's subject.
-		msgs[i].Subject = "joingate." + callback.JoinGroupCommand
+		msgs[i].Subject = "joingate." + natsconn.FramedToken + "." + callback.JoinGroupCommand
 	}
 	return msgs
 }

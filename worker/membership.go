@@ -11,6 +11,7 @@ import (
 
 	"github.com/joingate/joingate/pkg/breaker"
 	"github.com/joingate/joingate/pkg/callback"
+	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/redisconn"
 )
 
@@ -155,12 +156,13 @@ func (w *Worker) logProbe(cause string, err error) {
 	}
 }
 
-// subjects are the worker's subscriptions: one per command it decides, so
-// that NATS permissions and monitoring can tell the commands apart.
+// subjects are the worker's subscriptions: two per command it decides, one
+// for each form of request (natsconn), so that NATS permissions and
+// monitoring can tell the commands apart.
 func (w *Worker) subjects() []string {
-	subjects := make([]string, len(callback.Commands))
-	for i, c := range callback.Commands {
-		subjects[i] = w.prefix + c
+	subjects := make([]string, 0, 2*len(callback.Commands))
+	for _, c := range callback.Commands {
+		subjects = append(subjects, w.prefix+natsconn.FramedToken+"."+c, w.prefix+c)
 	}
 	return subjects
 }

@@ -409,10 +409,17 @@ func (f *fromMemory) Decide(_ context.Context, q *ratelimit.Query, a *ratelimit.
 // answered and counted nothing, when the decision needs one.
 func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool {
 	start := time.Now()
-	opID := m.Header.Get(natsconn.HeaderOperationID)
-
-	deadline, ok := natsconn.Deadline(m)
-	if !ok {
+	command, deadline, opID, body, err := w.read(m)
+	if err != nil {
+		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
+		if l, ok := w.throttled.Allow(slog.LevelWarn, "invalid request from a gateway", slog.String("subject", m.Subject)); ok {
+			l.Log("bytes", len(m.Data), "err", err)
+		}
+		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
+		w.respond(m, s.Body, opID)
+		return true
+	}
+	if deadline.IsZero() {
 		deadline = start.Add(w.opts.MissingDeadline)
 	} else if !start.Before(deadline) {
 		// The gateway has answered already; judging now would spend quota
@@ -422,7 +429,6 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 		return true
 	}
 
-	command := strings.TrimPrefix(m.Subject, w.prefix)
 	if !slices.Contains(callback.Commands, command) {
 		w.metrics.requests.WithLabelValues(outcomeNoPolicy).Inc()
 		s.Body = append(s.Body[:0], callback.AllowJSON...)
@@ -433,13 +439,10 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 	if w.memory != nil {
 		w.memory.catchUp()
 	}
-	var (
-		d   policy.Decision
-		err error
-	)
+	var d policy.Decision
 	if quick != nil {
 		quick.missed = false
-		d, err = w.policy.Load().Decide(context.Background(), command, m.Data, quick, s)
+		d, err = w.policy.Load().Decide(context.Background(), command, body, quick, s)
 		if quick.missed {
 			return false
 		}
@@ -452,7 +455,7 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 			storeBy = deadline
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), storeBy)
-		d, err = w.policy.Load().Decide(ctx, command, m.Data, w.decider, s)
+		d, err = w.policy.Load().Decide(ctx, command, body, w.decider, s)
 		cancel()
 	}
 	if errors.Is(err, callback.ErrMalformed) {
@@ -506,7 +509,25 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 	return true
 }
 
-func (w *Worker) respond(m *nats.Msg, body []byte, opID string) {
+// read splits m, in either form (natsconn), into the command, the deadline
+// (zero when m carries none), IMServer's operation ID and body.
+func (w *Worker) read(m *nats.Msg) (command string, deadline time.Time, id operationID, body []byte, err error) {
+	command = strings.TrimPrefix(m.Subject, w.prefix)
+	if c, framed := strings.CutPrefix(command, natsconn.FramedToken+"."); framed {
+		deadline, id, body, err = natsconn.ParseFramed(m.Data)
+		return c, deadline, id, body, err
+	}
+	deadline, _ = natsconn.Deadline(m)
+	return command, deadline, operationID(m.Header.Get(natsconn.HeaderOperationID)), m.Data, nil
+}
+
+// operationID is IMServer's operation ID as it came, made a string only when
+// logged.
+type operationID []byte
+
+func (o operationID) LogValue() slog.Value { return slog.StringValue(string(o)) }
+
+func (w *Worker) respond(m *nats.Msg, body []byte, opID operationID) {
 	if err := m.Respond(body); err != nil {
 		if l, ok := w.throttled.Allow(slog.LevelWarn, "cannot reply", slog.Attr{}); ok {
 			l.Log("operationID", opID, "err", err)

@@ -82,11 +82,15 @@ func runWorker(t *testing.T, ns *server.Server, store Store, p *policy.Set, muta
 // request sends a join-group request as the gateway does.
 func request(t *testing.T, nc *nats.Conn, body string, deadline time.Time) (*nats.Msg, error) {
 	t.Helper()
-	msg := nats.NewMsg("joingate." + callback.JoinGroupCommand)
-	msg.Data = []byte(body)
-	msg.Header.Set(natsconn.HeaderOperationID, "op-1")
-	natsconn.SetDeadline(msg, deadline)
-	return nc.RequestMsg(msg, time.Until(deadline))
+	return nc.RequestMsg(framed(callback.JoinGroupCommand, body, deadline), time.Until(deadline))
+}
+
+// framed is the request a gateway sends for a callback of command.
+func framed(command, body string, deadline time.Time) *nats.Msg {
+	return &nats.Msg{
+		Subject: "joingate." + natsconn.FramedToken + "." + command,
+		Data:    natsconn.AppendFramed(nil, deadline, []byte("op-1"), []byte(body)),
+	}
 }
 
 // joinBody is the body IMServer posts, byte for byte (groupType "\u0002").
@@ -151,10 +155,7 @@ func TestDecidesEveryWayIn(t *testing.T) {
 	nc := testenv.Conn(t, ns)
 	ask := func(command, body string) []byte {
 		t.Helper()
-		msg := nats.NewMsg("joingate." + command)
-		msg.Data = []byte(body)
-		natsconn.SetDeadline(msg, time.Now().Add(5*time.Second))
-		m, err := nc.RequestMsg(msg, 5*time.Second)
+		m, err := nc.RequestMsg(framed(command, body, time.Now().Add(5*time.Second)), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -557,10 +558,8 @@ func TestDrainAnswersQueued(t *testing.T) {
 	}
 	const n = 5
 	for i := range n {
-		msg := nats.NewMsg("joingate." + callback.JoinGroupCommand)
+		msg := framed(callback.JoinGroupCommand, joinBody(fmt.Sprint("u", i), "g"), time.Now().Add(10*time.Second))
 		msg.Reply = fmt.Sprint(inbox, ".", i)
-		msg.Data = []byte(joinBody(fmt.Sprint("u", i), "g"))
-		natsconn.SetDeadline(msg, time.Now().Add(10*time.Second))
 		if err := nc.PublishMsg(msg); err != nil {
 			t.Fatal(err)
 		}
@@ -587,26 +586,82 @@ func TestDrainAnswersQueued(t *testing.T) {
 }
 
 // A request past its deadline gets no reply at all: the gateway has
-// answered it already.
+// answered it already. In either form.
 func TestExpiredGetsNoReply(t *testing.T) {
+	past := time.Now().Add(-time.Millisecond)
+	withHeaders := nats.NewMsg("joingate." + callback.JoinGroupCommand)
+	withHeaders.Data = []byte(joinBody("u", "g"))
+	natsconn.SetDeadline(withHeaders, past)
+	for name, msg := range map[string]*nats.Msg{
+		"framed":  framed(callback.JoinGroupCommand, joinBody("u", "g"), past),
+		"headers": withHeaders,
+	} {
+		t.Run(name, func(t *testing.T) {
+			ns := testenv.NATS(t)
+			mem := ratelimit.NewMemory()
+			_, reg, _ := startWorker(t, ns, mem, testPolicy(t, perApplicant(1)), nil)
+			nc := testenv.Conn(t, ns)
+			if m, err := nc.RequestMsg(msg, 300*time.Millisecond); !errors.Is(err, nats.ErrTimeout) {
+				t.Fatalf("expired request: reply %v, error %v; want no reply", m, err)
+			}
+			// The reply's timeout is no bound on when the worker counts it.
+			if !testenv.Eventually(5*time.Second, func() bool {
+				return testenv.Value(t, reg, "joingate_worker_requests_total", outcomeExpired) == 1
+			}) {
+				t.Fatalf("requests_total{expired} = %v, want 1", testenv.Value(t, reg, "joingate_worker_requests_total", outcomeExpired))
+			}
+			if mem.Len() != 0 {
+				t.Fatal("an expired request reached the store")
+			}
+		})
+	}
+}
+
+// Requests with headers, as gateways before the framed form sent them (and
+// as one made by hand, without any), are decided as framed ones: workers
+// upgraded first keep deciding for the gateways not yet upgraded.
+func TestDecidesRequestsWithHeaders(t *testing.T) {
+	ns := testenv.NATS(t)
+	_, reg, _ := startWorker(t, ns, ratelimit.NewMemory(), testPolicy(t, perApplicant(2)), nil)
+	nc := testenv.Conn(t, ns)
+	withHeaders := nats.NewMsg("joingate." + callback.JoinGroupCommand)
+	withHeaders.Data = []byte(joinBody("u1", "g1"))
+	withHeaders.Header.Set(natsconn.HeaderOperationID, "op-old")
+	natsconn.SetDeadline(withHeaders, time.Now().Add(5*time.Second))
+	byHand := &nats.Msg{Subject: "joingate." + callback.JoinGroupCommand, Data: []byte(joinBody("u1", "g1"))}
+	for i, msg := range []*nats.Msg{withHeaders, framed(callback.JoinGroupCommand, joinBody("u1", "g1"), time.Now().Add(5*time.Second)), byHand} {
+		m, err := nc.RequestMsg(msg, 5*time.Second)
+		if err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		// Two a period for u1, whatever the form: the third is refused.
+		if refused := decode(t, m).NextCode == 1; refused != (i == 2) {
+			t.Fatalf("request %d (%s): %s", i+1, msg.Subject, m.Data)
+		}
+	}
+	testenv.WantValue(t, reg, 3, "joingate_worker_requests_total", outcomeDecided)
+}
+
+// A framed request that its frame does not describe is answered with a
+// failure, counted invalid, and reaches no store.
+func TestMalformedFrame(t *testing.T) {
 	ns := testenv.NATS(t)
 	mem := ratelimit.NewMemory()
 	_, reg, _ := startWorker(t, ns, mem, testPolicy(t, perApplicant(1)), nil)
 	nc := testenv.Conn(t, ns)
-	msg := nats.NewMsg("joingate." + callback.JoinGroupCommand)
-	msg.Data = []byte(joinBody("u", "g"))
-	natsconn.SetDeadline(msg, time.Now().Add(-time.Millisecond))
-	if m, err := nc.RequestMsg(msg, 300*time.Millisecond); !errors.Is(err, nats.ErrTimeout) {
-		t.Fatalf("expired request: reply %v, error %v; want no reply", m, err)
+	good := framed(callback.JoinGroupCommand, joinBody("u", "g"), time.Now().Add(5*time.Second)).Data
+	for i, data := range [][]byte{nil, good[:8], append(good[:8:8], 0x7f, 'x')} {
+		m, err := nc.Request("joingate."+natsconn.FramedToken+"."+callback.JoinGroupCommand, data, 5*time.Second)
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if a := decode(t, m); a.ActionCode != 1 || !strings.Contains(a.ErrMsg, "framed request") {
+			t.Fatalf("frame %d answered %s, want a failure that says why", i, m.Data)
+		}
 	}
-	// The reply's timeout is no bound on when the worker counts it.
-	if !testenv.Eventually(5*time.Second, func() bool {
-		return testenv.Value(t, reg, "joingate_worker_requests_total", outcomeExpired) == 1
-	}) {
-		t.Fatalf("requests_total{expired} = %v, want 1", testenv.Value(t, reg, "joingate_worker_requests_total", outcomeExpired))
-	}
+	testenv.WantValue(t, reg, 3, "joingate_worker_requests_total", outcomeInvalid)
 	if mem.Len() != 0 {
-		t.Fatal("an expired request reached the store")
+		t.Fatal("a malformed frame reached the store")
 	}
 }
 

@@ -1,6 +1,7 @@
 package natsconn
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
@@ -135,6 +136,45 @@ func TestDeadlineHeader(t *testing.T) {
 	if _, ok := Deadline(m); ok {
 		t.Fatal("unreadable deadline accepted")
 	}
+}
+
+// A framed request gives back what was framed, and a frame that promises
+// more than it holds is refused.
+func TestFramed(t *testing.T) {
+	want := time.Unix(1_700_000_000, 123456789)
+	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand"}`)
+	for _, opID := range [][]byte{nil, []byte("op-1"), bytes.Repeat([]byte("x"), 300)} {
+		data := AppendFramed([]byte("kept"), want, opID, body)[len("kept"):]
+		dl, id, b, err := ParseFramed(data)
+		if err != nil || !dl.Equal(want) || !bytes.Equal(id, opID) || !bytes.Equal(b, body) {
+			t.Fatalf("opID %d bytes: %v %q %q %v", len(opID), dl, id, b, err)
+		}
+		for n := range len(data) - len(body) { // cut inside the frame
+			if _, _, _, err := ParseFramed(data[:n]); err == nil {
+				t.Fatalf("a frame cut to %d of its %d bytes accepted", n, len(data)-len(body))
+			}
+		}
+	}
+	if _, _, _, err := ParseFramed(AppendFramed(nil, time.Unix(0, 0), nil, body)); err == nil {
+		t.Fatal("a deadline of 0 accepted")
+	}
+}
+
+// ParseFramed never panics, and what it accepts is the data's own: its
+// first 8 bytes the deadline, the operation ID and the body its end.
+func FuzzParseFramed(f *testing.F) {
+	f.Add(AppendFramed(nil, time.Unix(1_700_000_000, 0), []byte("op"), []byte("{}")))
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 1, 0x80})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dl, id, body, err := ParseFramed(data)
+		if err != nil {
+			return
+		}
+		again := AppendFramed(nil, dl, id, body)
+		if !bytes.Equal(again[:8], data[:8]) || !bytes.HasSuffix(data, again[len(again)-len(id)-len(body):]) {
+			t.Fatalf("%x parsed to %v %q %q", data, dl, id, body)
+		}
+	})
 }
 
 func TestNkeyAuth(t *testing.T) {

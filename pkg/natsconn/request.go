@@ -1,0 +1,80 @@
+package natsconn
+
+import (
+	"encoding/binary"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// A callback request travels from gateway to worker in one of two forms.
+//
+// Framed, on <subject>.v2.<command>: the payload is the deadline (8 bytes,
+// big-endian Unix nanoseconds), the length of IMServer's operation ID
+// (uvarint), the operation ID and IMServer's body as it came. Gateways send
+// it: NATS headers cost the gateway, nats-server and the worker more than
+// the request's whole decision from memory (BENCHMARKS.md, History).
+//
+// With headers, on <subject>.<command>: the body as it came, the operation
+// ID and the deadline in the headers below; gateways before the framed
+// form sent it, and a request made by hand (nats req) may carry neither.
+// Workers take both, so that workers upgraded first keep deciding for the
+// gateways not yet upgraded; a framed request reaching no worker that
+// knows the form finds no responders, and its gateway falls back at once.
+const (
+	// FramedToken is the subject token between the prefix and the command
+	// of a framed request.
+	FramedToken = "v2"
+	// HeaderOperationID carries IMServer's Operationid, for log correlation.
+	HeaderOperationID = "Operationid"
+	// HeaderDeadline is the absolute time (Unix nanoseconds) after which the
+	// gateway has answered without this decision: a worker that gets the
+	// request later drops it rather than consume quota for nothing.
+	HeaderDeadline = "Joingate-Deadline"
+)
+
+// AppendFramed appends the framed request of body to dst.
+func AppendFramed(dst []byte, deadline time.Time, opID, body []byte) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, uint64(deadline.UnixNano()))
+	dst = binary.AppendUvarint(dst, uint64(len(opID)))
+	dst = append(dst, opID...)
+	return append(dst, body...)
+}
+
+// ErrFrame is a framed request too short for what its frame says.
+var ErrFrame = errors.New("framed request truncated or its deadline unreadable")
+
+// ParseFramed splits a framed request; opID and body alias data.
+func ParseFramed(data []byte) (deadline time.Time, opID, body []byte, err error) {
+	if len(data) < 9 {
+		return time.Time{}, nil, nil, ErrFrame
+	}
+	ns := int64(binary.BigEndian.Uint64(data))
+	n, w := binary.Uvarint(data[8:])
+	rest := data[8+max(w, 0):]
+	if ns <= 0 || w <= 0 || n > uint64(len(rest)) {
+		return time.Time{}, nil, nil, ErrFrame
+	}
+	return time.Unix(0, ns), rest[:n], rest[n:], nil
+}
+
+// SetDeadline stamps msg with the deadline header.
+func SetDeadline(msg *nats.Msg, deadline time.Time) {
+	msg.Header[HeaderDeadline] = []string{strconv.FormatInt(deadline.UnixNano(), 10)}
+}
+
+// Deadline reads the deadline header of msg; ok is false when it is missing
+// or unreadable.
+func Deadline(msg *nats.Msg) (deadline time.Time, ok bool) {
+	v := msg.Header[HeaderDeadline]
+	if len(v) == 0 {
+		return time.Time{}, false
+	}
+	ns, err := strconv.ParseInt(v[0], 10, 64)
+	if err != nil || ns <= 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
+}
