@@ -189,7 +189,7 @@ func BenchmarkNATSRequest(b *testing.B) {
 	opID := []byte("bench-operation-0123456789")
 	b.Run("framed", func(b *testing.B) {
 		b.ReportAllocs()
-		msg := &nats.Msg{Subject: "joingate." + natsconn.FramedToken + "." + callback.JoinGroupCommand}
+		msg := &nats.Msg{Subject: natsconn.FramedSubject("joingate", callback.JoinGroupCommand)}
 		for i := 0; b.Loop(); i++ {
 			msg.Data = natsconn.AppendFramed(msg.Data[:0], time.Now().Add(time.Hour), opID, benchBodies[i%len(benchBodies)])
 			requestAllowed(b, nc, msg)

@@ -375,7 +375,7 @@ func TestPublishedRequest(t *testing.T) {
 	}
 	m := <-got
 	dl, id, raw, err := natsconn.ParseFramed(m.Data)
-	if m.Subject != "joingate."+natsconn.FramedToken+"."+callback.JoinGroupCommand || err != nil || string(raw) != body || m.Header != nil {
+	if m.Subject != natsconn.FramedSubject("joingate", callback.JoinGroupCommand) || err != nil || string(raw) != body || m.Header != nil {
 		t.Fatalf("published %s %q (headers %v): %v", m.Subject, m.Data, m.Header, err)
 	}
 	if string(id) != "op-test" {

@@ -47,7 +47,7 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 			b.Fatal(err)
 		}
 		// Handled as on the worker's subject.
-		msgs[i].Subject = "joingate." + natsconn.FramedToken + "." + callback.JoinGroupCommand
+		msgs[i].Subject = natsconn.FramedSubject("joingate", callback.JoinGroupCommand)
 	}
 	return msgs
 }

@@ -162,7 +162,7 @@ func (w *Worker) logProbe(cause string, err error) {
 func (w *Worker) subjects() []string {
 	subjects := make([]string, 0, 2*len(callback.Commands))
 	for _, c := range callback.Commands {
-		subjects = append(subjects, w.prefix+natsconn.FramedToken+"."+c, w.prefix+c)
+		subjects = append(subjects, natsconn.FramedSubject(w.opts.Subject, c), w.prefix+c)
 	}
 	return subjects
 }

@@ -88,7 +88,7 @@ func request(t *testing.T, nc *nats.Conn, body string, deadline time.Time) (*nat
 // framed is the request a gateway sends for a callback of command.
 func framed(command, body string, deadline time.Time) *nats.Msg {
 	return &nats.Msg{
-		Subject: "joingate." + natsconn.FramedToken + "." + command,
+		Subject: natsconn.FramedSubject("joingate", command),
 		Data:    natsconn.AppendFramed(nil, deadline, []byte("op-1"), []byte(body)),
 	}
 }
@@ -651,7 +651,7 @@ func TestMalformedFrame(t *testing.T) {
 	nc := testenv.Conn(t, ns)
 	good := framed(callback.JoinGroupCommand, joinBody("u", "g"), time.Now().Add(5*time.Second)).Data
 	for i, data := range [][]byte{nil, good[:8], append(good[:8:8], 0x7f, 'x')} {
-		m, err := nc.Request("joingate."+natsconn.FramedToken+"."+callback.JoinGroupCommand, data, 5*time.Second)
+		m, err := nc.Request(natsconn.FramedSubject("joingate", callback.JoinGroupCommand), data, 5*time.Second)
 		if err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}

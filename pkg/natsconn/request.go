@@ -35,6 +35,12 @@ const (
 	HeaderDeadline = "Joingate-Deadline"
 )
 
+// FramedSubject is the subject of framed requests for command under the
+// prefix subject (nats.subject).
+func FramedSubject(subject, command string) string {
+	return subject + "." + FramedToken + "." + command
+}
+
 // AppendFramed appends the framed request of body to dst.
 func AppendFramed(dst []byte, deadline time.Time, opID, body []byte) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(deadline.UnixNano()))
