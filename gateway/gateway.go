@@ -115,6 +115,7 @@ type Gateway struct {
 	stopping atomic.Bool
 
 	requests        sync.Pool // of *nats.Msg, the framed request reused
+	replies         *replies
 	fallbackRefuses bool
 	basicAuth       []byte // the expected Authorization header, or nil
 	// throttled logs per-request trouble (bad input, fallbacks) at most
@@ -187,6 +188,12 @@ func New(opts Options) (*Gateway, error) {
 	// connection (a POST it would not retry).
 	g.srv.CloseOnShutdown = true
 	g.srv.Logger = fasthttpLogger{g.log}
+	replies, err := newReplies(opts.Conn)
+	if err != nil {
+		g.served.Close()
+		return nil, fmt.Errorf("gateway: subscribe to the replies: %w", err)
+	}
+	g.replies = replies
 	return g, nil
 }
 
@@ -235,6 +242,7 @@ func (g *Gateway) Ready(context.Context) error {
 // process failed to start); after Run it does nothing.
 func (g *Gateway) Close() {
 	g.served.Close()
+	g.replies.close()
 }
 
 // Run serves callbacks until ctx is done, then shuts down gracefully: not
@@ -275,6 +283,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.served.Close()
 	<-errc
 	g.served.refusing.Wait()
+	g.replies.close()
 	g.log.Info("gateway stopped")
 	return nil
 }
@@ -351,7 +360,7 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 	}
 
 	// The message and its frame are reused: nats.go copies what it sends
-	// before RequestMsg returns.
+	// before PublishMsg returns.
 	deadline := start.Add(g.opts.DecisionTimeout)
 	out := g.requests.Get().(*nats.Msg)
 	defer g.requests.Put(out)
@@ -360,25 +369,25 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 
 	var (
 		cause string
-		reply *nats.Msg
+		reply []byte
 		err   error
 	)
 	if !g.opts.Conn.IsConnected() {
 		cause, err = causeNATSUnavailable, errNotConnected
 	} else {
 		sent := time.Now()
-		reply, err = g.opts.Conn.RequestMsg(out, deadline.Sub(sent))
+		reply, err = g.replies.request(out, deadline)
 		switch {
-		case err == nil && !isJSONObject(reply.Data):
+		case err == nil && !isJSONObject(reply):
 			cause = causeError
-			err = fmt.Errorf("worker replied %d bytes that are not a JSON object", len(reply.Data))
+			err = fmt.Errorf("worker replied %d bytes that are not a JSON object", len(reply))
 		case err == nil:
 			g.metrics.natsTime.Observe(time.Since(sent).Seconds())
-		case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(err, errReplyTimeout):
 			cause = causeTimeout
 		case errors.Is(err, nats.ErrNoResponders):
 			cause = causeNoResponders
-		case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining),
+		case errors.Is(err, errDisconnected), errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining),
 			errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrReconnectBufExceeded),
 			errors.Is(err, nats.ErrInvalidConnection), errors.Is(err, nats.ErrDisconnected):
 			cause = causeNATSUnavailable
@@ -396,8 +405,8 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 		g.fallback(ctx, r, cause)
 	} else {
 		r.metrics.decided.Inc()
-		writeJSON(ctx, fasthttp.StatusOK, reply.Data)
-		refused := callback.IsRefusal(reply.Data)
+		writeJSON(ctx, fasthttp.StatusOK, reply)
+		refused := callback.IsRefusal(reply)
 		r.metrics.answered(refused)
 		if g.log.Enabled(context.Background(), slog.LevelDebug) {
 			g.log.Debug("decided", "operationID", string(opID), "command", command, "refused", refused, "elapsed", time.Since(start))

@@ -1,0 +1,135 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/joingate/joingate/pkg/testenv"
+)
+
+func newTestReplies(t *testing.T, nc *nats.Conn) *replies {
+	t.Helper()
+	r, err := newReplies(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.close)
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A reply that comes after its request gave up must not answer the next
+// request that waits in the same slot: it would be another applicant's
+// decision.
+func TestLateReplyNotHandedToTheNextRequest(t *testing.T) {
+	ns := testenv.NATS(t)
+	held := make(chan *nats.Msg, 2)
+	worker := testenv.Conn(t, ns)
+	if _, err := worker.Subscribe("req", func(m *nats.Msg) { held <- m }); err != nil {
+		t.Fatal(err)
+	}
+	worker.Flush()
+	r := newTestReplies(t, testenv.Conn(t, ns))
+
+	if _, err := r.request(&nats.Msg{Subject: "req", Data: []byte("first")}, time.Now().Add(50*time.Millisecond)); !errors.Is(err, errReplyTimeout) {
+		t.Fatalf("first request: %v, want the timeout", err)
+	}
+	first := <-held
+	got := make(chan []byte, 1)
+	go func() {
+		reply, err := r.request(&nats.Msg{Subject: "req", Data: []byte("second")}, time.Now().Add(5*time.Second))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- reply
+	}()
+	second := <-held
+	if first.Reply == second.Reply {
+		t.Fatalf("both requests asked for replies on %s", first.Reply)
+	}
+	// The first request's answer arrives late, then the second's.
+	first.Respond([]byte("late answer to the first"))
+	worker.Flush()
+	second.Respond([]byte("answer to the second"))
+	if reply := <-got; string(reply) != "answer to the second" {
+		t.Fatalf("second request got %q", reply)
+	}
+	if n := len(*r.slots.Load()); n != 1 {
+		t.Fatalf("%d slots for requests made one after the other, want 1 reused", n)
+	}
+}
+
+func TestNoResponders(t *testing.T) {
+	ns := testenv.NATS(t)
+	r := newTestReplies(t, testenv.Conn(t, ns))
+	if _, err := r.request(&nats.Msg{Subject: "nobody"}, time.Now().Add(5*time.Second)); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("%v, want no responders", err)
+	}
+}
+
+// As with nats.go's requests, a lost connection ends the requests waiting
+// on it at once (the gateway answers nats_unavailable), not at their
+// deadline.
+func TestDisconnectEndsWaitingRequests(t *testing.T) {
+	ns := testenv.NATS(t)
+	silent := testenv.Conn(t, ns)
+	received := make(chan struct{}, 1)
+	if _, err := silent.Subscribe("req", func(*nats.Msg) { received <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	silent.Flush()
+	r := newTestReplies(t, testenv.Conn(t, ns, nats.MaxReconnects(-1), nats.ReconnectWait(time.Hour)))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.request(&nats.Msg{Subject: "req"}, time.Now().Add(10*time.Second))
+		errc <- err
+	}()
+	<-received
+	ns.Shutdown()
+	if err := <-errc; !errors.Is(err, errDisconnected) {
+		t.Fatalf("%v, want the disconnection", err)
+	}
+}
+
+// Concurrent requests each get their own reply; slots are reused, and
+// replies to subjects the gateway never asked for are dropped.
+func TestConcurrentRequests(t *testing.T) {
+	ns := testenv.NATS(t)
+	echo := testenv.Conn(t, ns)
+	if _, err := echo.Subscribe("echo", func(m *nats.Msg) { m.Respond(m.Data) }); err != nil {
+		t.Fatal(err)
+	}
+	echo.Flush()
+	nc := testenv.Conn(t, ns)
+	r := newTestReplies(t, nc)
+	// Never waited for: not a number, generation 0, a slot that does not exist.
+	for _, stray := range []string{"x.y", "?", "0", strconv.FormatUint(1<<slotBits|999, 36)} {
+		echo.Publish(r.prefix+stray, []byte("stray"))
+	}
+	const workers, each = 8, 200
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				want := fmt.Sprintf("%d/%d", w, i)
+				reply, err := r.request(&nats.Msg{Subject: "echo", Data: []byte(want)}, time.Now().Add(5*time.Second))
+				if err != nil || string(reply) != want {
+					t.Errorf("request %s: %q, %v", want, reply, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := len(*r.slots.Load()); n > workers {
+		t.Fatalf("%d slots for %d requests at most in flight", n, workers)
+	}
+}
