@@ -486,17 +486,16 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 		}
 	}
 	// Counted before the reply, so that whoever sees the answer sees it counted.
-	w.metrics.requests.WithLabelValues(outcomeDecided).Inc()
-	decision := decisionLabel(d.Allowed)
-	w.metrics.decisions.WithLabelValues(command, decision, string(d.Reason)).Inc()
+	w.metrics.decided.Inc()
+	w.metrics.decision(command, d).Inc()
 	if d.Rule != "" {
-		w.metrics.ruleRefusals.WithLabelValues(command, d.Rule, "enforce").Inc()
+		w.metrics.ruleRefusal(command, d.Rule, false).Inc()
 	}
 	if !d.MuteUntil.IsZero() {
 		w.metrics.probation.Add(float64(len(s.Users())))
 	}
 	for _, r := range s.Shadowed {
-		w.metrics.ruleRefusals.WithLabelValues(command, r, "shadow").Inc()
+		w.metrics.ruleRefusal(command, r, true).Inc()
 		if l, ok := w.throttled.Allow(slog.LevelInfo, "shadow rule would refuse", slog.String("rule", r)); ok {
 			l.Log("operationID", opID, "command", command)
 		}
@@ -504,7 +503,7 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 	w.respond(m, s.Body, opID)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
 	if w.log.Enabled(context.Background(), slog.LevelDebug) {
-		w.log.Debug("decided", "operationID", opID, "command", command, "decision", decision, "reason", d.Reason, "rule", d.Rule)
+		w.log.Debug("decided", "operationID", opID, "command", command, "decision", decisionLabel(d.Allowed), "reason", d.Reason, "rule", d.Rule)
 	}
 	return true
 }
