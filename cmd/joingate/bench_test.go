@@ -108,7 +108,7 @@ func TestBenchSuite(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("suite still running after 90s\n%s\n%s", stdout.String(), stderr.String())
 	}
-	for _, want := range []string{"×ref", "reference", "distributed", "targets:"} {
+	for _, want := range []string{"×ref", "reference", "distributed", "floor:", "targets:"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout.String())
 		}
@@ -141,13 +141,17 @@ func TestBenchSuite(t *testing.T) {
 			t.Errorf("%s: fallbacks %v (%s), want 0", r.Setup, res.Fallbacks, res.FallbacksNote)
 		}
 	}
-	if strings.Join(setups, ",") != "reference,all,distributed,flood,flood, no memory" || len(rep.OpenLoops) != 1 ||
+	if strings.Join(setups, ",") != "reference,all,floor,distributed,flood,flood, no memory" || len(rep.OpenLoops) != 1 ||
 		rep.OpenLoops[0].Reference == nil || rep.OpenLoops[0].All == nil {
 		t.Fatalf("rows %v, open loops %+v", setups, rep.OpenLoops)
 	}
+	// The floor calls Redis for no decision, all for every one.
+	if all, floor := rep.Rows[1], rep.Rows[2]; floor.RedisCPUPerRequest >= all.RedisCPUPerRequest/2 {
+		t.Errorf("Redis CPU per request: floor %.2fµs, all %.2fµs", floor.RedisCPUPerRequest, all.RedisCPUPerRequest)
+	}
 	// The memory of refusals spares Redis most of the flood; without it
 	// every decision calls Redis.
-	if mem, none := rep.Rows[3], rep.Rows[4]; mem.StoreCalls >= 0.8*none.StoreCalls || none.StoreCalls < 0.99 {
+	if mem, none := rep.Rows[4], rep.Rows[5]; mem.StoreCalls >= 0.8*none.StoreCalls || none.StoreCalls < 0.99 {
 		t.Errorf("store calls per decision: %.2f with the memory of refusals, %.2f without", mem.StoreCalls, none.StoreCalls)
 	}
 	// Where all's time went: every stage measured, each within the one

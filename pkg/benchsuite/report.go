@@ -238,6 +238,13 @@ func (rep *Report) Print(w io.Writer) {
 	fmt.Fprintln(w, "flood: 1,000 applicants, 100 groups, Zipf, at 5 and 60 a minute, with the worker's memory of")
 	fmt.Fprintln(w, "refusals and without it. Closed-loop latency runs from the send time, open-loop latency from")
 	fmt.Fprintln(w, "each request's due time.")
+	for _, r := range rep.Rows {
+		if r.Setup == SetupFloor {
+			fmt.Fprintln(w, "floor: all with no limits (HTTP, the NATS request and reply, the worker's decoding; no store call):")
+			fmt.Fprintf(w, "%.1fµs per request, %.2f of the reference. No change behind the NATS hop (policy, store, memory of\n", r.CPUPerRequest, r.Ratio)
+			fmt.Fprintln(w, "refusals) takes all or the flood below it: a target beyond it asks for a cheaper edge or hop.")
+		}
+	}
 	if len(rep.Targets) > 0 {
 		fmt.Fprintln(w, "\ntargets:")
 		for _, t := range rep.Targets {

@@ -31,8 +31,14 @@ import (
 
 // Setups the suite can run, in the order it runs them.
 const (
-	SetupReference   = "reference"
-	SetupAll         = "all"
+	SetupReference = "reference"
+	SetupAll       = "all"
+	// SetupFloor is `all` with Redis and no limits at all: every callback
+	// crosses HTTP, the NATS request and reply and the worker's decoding,
+	// and none calls Redis. What it costs is the floor of the product's
+	// shape, which no change behind the NATS hop (the policy, the store,
+	// the memory of refusals) goes below.
+	SetupFloor       = "floor"
 	SetupDistributed = "distributed"
 	// SetupFlood is `all` with Redis under a flood: Zipf-hot applicants
 	// and groups past their limits, nearly every callback refused; run
@@ -84,7 +90,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Load:        loadgen.DefaultOptions(),
-		Setups:      []string{SetupReference, SetupAll, SetupDistributed, SetupFlood},
+		Setups:      []string{SetupReference, SetupAll, SetupFloor, SetupDistributed, SetupFlood},
 		RedisServer: "redis-server",
 		OpenRates:   []float64{5000, 10000},
 		OpenFactor:  0.5,
@@ -101,12 +107,12 @@ func ParseSetups(list string) ([]string, error) {
 	for s := range strings.SplitSeq(list, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case SetupReference, "":
-		case SetupAll, SetupDistributed, SetupFlood:
+		case SetupAll, SetupFloor, SetupDistributed, SetupFlood:
 			if !slices.Contains(setups, s) {
 				setups = append(setups, s)
 			}
 		default:
-			return nil, fmt.Errorf("unknown setup %q (want %s, %s, %s, %s)", s, SetupReference, SetupAll, SetupDistributed, SetupFlood)
+			return nil, fmt.Errorf("unknown setup %q (want %s, %s, %s, %s, %s)", s, SetupReference, SetupAll, SetupFloor, SetupDistributed, SetupFlood)
 		}
 	}
 	return setups, nil
@@ -149,6 +155,15 @@ join_group:
       limit: 1000000
       period: 1s
       burst: 1000000
+`
+
+// floorPolicy is the floor's: no limits, so that no decision needs the
+// store (the dynamic lists, empty, are held by the worker).
+const floorPolicy = `# joingate bench suite, floor: no limits, no store call per callback.
+log:
+  level: warn
+join_group:
+  limits: []
 `
 
 // floodPolicy is the flood's: limits IMServer's users would have (5
@@ -257,6 +272,7 @@ func newSuite(o Options) (*suite, error) {
 	}
 	for name, content := range map[string]string{
 		"bench.yaml":           benchPolicy,
+		"floor.yaml":           floorPolicy,
 		"flood.yaml":           fmt.Sprintf(floodPolicy, "flood:", 100_000),
 		"flood-no-memory.yaml": fmt.Sprintf(floodPolicy, "flood-no-memory:", 0),
 	} {
@@ -320,6 +336,8 @@ func (s *suite) run(ctx context.Context) (*Report, error) {
 		switch setup {
 		case SetupAll:
 			row, err = s.runAll(ctx, s.redisURL, rep)
+		case SetupFloor:
+			row, err = s.runFloor(ctx, s.redisURL)
 		case SetupDistributed:
 			row, err = s.runDistributed(ctx, s.redisURL)
 		case SetupFlood:
@@ -577,6 +595,16 @@ func (s *suite) profile(ctx context.Context, load loadgen.Options, base, admin, 
 	}
 	fmt.Fprintf(s.o.Stdout, "CPU profile of all written to %s: go tool pprof -top -cum %s\n\n", file, file)
 	return nil
+}
+
+// runFloor runs `all` with no limits under the suite's load.
+func (s *suite) runFloor(ctx context.Context, redisURL string) (*Row, error) {
+	c, listen, admin, err := s.startAll(ctx, redisURL, "floor.yaml")
+	if err != nil {
+		return nil, err
+	}
+	defer c.Stop(stopGrace)
+	return s.load(ctx, SetupFloor, "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}, 0, c)
 }
 
 // runFlood runs `all` under FloodLoad with the memory of refusals, then
