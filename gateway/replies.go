@@ -21,11 +21,12 @@ import (
 // this, at 64 requests in flight.
 //
 // Each request's reply subject is <inbox>.<id>, where id carries the
-// slot's index and its generation: a reply that comes after its request
-// gave up (a worker past the deadline) names a generation the slot no
-// longer waits for and is dropped, never handed to the slot's next
-// request. Workers answer with nats.Msg.Respond as before: nothing
-// changes on the wire.
+// slot's index and its generation. A request that ends without its reply
+// (timeout, lost connection) moves its slot to the next generation: the
+// reply that comes after its request gave up (a worker past the deadline)
+// names a generation the slot no longer waits for and is dropped, never
+// handed to the slot's next request. Workers answer with nats.Msg.Respond
+// as before: nothing changes on the wire.
 type replies struct {
 	nc     *nats.Conn
 	prefix string // "<inbox>."
@@ -43,8 +44,9 @@ const slotBits = 24
 
 // slot is one request's wait, reused: its generation counts its requests.
 type slot struct {
-	timer *time.Timer
-	done  chan struct{} // one token when the reply or an error is in
+	timer   *time.Timer
+	done    chan struct{} // one token when the reply or an error is in
+	subject string        // the reply subject of id; "" once retired
 
 	mu      sync.Mutex
 	id      uint64 // generation<<slotBits | index
@@ -112,28 +114,47 @@ func (r *replies) request(m *nats.Msg, deadline time.Time) ([]byte, error) {
 	}
 	defer r.put(s)
 	s.mu.Lock()
-	s.id += 1 << slotBits
 	id := s.id
 	s.waiting = true
 	s.mu.Unlock()
-
-	m.Reply = r.prefix + strconv.FormatUint(id, 36)
+	if s.subject == "" {
+		s.subject = r.prefix + strconv.FormatUint(id, 36)
+	}
+	m.Reply = s.subject
 	if err := r.nc.PublishMsg(m); err != nil {
 		s.finish(id, nil, err)
+		<-s.done // this one's token, or the connection loss's
 	} else {
 		s.timer.Reset(time.Until(deadline))
 		select {
 		case <-s.done:
 			s.timer.Stop()
-			return s.reply, s.err
 		case <-s.timer.C:
 			s.finish(id, nil, errReplyTimeout)
+			// Whoever finished the wait (this request, a reply that came
+			// just as the timer fired, the connection's loss) left one
+			// token.
+			<-s.done
 		}
 	}
-	// Whoever finished the wait (this request, a reply that came just as
-	// the timer fired, the connection's loss) left one token.
-	<-s.done
+	if s.err != nil && !errors.Is(s.err, nats.ErrNoResponders) {
+		s.retire()
+	}
 	return s.reply, s.err
+}
+
+// retire moves the slot to its next generation, and so to a reply subject
+// of its own, after a request that ended without its reply: that reply may
+// still come, and must find no one waiting. A slot whose requests get
+// their replies (a worker answers once, no responders not at all) keeps
+// its subject, so that NATS finds it in its caches: the embedded server
+// keeps the match of each subject a client publishes to, a subject new
+// every request never found there.
+func (s *slot) retire() {
+	s.mu.Lock()
+	s.id += 1 << slotBits
+	s.mu.Unlock()
+	s.subject = ""
 }
 
 // finish ends the wait of request id (any request, with id 0) with reply
@@ -188,7 +209,7 @@ func (r *replies) get() (*slot, error) {
 	if len(old) == 1<<slotBits {
 		return nil, errTooManyInFlight
 	}
-	s := &slot{id: uint64(len(old)), done: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
+	s := &slot{id: 1<<slotBits | uint64(len(old)), done: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
 	s.timer.Stop()
 	grown := append(old[:len(old):len(old)], s)
 	r.slots.Store(&grown)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,5 +132,43 @@ func TestConcurrentRequests(t *testing.T) {
 	wg.Wait()
 	if n := len(*r.slots.Load()); n > workers {
 		t.Fatalf("%d slots for %d requests at most in flight", n, workers)
+	}
+}
+
+// A slot whose requests get their replies asks for them on the same
+// subject each time (found in the server's caches); a retired slot on a
+// new one.
+func TestReplySubjectKeptUntilARequestGoesUnanswered(t *testing.T) {
+	ns := testenv.NATS(t)
+	var silent atomic.Bool
+	subjects := make(chan string, 4)
+	worker := testenv.Conn(t, ns)
+	if _, err := worker.Subscribe("req", func(m *nats.Msg) {
+		subjects <- m.Reply
+		if !silent.Load() {
+			m.Respond([]byte("ok"))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	worker.Flush()
+	r := newTestReplies(t, testenv.Conn(t, ns))
+	ask := func(wait time.Duration) (string, error) {
+		_, err := r.request(&nats.Msg{Subject: "req"}, time.Now().Add(wait))
+		return <-subjects, err
+	}
+	first, err1 := ask(5 * time.Second)
+	second, err2 := ask(5 * time.Second)
+	if err1 != nil || err2 != nil || first != second {
+		t.Fatalf("answered requests asked on %s (%v) then %s (%v), want one subject", first, err1, second, err2)
+	}
+	silent.Store(true)
+	unanswered, err := ask(50 * time.Millisecond)
+	if !errors.Is(err, errReplyTimeout) || unanswered != second {
+		t.Fatalf("unanswered request on %s: %v", unanswered, err)
+	}
+	silent.Store(false)
+	if next, err := ask(5 * time.Second); err != nil || next == unanswered {
+		t.Fatalf("after the unanswered request: %s (%v), want a new subject", next, err)
 	}
 }
