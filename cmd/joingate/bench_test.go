@@ -142,8 +142,13 @@ func TestBenchSuite(t *testing.T) {
 		}
 	}
 	if strings.Join(setups, ",") != "reference,all,floor,distributed,flood,flood, no memory" || len(rep.OpenLoops) != 1 ||
-		rep.OpenLoops[0].Reference == nil || rep.OpenLoops[0].All == nil {
+		rep.OpenLoops[0].Reference == nil || rep.OpenLoops[0].All == nil || rep.OpenLoops[0].Floor == nil {
 		t.Fatalf("rows %v, open loops %+v", setups, rep.OpenLoops)
+	}
+	for _, o := range []*benchsuite.Row{rep.OpenLoops[0].All, rep.OpenLoops[0].Floor} {
+		if res := o.Result; res.Responses == 0 || res.HTTPErrors() != 0 || res.Allowed != res.Responses {
+			t.Errorf("%s: %d responses, %d allowed, %d errors", o.Setup, res.Responses, res.Allowed, res.HTTPErrors())
+		}
 	}
 	// The floor calls Redis for no decision, all for every one.
 	if all, floor := rep.Rows[1], rep.Rows[2]; floor.RedisCPUPerRequest >= all.RedisCPUPerRequest/2 {

@@ -84,13 +84,16 @@ type OpenLoop struct {
 	Rate      float64 `json:"rate"`
 	Reference *Row    `json:"reference"`
 	All       *Row    `json:"all,omitempty"`
+	Floor     *Row    `json:"floor,omitempty"`
 	Stages    []Stage `json:"all_stages,omitempty"`
 }
 
 // Added is the p99 latency `all` adds to the reference's at this rate, in
 // ms.
-func (o *OpenLoop) Added() float64 {
-	return o.All.Result.Latency.P99 - o.Reference.Result.Latency.P99
+func (o *OpenLoop) Added() float64 { return o.added(o.All) }
+
+func (o *OpenLoop) added(r *Row) float64 {
+	return r.Result.Latency.P99 - o.Reference.Result.Latency.P99
 }
 
 // openLoopTarget is the most p99 latency `all` may add at a rate, in ms.
@@ -206,7 +209,7 @@ func (rep *Report) Print(w io.Writer) {
 		row(r.Setup, r)
 	}
 	for _, ol := range rep.OpenLoops {
-		for _, o := range []*Row{ol.Reference, ol.All} {
+		for _, o := range []*Row{ol.Reference, ol.Floor, ol.All} {
 			if o == nil {
 				continue
 			}
@@ -243,6 +246,11 @@ func (rep *Report) Print(w io.Writer) {
 			fmt.Fprintln(w, "floor: all with no limits (HTTP, the NATS request and reply, the worker's decoding; no store call):")
 			fmt.Fprintf(w, "%.1fµs per request, %.2f of the reference. No change behind the NATS hop (policy, store, memory of\n", r.CPUPerRequest, r.Ratio)
 			fmt.Fprintln(w, "refusals) takes all or the flood below it: a target beyond it asks for a cheaper edge or hop.")
+			for _, o := range rep.OpenLoops {
+				if o.Floor != nil {
+					fmt.Fprintf(w, "Open loop at %.0f/s: the floor adds %s to the reference's p99.\n", o.Rate, fmtMs(o.added(o.Floor)))
+				}
+			}
 		}
 	}
 	if len(rep.Targets) > 0 {

@@ -337,7 +337,7 @@ func (s *suite) run(ctx context.Context) (*Report, error) {
 		case SetupAll:
 			row, err = s.runAll(ctx, s.redisURL, rep)
 		case SetupFloor:
-			row, err = s.runFloor(ctx, s.redisURL)
+			row, err = s.runFloor(ctx, s.redisURL, rep)
 		case SetupDistributed:
 			row, err = s.runDistributed(ctx, s.redisURL)
 		case SetupFlood:
@@ -460,9 +460,10 @@ func (s *suite) runReference(ctx context.Context, rep *Report) (*Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	if slices.Contains(s.o.Setups, SetupAll) {
-		// The open loops `all` will get, against the reference: what the
-		// generator and the machine measure at those rates.
+	if slices.Contains(s.o.Setups, SetupAll) || slices.Contains(s.o.Setups, SetupFloor) {
+		// The open loops `all` and the floor will get, against the
+		// reference: what the generator and the machine measure at those
+		// rates.
 		for _, rate := range s.o.OpenRates {
 			open, err := s.load(ctx, fmt.Sprintf("reference, open loop at %.0f/s", rate), base, nil, rate, c)
 			if err != nil {
@@ -597,14 +598,26 @@ func (s *suite) profile(ctx context.Context, load loadgen.Options, base, admin, 
 	return nil
 }
 
-// runFloor runs `all` with no limits under the suite's load.
-func (s *suite) runFloor(ctx context.Context, redisURL string) (*Row, error) {
+// runFloor runs `all` with no limits under the suite's load, then the
+// open loops.
+func (s *suite) runFloor(ctx context.Context, redisURL string, rep *Report) (*Row, error) {
 	c, listen, admin, err := s.startAll(ctx, redisURL, "floor.yaml")
 	if err != nil {
 		return nil, err
 	}
 	defer c.Stop(stopGrace)
-	return s.load(ctx, SetupFloor, "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}, 0, c)
+	base, metrics := "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}
+	row, err := s.load(ctx, SetupFloor, base, metrics, 0, c)
+	if err != nil {
+		return nil, err
+	}
+	for i := range rep.OpenLoops {
+		o := &rep.OpenLoops[i]
+		if o.Floor, err = s.load(ctx, fmt.Sprintf("floor, open loop at %.0f/s", o.Rate), base, metrics, o.Rate, c); err != nil {
+			return nil, err
+		}
+	}
+	return row, nil
 }
 
 // runFlood runs `all` under FloodLoad with the memory of refusals, then
