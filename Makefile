@@ -80,7 +80,8 @@ fuzz:
 	done
 
 # The Go benchmarks (with allocations), then `joingate bench suite`: the
-# reference server, `joingate all` with Redis, the distributed set (its own
+# reference server, `joingate all` with Redis, the floor (`all` with no
+# limits), the distributed set (its own
 # nats-server, gateway, two workers, Redis) and a flood under the same
 # generator on this machine, open loops at 5,000 and 10,000 req/s, and the
 # table of BENCHMARKS.md. Both always run; either failing

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,7 +15,7 @@ import (
 	"github.com/joingate/joingate/pkg/testenv"
 )
 
-func newTestReplies(t *testing.T, nc *nats.Conn) *replies {
+func newTestReplies(t testing.TB, nc *nats.Conn) *replies {
 	t.Helper()
 	r, err := newReplies(nc)
 	if err != nil {
@@ -171,4 +172,51 @@ func TestReplySubjectKeptUntilARequestGoesUnanswered(t *testing.T) {
 	if next, err := ask(5 * time.Second); err != nil || next == unanswered {
 		t.Fatalf("after the unanswered request: %s (%v), want a new subject", next, err)
 	}
+}
+
+// The NATS round trip of a decision without HTTP: 64 requests in flight
+// through an in-process server to a responder that answers at once, with
+// the gateway's replies and with nats.go's RequestMsg, which they replaced
+// (BENCHMARKS.md, 2026-12-07).
+func BenchmarkNATSRoundTrip(b *testing.B) {
+	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand","groupID":"2000000001","groupType":"\u0002","applyID":"1000000001","reqMessage":"hello","ex":""}` + "\n")
+	allow := []byte(`{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}`)
+	run := func(b *testing.B, request func(nc *nats.Conn) func(*nats.Msg) ([]byte, error)) {
+		ns := testenv.NATS(b)
+		responder := testenv.Conn(b, ns, nats.InProcessServer(ns))
+		if _, err := responder.QueueSubscribe("req", "workers", func(m *nats.Msg) { m.Respond(allow) }); err != nil {
+			b.Fatal(err)
+		}
+		responder.Flush()
+		do := request(testenv.Conn(b, ns, nats.InProcessServer(ns)))
+		b.ReportAllocs()
+		b.SetParallelism(64 / runtime.GOMAXPROCS(0))
+		defer testenv.CPUPerOp(b)()
+		b.RunParallel(func(pb *testing.PB) {
+			m := &nats.Msg{Subject: "req", Data: body}
+			for pb.Next() {
+				if reply, err := do(m); err != nil || len(reply) != len(allow) {
+					b.Errorf("%q, %v", reply, err)
+					return
+				}
+			}
+		})
+	}
+	b.Run("replies", func(b *testing.B) {
+		run(b, func(nc *nats.Conn) func(*nats.Msg) ([]byte, error) {
+			r := newTestReplies(b, nc)
+			return func(m *nats.Msg) ([]byte, error) { return r.request(m, time.Now().Add(5*time.Second)) }
+		})
+	})
+	b.Run("RequestMsg", func(b *testing.B) {
+		run(b, func(nc *nats.Conn) func(*nats.Msg) ([]byte, error) {
+			return func(m *nats.Msg) ([]byte, error) {
+				reply, err := nc.RequestMsg(m, 5*time.Second)
+				if err != nil {
+					return nil, err
+				}
+				return reply.Data, nil
+			}
+		})
+	})
 }
