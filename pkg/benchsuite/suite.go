@@ -334,10 +334,8 @@ func (s *suite) run(ctx context.Context) (*Report, error) {
 	for _, setup := range s.o.Setups[1:] {
 		var row *Row
 		switch setup {
-		case SetupAll:
-			row, err = s.runAll(ctx, s.redisURL, rep)
-		case SetupFloor:
-			row, err = s.runFloor(ctx, s.redisURL, rep)
+		case SetupAll, SetupFloor:
+			row, err = s.runAll(ctx, s.redisURL, rep, setup)
 		case SetupDistributed:
 			row, err = s.runDistributed(ctx, s.redisURL)
 		case SetupFlood:
@@ -513,24 +511,39 @@ func (s *suite) startAll(ctx context.Context, redisURL, config string) (c *launc
 	return c, addrs[0], addrs[1], nil
 }
 
-func (s *suite) runAll(ctx context.Context, redisURL string, rep *Report) (*Row, error) {
-	c, listen, admin, err := s.startAll(ctx, redisURL, "bench.yaml")
+// runAll runs `all` with Redis under the suite's load, then the open
+// loops: as SetupAll with the bench's policy (its stage histograms
+// scraped around each open loop, and the profile), or as SetupFloor with
+// no limits.
+func (s *suite) runAll(ctx context.Context, redisURL string, rep *Report, setup string) (*Row, error) {
+	config := "bench.yaml"
+	if setup == SetupFloor {
+		config = "floor.yaml"
+	}
+	c, listen, admin, err := s.startAll(ctx, redisURL, config)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Stop(stopGrace)
 	base, metrics := "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}
-	row, err := s.load(ctx, SetupAll, base, metrics, 0, c)
+	row, err := s.load(ctx, setup, base, metrics, 0, c)
 	if err != nil {
 		return nil, err
 	}
 	for i := range rep.OpenLoops {
 		o := &rep.OpenLoops[i]
+		name := fmt.Sprintf("%s, open loop at %.0f/s", setup, o.Rate)
+		if setup == SetupFloor {
+			if o.Floor, err = s.load(ctx, name, base, metrics, o.Rate, c); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		before, err := promtext.Get(http.DefaultClient, metrics[0])
 		if err != nil {
 			return nil, err
 		}
-		if o.All, err = s.load(ctx, fmt.Sprintf("all, open loop at %.0f/s", o.Rate), base, metrics, o.Rate, c); err != nil {
+		if o.All, err = s.load(ctx, name, base, metrics, o.Rate, c); err != nil {
 			return nil, err
 		}
 		after, err := promtext.Get(http.DefaultClient, metrics[0])
@@ -541,7 +554,7 @@ func (s *suite) runAll(ctx context.Context, redisURL string, rep *Report) (*Row,
 			return nil, err
 		}
 	}
-	if s.o.Profile != "" {
+	if setup == SetupAll && s.o.Profile != "" {
 		if err := s.profile(ctx, s.o.Load, base, admin, s.o.Profile); err != nil {
 			return nil, err
 		}
@@ -596,28 +609,6 @@ func (s *suite) profile(ctx context.Context, load loadgen.Options, base, admin, 
 	}
 	fmt.Fprintf(s.o.Stdout, "CPU profile of all written to %s: go tool pprof -top -cum %s\n\n", file, file)
 	return nil
-}
-
-// runFloor runs `all` with no limits under the suite's load, then the
-// open loops.
-func (s *suite) runFloor(ctx context.Context, redisURL string, rep *Report) (*Row, error) {
-	c, listen, admin, err := s.startAll(ctx, redisURL, "floor.yaml")
-	if err != nil {
-		return nil, err
-	}
-	defer c.Stop(stopGrace)
-	base, metrics := "http://"+listen+"/callbackExample", []string{"http://" + admin + "/metrics"}
-	row, err := s.load(ctx, SetupFloor, base, metrics, 0, c)
-	if err != nil {
-		return nil, err
-	}
-	for i := range rep.OpenLoops {
-		o := &rep.OpenLoops[i]
-		if o.Floor, err = s.load(ctx, fmt.Sprintf("floor, open loop at %.0f/s", o.Rate), base, metrics, o.Rate, c); err != nil {
-			return nil, err
-		}
-	}
-	return row, nil
 }
 
 // runFlood runs `all` under FloodLoad with the memory of refusals, then
