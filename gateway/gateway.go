@@ -387,7 +387,7 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 			cause = causeTimeout
 		case errors.Is(err, nats.ErrNoResponders):
 			cause = causeNoResponders
-		case errors.Is(err, errDisconnected), errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining),
+		case errors.Is(err, errConnClosed), errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining),
 			errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrReconnectBufExceeded),
 			errors.Is(err, nats.ErrInvalidConnection), errors.Is(err, nats.ErrDisconnected):
 			cause = causeNATSUnavailable

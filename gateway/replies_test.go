@@ -6,10 +6,10 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/joingate/joingate/pkg/testenv"
@@ -77,32 +77,120 @@ func TestNoResponders(t *testing.T) {
 	}
 }
 
-// As with nats.go's requests, a lost connection ends the requests waiting
-// on it at once (the gateway answers nats_unavailable), not at their
-// deadline.
-func TestDisconnectEndsWaitingRequests(t *testing.T) {
+// A second reply to a request already answered (two queue groups on the
+// subject, a debugging subscriber) must not answer the request that waits
+// in the same slot next.
+func TestDuplicateReplyNotHandedToTheNextRequest(t *testing.T) {
 	ns := testenv.NATS(t)
-	silent := testenv.Conn(t, ns)
-	received := make(chan struct{}, 1)
-	if _, err := silent.Subscribe("req", func(*nats.Msg) { received <- struct{}{} }); err != nil {
-		t.Fatal(err)
+	held := make(chan *nats.Msg, 4)
+	twice := testenv.Conn(t, ns)
+	for range 2 { // every request delivered twice
+		if _, err := twice.Subscribe("req", func(m *nats.Msg) { held <- m }); err != nil {
+			t.Fatal(err)
+		}
 	}
-	silent.Flush()
-	r := newTestReplies(t, testenv.Conn(t, ns, nats.MaxReconnects(-1), nats.ReconnectWait(time.Hour)))
-	errc := make(chan error, 1)
-	go func() {
-		_, err := r.request(&nats.Msg{Subject: "req"}, time.Now().Add(10*time.Second))
-		errc <- err
-	}()
-	<-received
-	ns.Shutdown()
-	if err := <-errc; !errors.Is(err, errDisconnected) {
-		t.Fatalf("%v, want the disconnection", err)
+	twice.Flush()
+	r := newTestReplies(t, testenv.Conn(t, ns))
+	ask := func(data string) <-chan []byte {
+		got := make(chan []byte, 1)
+		go func() {
+			reply, err := r.request(&nats.Msg{Subject: "req", Data: []byte(data)}, time.Now().Add(5*time.Second))
+			if err != nil {
+				t.Error(err)
+			}
+			got <- reply
+		}()
+		return got
+	}
+	first := ask("first")
+	one, again := <-held, <-held
+	one.Respond([]byte("first"))
+	if reply := <-first; string(reply) != "first" {
+		t.Fatalf("first request got %q", reply)
+	}
+	second := ask("second")
+	two := <-held
+	<-held
+	again.Respond([]byte("first, again"))
+	twice.Flush()
+	two.Respond([]byte("second"))
+	if reply := <-second; string(reply) != "second" {
+		t.Fatalf("second request got %q", reply)
 	}
 }
 
-// Concurrent requests each get their own reply; slots are reused, and
-// replies to subjects the gateway never asked for are dropped.
+// As nats.go's requests: a closed connection ends the requests waiting on
+// it at once (the gateway answers nats_unavailable); a lost one does not,
+// since the reply may still come after a reconnect, and they wait for
+// their deadline.
+func TestConnectionLossAndClose(t *testing.T) {
+	waiting := func(t *testing.T, ns *server.Server, deadline time.Duration) (*nats.Conn, <-chan error) {
+		t.Helper()
+		silent := testenv.Conn(t, ns)
+		received := make(chan struct{}, 1)
+		if _, err := silent.Subscribe("req", func(*nats.Msg) { received <- struct{}{} }); err != nil {
+			t.Fatal(err)
+		}
+		silent.Flush()
+		nc := testenv.Conn(t, ns, nats.MaxReconnects(-1), nats.ReconnectWait(time.Hour))
+		r := newTestReplies(t, nc)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := r.request(&nats.Msg{Subject: "req"}, time.Now().Add(deadline))
+			errc <- err
+		}()
+		<-received
+		return nc, errc
+	}
+	t.Run("closed", func(t *testing.T) {
+		ns := testenv.NATS(t)
+		nc, errc := waiting(t, ns, 10*time.Second)
+		nc.Close()
+		if err := <-errc; !errors.Is(err, errConnClosed) {
+			t.Fatalf("%v, want the closed connection", err)
+		}
+	})
+	t.Run("lost", func(t *testing.T) {
+		ns := testenv.NATS(t)
+		_, errc := waiting(t, ns, 300*time.Millisecond)
+		ns.Shutdown()
+		if err := <-errc; !errors.Is(err, errReplyTimeout) {
+			t.Fatalf("%v, want the deadline", err)
+		}
+	})
+}
+
+// Replies to subjects the gateway never asked for are dropped, also while
+// a request waits: not a number, generation 0, a slot that does not exist.
+func TestStrayReplies(t *testing.T) {
+	ns := testenv.NATS(t)
+	held := make(chan *nats.Msg, 1)
+	worker := testenv.Conn(t, ns)
+	if _, err := worker.Subscribe("req", func(m *nats.Msg) { held <- m }); err != nil {
+		t.Fatal(err)
+	}
+	worker.Flush()
+	r := newTestReplies(t, testenv.Conn(t, ns))
+	got := make(chan []byte, 1)
+	go func() {
+		reply, err := r.request(&nats.Msg{Subject: "req"}, time.Now().Add(5*time.Second))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- reply
+	}()
+	m := <-held
+	for _, stray := range []string{"x.y", "?", "0", strconv.FormatUint(1<<slotBits|999, 36)} {
+		worker.Publish(r.prefix+stray, []byte("stray"))
+	}
+	worker.Flush()
+	m.Respond([]byte("answer"))
+	if reply := <-got; string(reply) != "answer" {
+		t.Fatalf("got %q", reply)
+	}
+}
+
+// Concurrent requests each get their own reply, and slots are reused.
 func TestConcurrentRequests(t *testing.T) {
 	ns := testenv.NATS(t)
 	echo := testenv.Conn(t, ns)
@@ -112,10 +200,6 @@ func TestConcurrentRequests(t *testing.T) {
 	echo.Flush()
 	nc := testenv.Conn(t, ns)
 	r := newTestReplies(t, nc)
-	// Never waited for: not a number, generation 0, a slot that does not exist.
-	for _, stray := range []string{"x.y", "?", "0", strconv.FormatUint(1<<slotBits|999, 36)} {
-		echo.Publish(r.prefix+stray, []byte("stray"))
-	}
 	const workers, each = 8, 200
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -133,44 +217,6 @@ func TestConcurrentRequests(t *testing.T) {
 	wg.Wait()
 	if n := len(*r.slots.Load()); n > workers {
 		t.Fatalf("%d slots for %d requests at most in flight", n, workers)
-	}
-}
-
-// A slot whose requests get their replies asks for them on the same
-// subject each time (found in the server's caches); a retired slot on a
-// new one.
-func TestReplySubjectKeptUntilARequestGoesUnanswered(t *testing.T) {
-	ns := testenv.NATS(t)
-	var silent atomic.Bool
-	subjects := make(chan string, 4)
-	worker := testenv.Conn(t, ns)
-	if _, err := worker.Subscribe("req", func(m *nats.Msg) {
-		subjects <- m.Reply
-		if !silent.Load() {
-			m.Respond([]byte("ok"))
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	worker.Flush()
-	r := newTestReplies(t, testenv.Conn(t, ns))
-	ask := func(wait time.Duration) (string, error) {
-		_, err := r.request(&nats.Msg{Subject: "req"}, time.Now().Add(wait))
-		return <-subjects, err
-	}
-	first, err1 := ask(5 * time.Second)
-	second, err2 := ask(5 * time.Second)
-	if err1 != nil || err2 != nil || first != second {
-		t.Fatalf("answered requests asked on %s (%v) then %s (%v), want one subject", first, err1, second, err2)
-	}
-	silent.Store(true)
-	unanswered, err := ask(50 * time.Millisecond)
-	if !errors.Is(err, errReplyTimeout) || unanswered != second {
-		t.Fatalf("unanswered request on %s: %v", unanswered, err)
-	}
-	silent.Store(false)
-	if next, err := ask(5 * time.Second); err != nil || next == unanswered {
-		t.Fatalf("after the unanswered request: %s (%v), want a new subject", next, err)
 	}
 }
 
