@@ -63,7 +63,7 @@ lint:
 # FUZZTIME ends (go.dev/issue/75804, fixed in Go 1.27): such a run, with no
 # failing input written, counts as passed.
 FUZZTIME ?= 20s
-FUZZ_TARGETS := ./pkg/callback:FuzzDecodeJoinGroup ./pkg/callback:FuzzAppendIMServerJoinGroup ./pkg/callback:FuzzCommand ./pkg/callback:FuzzDecodeMembers ./pkg/config:FuzzLoad ./gateway:FuzzRoute ./pkg/natsconn:FuzzParseFramed
+FUZZ_TARGETS := ./pkg/callback:FuzzDecodeJoinGroup ./pkg/callback:FuzzAppendIMServerJoinGroup ./pkg/callback:FuzzCommand ./pkg/callback:FuzzDecodeMembers ./pkg/config:FuzzLoad ./gateway:FuzzRoute ./pkg/natsconn:FuzzParseFramed ./pkg/natsconn:FuzzParseTagged
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,7 +51,11 @@ func inProcess(b *testing.B, ns *server.Server) *nats.Conn {
 func benchResponder(b *testing.B, ns *server.Server) {
 	nc := inProcess(b, ns)
 	if _, err := nc.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
-		m.Respond([]byte(callback.AllowJSON))
+		if strings.Contains(m.Subject, "."+natsconn.TaggedToken+".") {
+			respond(m, []byte(callback.AllowJSON)) // the gateway's
+		} else {
+			m.Respond([]byte(callback.AllowJSON)) // BenchmarkNATSRequest's
+		}
 	}); err != nil {
 		b.Fatal(err)
 	}

@@ -143,7 +143,7 @@ func New(opts Options) (*Gateway, error) {
 		requests:        sync.Pool{New: func() any { return new(nats.Msg) }},
 	}
 	for _, c := range callback.Commands {
-		g.routes[c] = route{command: c, subject: natsconn.FramedSubject(opts.Subject, c), metrics: g.metrics.command(c)}
+		g.routes[c] = route{command: c, subject: natsconn.TaggedSubject(opts.Subject, c), metrics: g.metrics.command(c)}
 	}
 	g.throttled = throttle.New(g.log, time.Second)
 	if opts.BasicUser != "" {
@@ -251,7 +251,7 @@ func (g *Gateway) Close() {
 func (g *Gateway) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- g.srv.Serve(g.served) }()
-	g.log.Info("gateway listening", "addr", g.Addr(), "subjects", natsconn.FramedSubject(g.opts.Subject, "<command>"), "commands", callback.Commands, "decision_timeout", g.opts.DecisionTimeout)
+	g.log.Info("gateway listening", "addr", g.Addr(), "subjects", natsconn.TaggedSubject(g.opts.Subject, "<command>"), "commands", callback.Commands, "decision_timeout", g.opts.DecisionTimeout)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("callback server: %w", err)
@@ -365,7 +365,7 @@ func (g *Gateway) decide(ctx *fasthttp.RequestCtx, r route) {
 	out := g.requests.Get().(*nats.Msg)
 	defer g.requests.Put(out)
 	out.Subject = r.subject
-	out.Data = natsconn.AppendFramed(out.Data[:0], deadline, opID, body)
+	out.Data = natsconn.AppendTagged(out.Data[:0], 0, deadline, opID, body) // replies.request tags it
 
 	var (
 		cause string

@@ -110,6 +110,12 @@ func joinBody(applicant, group string) string {
 	return callback.IMServerJoinGroup(group, applicant, "hi")
 }
 
+// respond answers a tagged request (natsconn) as a worker does.
+func respond(m *nats.Msg, answer []byte) {
+	tag, _, _, _, _ := natsconn.ParseTagged(m.Data)
+	m.Respond(natsconn.AppendReply(nil, tag, answer))
+}
+
 // post sends a request as IMServer does and decodes the JSON answer; a
 // body that is not JSON fails the test.
 func post(t *testing.T, url, body string) (int, answer) {
@@ -359,7 +365,7 @@ func TestPublishedRequest(t *testing.T) {
 	got := make(chan *nats.Msg, 1)
 	sub, err := responder.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
 		got <- m
-		m.Respond(callback.AppendRefusal(nil, 5555, "from test", ""))
+		respond(m, callback.AppendRefusal(nil, 5555, "from test", ""))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -374,8 +380,8 @@ func TestPublishedRequest(t *testing.T) {
 		t.Fatalf("the worker's reply was not written as it is: %+v", a)
 	}
 	m := <-got
-	dl, id, raw, err := natsconn.ParseFramed(m.Data)
-	if m.Subject != natsconn.FramedSubject("joingate", callback.JoinGroupCommand) || err != nil || string(raw) != body || m.Header != nil {
+	_, dl, id, raw, err := natsconn.ParseTagged(m.Data)
+	if m.Subject != natsconn.TaggedSubject("joingate", callback.JoinGroupCommand) || err != nil || string(raw) != body || m.Header != nil {
 		t.Fatalf("published %s %q (headers %v): %v", m.Subject, m.Data, m.Header, err)
 	}
 	if string(id) != "op-test" {
@@ -443,9 +449,9 @@ func TestFallbacks(t *testing.T) {
 		ns := testenv.NATS(t)
 		late := testenv.Conn(t, ns)
 		late.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
-			dl, _, _, _ := natsconn.ParseFramed(m.Data)
+			_, dl, _, _, _ := natsconn.ParseTagged(m.Data)
 			time.Sleep(time.Until(dl) + 20*time.Millisecond) // a worker that decides too late
-			m.Respond(callback.AppendRefusal(nil, 5999, "late", ""))
+			respond(m, callback.AppendRefusal(nil, 5999, "late", ""))
 		})
 		late.Flush()
 		e := startGateway(t, ns, func(o *gateway.Options) { o.DecisionTimeout = 50 * time.Millisecond })
@@ -458,7 +464,7 @@ func TestFallbacks(t *testing.T) {
 	t.Run("reply that is not JSON", func(t *testing.T) {
 		ns := testenv.NATS(t)
 		broken := testenv.Conn(t, ns)
-		broken.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) { m.Respond([]byte("oops")) })
+		broken.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) { respond(m, []byte("oops")) })
 		broken.Flush()
 		e := startGateway(t, ns, nil)
 		if _, a := post(t, e.url+joinPath, joinBody("u", "g")); a != allow {

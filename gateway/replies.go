@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"errors"
 	"strconv"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/joingate/joingate/pkg/natsconn"
 )
 
 // replies is the gateway's own request-reply over NATS: one wildcard
@@ -20,13 +23,20 @@ import (
 // flight through the embedded server, costs about a third less CPU with
 // this (BENCHMARKS.md, 2026-12-07).
 //
-// Each request's reply subject is <inbox>.<id>, new for every request: id
-// is the slot's index and its generation, which every request advances.
-// So a reply that comes after its request gave up (a worker past the
-// deadline), or a second reply to one request (two queue groups on the
-// subject, a debugging subscriber), names a generation the slot no longer
-// waits for and is dropped, never handed to another request. Workers
-// answer with nats.Msg.Respond as before: nothing changes on the wire.
+// Requests are tagged (natsconn): the tag is the slot's index and its
+// generation, which every request advances, and the worker's reply starts
+// with it. So a reply that comes after its request gave up (a worker past
+// the deadline), or a second reply to one request (two queue groups on
+// the subject, a debugging subscriber), carries a tag the slot no longer
+// waits for and is dropped, never handed to another request. A slot asks
+// for its replies on <inbox>.<id>, a subject it keeps while its requests
+// get their replies, so that the NATS server finds it in its caches (it
+// keeps the match of each subject a client publishes to; a subject new
+// every request never is): a subject new with every request cost the
+// flood 10% more CPU (BENCHMARKS.md, 2026-12-07). NATS's no-responders
+// status carries no tag: after a request that ended without its reply
+// (timeout, publish error, closed connection), whose status could still
+// come, the slot asks on a new subject.
 type replies struct {
 	nc     *nats.Conn
 	prefix string // "<inbox>."
@@ -42,15 +52,17 @@ type replies struct {
 // slotBits is how many low bits of a reply ID are the slot's index.
 const slotBits = 24
 
-// slot is one request's wait, reused. timer and done belong to the request
-// that holds the slot; the rest is shared with the subscription's
-// goroutine, under mu.
+// slot is one request's wait, reused. timer, done and subject belong to
+// the request that holds the slot; the rest is shared with the
+// subscription's goroutine, under mu.
 type slot struct {
-	timer *time.Timer
-	done  chan struct{} // one token when the reply or an error is in
+	timer   *time.Timer
+	done    chan struct{} // one token when the reply or an error is in
+	subject string        // <inbox>.<asks>; "" after a request went unanswered
 
 	mu      sync.Mutex
-	id      uint64 // generation<<slotBits | index; generation 0 is never asked
+	id      uint64 // the request's tag: generation<<slotBits | index; generation 0 is never asked
+	asks    uint64 // the id whose subject the slot asks on
 	waiting bool
 	// What ended the wait; read by the request after it takes the token.
 	reply []byte
@@ -104,9 +116,14 @@ func (r *replies) watch() {
 	}
 }
 
-// request publishes m with a reply subject of its own and waits for the
-// reply until deadline. The reply's data is the caller's. m.Reply is set.
+// request publishes m, a tagged request (natsconn.AppendTagged) whose tag
+// it sets, with a reply subject of the slot's, and waits for the reply
+// until deadline. It returns the answer, without the tag; the answer is
+// the caller's. m.Reply is set.
 func (r *replies) request(m *nats.Msg, deadline time.Time) ([]byte, error) {
+	if len(m.Data) < 8 {
+		return nil, natsconn.ErrFrame
+	}
 	s, err := r.get()
 	if err != nil {
 		return nil, err
@@ -115,25 +132,34 @@ func (r *replies) request(m *nats.Msg, deadline time.Time) ([]byte, error) {
 	s.mu.Lock()
 	s.id += 1 << slotBits
 	id := s.id
+	if s.subject == "" {
+		s.asks = id
+		s.subject = r.prefix + strconv.FormatUint(id, 36)
+	}
 	s.waiting = true
 	s.mu.Unlock()
 
-	m.Reply = r.prefix + strconv.FormatUint(id, 36)
+	binary.BigEndian.PutUint64(m.Data, id)
+	m.Reply = s.subject
 	if err := r.nc.PublishMsg(m); err != nil {
 		s.finish(id, nil, err)
+		<-s.done // this one's token, or the closing connection's
 	} else {
 		s.timer.Reset(time.Until(deadline))
 		select {
 		case <-s.done:
 			s.timer.Stop()
-			return s.reply, s.err
 		case <-s.timer.C:
 			s.finish(id, nil, errReplyTimeout)
+			// Whoever ended the wait (this request, a reply that came
+			// just as the timer fired, the connection's closing) left
+			// one token.
+			<-s.done
 		}
 	}
-	// Whoever ended the wait (this request, a reply that came just as the
-	// timer fired, the connection's closing) left one token.
-	<-s.done
+	if s.err != nil && !errors.Is(s.err, nats.ErrNoResponders) {
+		s.subject = "" // its no-responders status may still come
+	}
 	return s.reply, s.err
 }
 
@@ -163,26 +189,34 @@ func (s *slot) end(reply []byte, err error) {
 }
 
 // deliver hands a reply to the slot its subject names, if that slot still
-// waits for it.
+// waits for the request the reply's tag names; and a no-responders status
+// to the slot, if it still asks on that subject.
 func (r *replies) deliver(m *nats.Msg) {
 	token, ok := strings.CutPrefix(m.Subject, r.prefix)
 	if !ok {
 		return
 	}
-	id, err := strconv.ParseUint(token, 36, 64)
+	asks, err := strconv.ParseUint(token, 36, 64)
 	if err != nil {
 		return
 	}
 	slots := *r.slots.Load()
-	index := id & (1<<slotBits - 1)
+	index := asks & (1<<slotBits - 1)
 	if index >= uint64(len(slots)) {
 		return
 	}
+	s := slots[index]
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
-		slots[index].finish(id, nil, nats.ErrNoResponders)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.waiting && s.asks == asks {
+			s.end(nil, nats.ErrNoResponders)
+		}
 		return
 	}
-	slots[index].finish(id, m.Data, nil)
+	if tag, answer, ok := natsconn.ParseReply(m.Data); ok {
+		s.finish(tag, answer, nil)
+	}
 }
 
 // get takes an idle slot, or makes one.

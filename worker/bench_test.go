@@ -36,7 +36,7 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 		m := nats.NewMsg("bench.requests")
 		m.Reply = "bench.replies" // nobody listens: the reply is published and dropped
 		body := callback.IMServerJoinGroup(fmt.Sprint(2_000_000_000+i%(n/16+1)), fmt.Sprint(1_000_000_000+i), "hello, please let me in")
-		m.Data = natsconn.AppendFramed(nil, deadline, fmt.Append(nil, "bench-operation-", i), []byte(body))
+		m.Data = natsconn.AppendTagged(nil, uint64(i), deadline, fmt.Append(nil, "bench-operation-", i), []byte(body))
 		if err := nc.PublishMsg(m); err != nil {
 			b.Fatal(err)
 		}
@@ -47,7 +47,7 @@ func benchMessages(b *testing.B, nc *nats.Conn, n int) []*nats.Msg {
 			b.Fatal(err)
 		}
 		// Handled as on the worker's subject.
-		msgs[i].Subject = natsconn.FramedSubject("joingate", callback.JoinGroupCommand)
+		msgs[i].Subject = natsconn.TaggedSubject("joingate", callback.JoinGroupCommand)
 	}
 	return msgs
 }
@@ -81,7 +81,7 @@ func benchHandleWith(b *testing.B, store Store, limit int, period time.Duration,
 	if prepare != nil {
 		prepare(w)
 	}
-	var s policy.Scratch
+	var s scratch
 	for _, m := range msgs { // every applicant once: a flood finds them refused
 		w.handle(m, &s)
 	}
@@ -141,7 +141,7 @@ func BenchmarkHandleRedisDenyListed(b *testing.B) {
 		}
 		// The lists load with the first decisions: wait until they are held.
 		if !testenv.Eventually(5*time.Second, func() bool {
-			var s policy.Scratch
+			var s scratch
 			w.handle(benchMessages(b, w.opts.Conn, 1)[0], &s)
 			return w.memory.Stats().Entries >= 1024
 		}) {

@@ -156,13 +156,13 @@ func (w *Worker) logProbe(cause string, err error) {
 	}
 }
 
-// subjects are the worker's subscriptions: two per command it decides, one
-// for each form of request (natsconn), so that NATS permissions and
+// subjects are the worker's subscriptions: three per command it decides,
+// one for each form of request (natsconn), so that NATS permissions and
 // monitoring can tell the commands apart.
 func (w *Worker) subjects() []string {
-	subjects := make([]string, 0, 2*len(callback.Commands))
+	subjects := make([]string, 0, 3*len(callback.Commands))
 	for _, c := range callback.Commands {
-		subjects = append(subjects, natsconn.FramedSubject(w.opts.Subject, c), w.prefix+c)
+		subjects = append(subjects, natsconn.TaggedSubject(w.opts.Subject, c), natsconn.FramedSubject(w.opts.Subject, c), w.prefix+c)
 	}
 	return subjects
 }

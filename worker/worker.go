@@ -283,7 +283,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for range w.opts.Concurrency {
 		wg.Go(func() {
-			var s policy.Scratch
+			var s scratch
 			for {
 				select {
 				case m := <-work:
@@ -379,7 +379,7 @@ func (w *Worker) Ready(context.Context) error {
 
 // handle decides m and replies, on one of the Concurrency goroutines that
 // in_flight counts.
-func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
+func (w *Worker) handle(m *nats.Msg, s *scratch) {
 	w.metrics.inFlight.Inc()
 	w.decide(m, s, nil)
 	w.metrics.inFlight.Dec()
@@ -389,8 +389,15 @@ func (w *Worker) handle(m *nats.Msg, s *policy.Scratch) {
 // alone: what the memory does not know, it leaves to the store (missed).
 type fromMemory struct {
 	*memory
-	s      policy.Scratch
+	s      scratch
 	missed bool
+}
+
+// scratch is a deciding goroutine's own memory, reused from decision to
+// decision: the policy's, and the reply to a tagged request.
+type scratch struct {
+	policy.Scratch
+	reply []byte
 }
 
 // errMissed: the memory does not know; the decision needs the store.
@@ -407,16 +414,17 @@ func (f *fromMemory) Decide(_ context.Context, q *ratelimit.Query, a *ratelimit.
 // decide decides m and replies, asking the store when quick is nil. With
 // quick it decides only what needs no store, and returns false, having
 // answered and counted nothing, when the decision needs one.
-func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool {
+func (w *Worker) decide(m *nats.Msg, s *scratch, quick *fromMemory) bool {
 	start := time.Now()
-	command, deadline, opID, body, err := w.read(m)
+	in, err := w.read(m)
+	command, deadline, opID := in.command, in.deadline, in.opID
 	if err != nil {
 		w.metrics.requests.WithLabelValues(outcomeInvalid).Inc()
 		if l, ok := w.throttled.Allow(slog.LevelWarn, "invalid request from a gateway", slog.String("subject", m.Subject)); ok {
 			l.Log("bytes", len(m.Data), "err", err)
 		}
 		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
-		w.respond(m, s.Body, opID)
+		w.respond(m, &in, s)
 		return true
 	}
 	if deadline.IsZero() {
@@ -432,7 +440,7 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 	if !slices.Contains(callback.Commands, command) {
 		w.metrics.requests.WithLabelValues(outcomeNoPolicy).Inc()
 		s.Body = append(s.Body[:0], callback.AllowJSON...)
-		w.respond(m, s.Body, opID)
+		w.respond(m, &in, s)
 		return true
 	}
 
@@ -442,7 +450,7 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 	var d policy.Decision
 	if quick != nil {
 		quick.missed = false
-		d, err = w.policy.Load().Decide(context.Background(), command, body, quick, s)
+		d, err = w.policy.Load().Decide(context.Background(), command, in.body, quick, &s.Scratch)
 		if quick.missed {
 			return false
 		}
@@ -455,7 +463,7 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 			storeBy = deadline
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), storeBy)
-		d, err = w.policy.Load().Decide(ctx, command, body, w.decider, s)
+		d, err = w.policy.Load().Decide(ctx, command, in.body, w.decider, &s.Scratch)
 		cancel()
 	}
 	if errors.Is(err, callback.ErrMalformed) {
@@ -464,7 +472,7 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 			l.Log("operationID", opID, "err", err)
 		}
 		s.Body = callback.AppendFailure(s.Body[:0], err.Error())
-		w.respond(m, s.Body, opID)
+		w.respond(m, &in, s)
 		return true
 	}
 	if err != nil && !time.Now().Before(deadline) {
@@ -500,7 +508,7 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 			l.Log("operationID", opID, "command", command)
 		}
 	}
-	w.respond(m, s.Body, opID)
+	w.respond(m, &in, s)
 	w.metrics.decisionTime.Observe(time.Since(start).Seconds())
 	if w.log.Enabled(context.Background(), slog.LevelDebug) {
 		w.log.Debug("decided", "operationID", opID, "command", command, "decision", decisionLabel(d.Allowed), "reason", d.Reason, "rule", d.Rule)
@@ -508,16 +516,35 @@ func (w *Worker) decide(m *nats.Msg, s *policy.Scratch, quick *fromMemory) bool 
 	return true
 }
 
-// read splits m, in either form (natsconn), into the command, the deadline
-// (zero when m carries none), IMServer's operation ID and body.
-func (w *Worker) read(m *nats.Msg) (command string, deadline time.Time, id operationID, body []byte, err error) {
-	command = strings.TrimPrefix(m.Subject, w.prefix)
-	if c, framed := strings.CutPrefix(command, natsconn.FramedToken+"."); framed {
-		deadline, id, body, err = natsconn.ParseFramed(m.Data)
-		return c, deadline, id, body, err
+// incoming is what a gateway's message carries, in any of its forms
+// (natsconn).
+type incoming struct {
+	command  string
+	deadline time.Time // zero when the message carries none
+	opID     operationID
+	body     []byte
+	// tagged: the reply starts with tag.
+	tagged bool
+	tag    uint64
+}
+
+// read splits m, in any form, into what it carries; a tagged request that
+// does not parse still has its tag when it has 8 bytes.
+func (w *Worker) read(m *nats.Msg) (in incoming, err error) {
+	in.command = strings.TrimPrefix(m.Subject, w.prefix)
+	if c, tagged := strings.CutPrefix(in.command, natsconn.TaggedToken+"."); tagged {
+		in.command, in.tagged = c, true
+		in.tag, in.deadline, in.opID, in.body, err = natsconn.ParseTagged(m.Data)
+		return in, err
 	}
-	deadline, _ = natsconn.Deadline(m)
-	return command, deadline, operationID(m.Header.Get(natsconn.HeaderOperationID)), m.Data, nil
+	if c, framed := strings.CutPrefix(in.command, natsconn.FramedToken+"."); framed {
+		in.command = c
+		in.deadline, in.opID, in.body, err = natsconn.ParseFramed(m.Data)
+		return in, err
+	}
+	in.deadline, _ = natsconn.Deadline(m)
+	in.opID, in.body = operationID(m.Header.Get(natsconn.HeaderOperationID)), m.Data
+	return in, nil
 }
 
 // operationID is IMServer's operation ID as it came, made a string only when
@@ -526,10 +553,16 @@ type operationID []byte
 
 func (o operationID) LogValue() slog.Value { return slog.StringValue(string(o)) }
 
-func (w *Worker) respond(m *nats.Msg, body []byte, opID operationID) {
-	if err := m.Respond(body); err != nil {
+// respond replies s.Body to m, behind the tag of a tagged request.
+func (w *Worker) respond(m *nats.Msg, in *incoming, s *scratch) {
+	reply := s.Body
+	if in.tagged {
+		s.reply = natsconn.AppendReply(s.reply[:0], in.tag, s.Body)
+		reply = s.reply
+	}
+	if err := m.Respond(reply); err != nil {
 		if l, ok := w.throttled.Allow(slog.LevelWarn, "cannot reply", slog.Attr{}); ok {
-			l.Log("operationID", opID, "err", err)
+			l.Log("operationID", in.opID, "err", err)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,6 +91,15 @@ func framed(command, body string, deadline time.Time) *nats.Msg {
 	return &nats.Msg{
 		Subject: natsconn.FramedSubject("joingate", command),
 		Data:    natsconn.AppendFramed(nil, deadline, []byte("op-1"), []byte(body)),
+	}
+}
+
+// tagged is the tagged request for a callback of command, as gateways send
+// it.
+func tagged(command, body string, tag uint64, deadline time.Time) *nats.Msg {
+	return &nats.Msg{
+		Subject: natsconn.TaggedSubject("joingate", command),
+		Data:    natsconn.AppendTagged(nil, tag, deadline, []byte("op-1"), []byte(body)),
 	}
 }
 
@@ -593,6 +603,7 @@ func TestExpiredGetsNoReply(t *testing.T) {
 	withHeaders.Data = []byte(joinBody("u", "g"))
 	natsconn.SetDeadline(withHeaders, past)
 	for name, msg := range map[string]*nats.Msg{
+		"tagged":  tagged(callback.JoinGroupCommand, joinBody("u", "g"), 1, past),
 		"framed":  framed(callback.JoinGroupCommand, joinBody("u", "g"), past),
 		"headers": withHeaders,
 	} {
@@ -640,6 +651,69 @@ func TestDecidesRequestsWithHeaders(t *testing.T) {
 		}
 	}
 	testenv.WantValue(t, reg, 3, "joingate_worker_requests_total", outcomeDecided)
+}
+
+// A tagged request, as gateways send it, gets its tag back in front of the
+// answer and counts against the quota the other forms count against; one
+// its frame does not describe gets a failure behind its tag (a tag of 0
+// when it is too short to hold one) and reaches no store.
+func TestTaggedRequests(t *testing.T) {
+	ns := testenv.NATS(t)
+	mem := ratelimit.NewMemory()
+	_, reg, _ := startWorker(t, ns, mem, testPolicy(t, perApplicant(2)), nil)
+	nc := testenv.Conn(t, ns)
+	reply := func(m *nats.Msg) (uint64, answer) {
+		t.Helper()
+		tag, data, ok := natsconn.ParseReply(m.Data)
+		if !ok {
+			t.Fatalf("reply %q has no tag", m.Data)
+		}
+		return tag, decode(t, &nats.Msg{Data: data})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for i, msg := range []*nats.Msg{
+		tagged(callback.JoinGroupCommand, joinBody("u1", "g1"), 0xfeed, deadline),
+		framed(callback.JoinGroupCommand, joinBody("u1", "g1"), deadline),
+		tagged(callback.JoinGroupCommand, joinBody("u1", "g1"), 1<<63|7, deadline),
+	} {
+		m, err := nc.RequestMsg(msg, 5*time.Second)
+		if err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		var a answer
+		switch i {
+		case 1:
+			a = decode(t, m)
+		default:
+			tag, got := reply(m)
+			if want := binary.BigEndian.Uint64(msg.Data); tag != want {
+				t.Fatalf("request %d: reply tagged %x, want %x", i+1, tag, want)
+			}
+			a = got
+		}
+		// Two a period for u1, whatever the form: the third is refused.
+		if refused := a.NextCode == 1; refused != (i == 2) {
+			t.Fatalf("request %d (%s): %+v", i+1, msg.Subject, a)
+		}
+	}
+	good := tagged(callback.JoinGroupCommand, joinBody("u", "g"), 0xabc, deadline).Data
+	for i, c := range []struct {
+		data []byte
+		tag  uint64
+	}{{nil, 0}, {good[:7], 0}, {good[:16], 0xabc}, {append(good[:16:16], 0x7f, 'x'), 0xabc}} {
+		m, err := nc.Request(natsconn.TaggedSubject("joingate", callback.JoinGroupCommand), c.data, 5*time.Second)
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if tag, a := reply(m); tag != c.tag || a.ActionCode != 1 || !strings.Contains(a.ErrMsg, "framed request") {
+			t.Fatalf("frame %d answered %x %+v, want a failure that says why behind tag %x", i, tag, a, c.tag)
+		}
+	}
+	testenv.WantValue(t, reg, 3, "joingate_worker_requests_total", outcomeDecided)
+	testenv.WantValue(t, reg, 4, "joingate_worker_requests_total", outcomeInvalid)
+	if mem.Len() != 1 {
+		t.Fatalf("%d keys in the store, want u1's alone", mem.Len())
+	}
 }
 
 // A framed request that its frame does not describe is answered with a

@@ -177,6 +177,52 @@ func FuzzParseFramed(f *testing.F) {
 	})
 }
 
+// A tagged request gives back its tag and what was framed; its reply
+// gives back the tag and the answer; either cut too short is refused.
+func TestTagged(t *testing.T) {
+	want := time.Unix(1_700_000_000, 123456789)
+	body := []byte(`{"callbackCommand":"callbackBeforeJoinGroupCommand"}`)
+	const tag = 0x0102030405060708
+	data := AppendTagged([]byte("kept"), tag, want, []byte("op-1"), body)[len("kept"):]
+	got, dl, id, b, err := ParseTagged(data)
+	if err != nil || got != tag || !dl.Equal(want) || string(id) != "op-1" || !bytes.Equal(b, body) {
+		t.Fatalf("%x: %x %v %q %q %v", data, got, dl, id, b, err)
+	}
+	for n := range len(data) - len(body) {
+		if _, _, _, _, err := ParseTagged(data[:n]); err == nil {
+			t.Fatalf("a tagged request cut to %d of its %d bytes of frame accepted", n, len(data)-len(body))
+		}
+	}
+	reply := AppendReply([]byte("kept"), tag, []byte(`{"actionCode":0}`))[len("kept"):]
+	if got, answer, ok := ParseReply(reply); !ok || got != tag || string(answer) != `{"actionCode":0}` {
+		t.Fatalf("%x: %x %q %v", reply, got, answer, ok)
+	}
+	for n := range 8 {
+		if _, _, ok := ParseReply(reply[:n]); ok {
+			t.Fatalf("a reply of %d bytes accepted", n)
+		}
+	}
+}
+
+// ParseTagged never panics, and what it accepts is the data's own: its
+// first 8 bytes the tag, then a frame ParseFramed accepts.
+func FuzzParseTagged(f *testing.F) {
+	f.Add(AppendTagged(nil, 7, time.Unix(1_700_000_000, 0), []byte("op"), []byte("{}")))
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0x80})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tag, dl, id, body, err := ParseTagged(data)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(AppendTagged(nil, tag, dl, id, body)[:8], data[:8]) {
+			t.Fatalf("%x parsed to tag %x", data, tag)
+		}
+		if dl2, id2, body2, err := ParseFramed(data[8:]); err != nil || !dl2.Equal(dl) || !bytes.Equal(id2, id) || !bytes.Equal(body2, body) {
+			t.Fatalf("%x: the tagged form's frame is not the framed form's", data)
+		}
+	})
+}
+
 func TestNkeyAuth(t *testing.T) {
 	user, err := nkeys.CreateUser()
 	if err != nil {

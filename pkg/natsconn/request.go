@@ -9,21 +9,32 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// A callback request travels from gateway to worker in one of two forms.
+// A callback request travels from gateway to worker in one of three forms.
+//
+// Tagged, on <subject>.v3.<command>: the payload is a tag (8 bytes) and
+// then the framed form's payload; the worker's reply is the tag and then
+// the answer. Gateways send it: a gateway waits for each request's reply
+// on a subject of its own that it keeps from request to request (found in
+// the NATS server's caches), and tells this request's reply from a late or
+// second reply to an earlier one by the tag.
 //
 // Framed, on <subject>.v2.<command>: the payload is the deadline (8 bytes,
 // big-endian Unix nanoseconds), the length of IMServer's operation ID
-// (uvarint), the operation ID and IMServer's body as it came. Gateways send
-// it: NATS headers cost the gateway, nats-server and the worker more than
-// the request's whole decision from memory (BENCHMARKS.md, History).
+// (uvarint), the operation ID and IMServer's body as it came; the reply is
+// the answer. Gateways before the tagged form sent it: NATS headers cost
+// the gateway, nats-server and the worker more than the request's whole
+// decision from memory (BENCHMARKS.md, History).
 //
 // With headers, on <subject>.<command>: the body as it came, the operation
 // ID and the deadline in the headers below; gateways before the framed
 // form sent it, and a request made by hand (nats req) may carry neither.
-// Workers take both, so that workers upgraded first keep deciding for the
-// gateways not yet upgraded; a framed request reaching no worker that
-// knows the form finds no responders, and its gateway falls back at once.
+// Workers take all three, so that workers upgraded first keep deciding for
+// the gateways not yet upgraded; a request reaching no worker that knows
+// its form finds no responders, and its gateway falls back at once.
 const (
+	// TaggedToken is the subject token between the prefix and the command
+	// of a tagged request.
+	TaggedToken = "v3"
 	// FramedToken is the subject token between the prefix and the command
 	// of a framed request.
 	FramedToken = "v2"
@@ -64,6 +75,40 @@ func ParseFramed(data []byte) (deadline time.Time, opID, body []byte, err error)
 		return time.Time{}, nil, nil, ErrFrame
 	}
 	return time.Unix(0, ns), rest[:n], rest[n:], nil
+}
+
+// TaggedSubject is the subject of tagged requests for command under the
+// prefix subject (nats.subject).
+func TaggedSubject(subject, command string) string {
+	return subject + "." + TaggedToken + "." + command
+}
+
+// AppendTagged appends the tagged request of body to dst.
+func AppendTagged(dst []byte, tag uint64, deadline time.Time, opID, body []byte) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, tag)
+	return AppendFramed(dst, deadline, opID, body)
+}
+
+// ParseTagged splits a tagged request; opID and body alias data.
+func ParseTagged(data []byte) (tag uint64, deadline time.Time, opID, body []byte, err error) {
+	if len(data) < 8 {
+		return 0, time.Time{}, nil, nil, ErrFrame
+	}
+	deadline, opID, body, err = ParseFramed(data[8:])
+	return binary.BigEndian.Uint64(data), deadline, opID, body, err
+}
+
+// AppendReply appends the reply to a tagged request to dst.
+func AppendReply(dst []byte, tag uint64, answer []byte) []byte {
+	return append(binary.BigEndian.AppendUint64(dst, tag), answer...)
+}
+
+// ParseReply splits the reply to a tagged request; answer aliases data.
+func ParseReply(data []byte) (tag uint64, answer []byte, ok bool) {
+	if len(data) < 8 {
+		return 0, nil, false
+	}
+	return binary.BigEndian.Uint64(data), data[8:], true
 }
 
 // SetDeadline stamps msg with the deadline header.
