@@ -114,7 +114,7 @@ type Gateway struct {
 	routes   map[string]route // by command
 	stopping atomic.Bool
 
-	requests        sync.Pool // of *nats.Msg, the framed request reused
+	requests        sync.Pool // of *nats.Msg, the tagged request reused
 	replies         *replies
 	fallbackRefuses bool
 	basicAuth       []byte // the expected Authorization header, or nil

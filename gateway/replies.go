@@ -29,14 +29,15 @@ import (
 // the deadline), or a second reply to one request (two queue groups on
 // the subject, a debugging subscriber), carries a tag the slot no longer
 // waits for and is dropped, never handed to another request. A slot asks
-// for its replies on <inbox>.<id>, a subject it keeps while its requests
-// get their replies, so that the NATS server finds it in its caches (it
-// keeps the match of each subject a client publishes to; a subject new
-// every request never is; BenchmarkNATSRoundTrip: 12% more CPU a round
-// trip, BENCHMARKS.md, 2026-12-07). NATS's no-responders
-// status carries no tag: after a request that ended without its reply
-// (timeout, publish error, closed connection), whose status could still
-// come, the slot asks on a new subject.
+// for its replies on <inbox>.<asks>, the id of one of its requests in base
+// 36, a subject it keeps while its requests get their replies, so that the
+// NATS server finds it in its caches (it keeps the match of each subject
+// a client publishes to; a subject new every request never is;
+// BenchmarkNATSRoundTrip: 12% more CPU a round trip, BENCHMARKS.md,
+// 2026-12-07). NATS's no-responders status carries no tag: after a
+// request that ended without its reply (timeout, publish error, closed
+// connection), whose status could still come, the slot asks on a new
+// subject.
 type replies struct {
 	nc     *nats.Conn
 	prefix string // "<inbox>."

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -222,9 +223,24 @@ func TestReplySubjects(t *testing.T) {
 		t.Fatalf("the next request: %+v, want its answer", o)
 	}
 	out = inBackground(r, "", 5*time.Second)
-	status((<-held).Reply)
+	statused := <-held
+	status(statused.Reply)
 	if o := <-out; !errors.Is(o.err, nats.ErrNoResponders) {
 		t.Fatalf("a status on the subject asked: %+v, want no responders", o)
+	}
+	// No responders is an answer: nothing more comes for that request.
+	if again := answered(); again != statused.Reply {
+		t.Fatalf("after no responders, %s, want %s kept", again, statused.Reply)
+	}
+	// A request that could not be published may have left its status on
+	// the way (ErrMaxPayload is nats.go's own, before any byte is sent,
+	// but the slot cannot tell): the next asks elsewhere.
+	big := ask("req", strings.Repeat("x", int(r.nc.MaxPayload())+1))
+	if _, err := r.request(big, time.Now().Add(5*time.Second)); !errors.Is(err, nats.ErrMaxPayload) {
+		t.Fatalf("an oversized request: %v", err)
+	}
+	if after := answered(); after == statused.Reply {
+		t.Fatalf("after a publish error, still %s", after)
 	}
 }
 

@@ -35,8 +35,9 @@ type Store interface {
 // Options configure a Worker. Conn, Policy and Store are required.
 type Options struct {
 	Conn *nats.Conn
-	// Subject prefix: the worker takes <Subject>.<command> for each of
-	// callback.Commands, in queue group Queue.
+	// Subject prefix: the worker takes <Subject>.<command>, and the same
+	// behind the tokens of the framed and tagged forms (natsconn), for each
+	// of callback.Commands, in queue group Queue.
 	Subject string
 	Queue   string
 	// Concurrency bounds the decisions made at once that may wait on the

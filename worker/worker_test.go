@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -80,10 +81,22 @@ func runWorker(t *testing.T, ns *server.Server, store Store, p *policy.Set, muta
 	return w, reg, testenv.Run(t, w.Run)
 }
 
-// request sends a join-group request as the gateway does.
+// request sends a join-group request as the gateway does, tagged, and
+// returns the reply with its tag checked and taken off: every reply path
+// of the worker's tests answers behind the tag.
 func request(t *testing.T, nc *nats.Conn, body string, deadline time.Time) (*nats.Msg, error) {
 	t.Helper()
-	return nc.RequestMsg(framed(callback.JoinGroupCommand, body, deadline), time.Until(deadline))
+	tag := rand.Uint64()
+	m, err := nc.RequestMsg(tagged(callback.JoinGroupCommand, body, tag, deadline), time.Until(deadline))
+	if err != nil {
+		return m, err
+	}
+	got, answer, ok := natsconn.ParseReply(m.Data)
+	if !ok || got != tag {
+		t.Errorf("reply %q to a request tagged %x", m.Data, tag)
+	}
+	m.Data = answer
+	return m, nil
 }
 
 // framed is the request a gateway sends for a callback of command.
@@ -596,7 +609,7 @@ func TestDrainAnswersQueued(t *testing.T) {
 }
 
 // A request past its deadline gets no reply at all: the gateway has
-// answered it already. In either form.
+// answered it already. In every form.
 func TestExpiredGetsNoReply(t *testing.T) {
 	past := time.Now().Add(-time.Millisecond)
 	withHeaders := nats.NewMsg("joingate." + callback.JoinGroupCommand)
