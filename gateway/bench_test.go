@@ -3,17 +3,16 @@ package gateway_test
 // Benchmarks of the gateway's request path, in process: a fasthttp client
 // on an in-memory listener, the gateway, an in-process NATS server and a
 // responder. allocs/op counts every allocation of the round trip, client
-// and responder included; BenchmarkNATSRequest measures the NATS share
-// alone, so that the gateway's own allocations are the difference (see
-// BENCHMARKS.md). Every NATS connection is in process, as in `joingate
-// all`.
+// and responder included; BenchmarkNATSRoundTrip (replies_test.go)
+// measures the NATS share alone, so that the gateway's own allocations
+// are the difference (see BENCHMARKS.md). Every NATS connection is in
+// process, as in `joingate all`.
 
 import (
 	"bytes"
 	"context"
 	"fmt"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +24,6 @@ import (
 	"github.com/joingate/joingate/gateway"
 	"github.com/joingate/joingate/pkg/callback"
 	"github.com/joingate/joingate/pkg/config"
-	"github.com/joingate/joingate/pkg/natsconn"
 	"github.com/joingate/joingate/pkg/policy"
 	"github.com/joingate/joingate/pkg/ratelimit"
 	"github.com/joingate/joingate/pkg/testenv"
@@ -51,11 +49,7 @@ func inProcess(b *testing.B, ns *server.Server) *nats.Conn {
 func benchResponder(b *testing.B, ns *server.Server) {
 	nc := inProcess(b, ns)
 	if _, err := nc.QueueSubscribe("joingate.>", "joingate-workers", func(m *nats.Msg) {
-		if strings.Contains(m.Subject, "."+natsconn.TaggedToken+".") {
-			respond(m, []byte(callback.AllowJSON)) // the gateway's
-		} else {
-			m.Respond([]byte(callback.AllowJSON)) // BenchmarkNATSRequest's
-		}
+		respond(m, []byte(callback.AllowJSON))
 	}); err != nil {
 		b.Fatal(err)
 	}
@@ -180,52 +174,4 @@ func BenchmarkGatewayJoinWorkerParallel(b *testing.B) {
 func BenchmarkGatewayNoPolicy(b *testing.B) {
 	ns := testenv.NATS(b)
 	benchJoin(b, benchGateway(b, ns), "/callbackExample/callbackAfterJoinGroupCommand")
-}
-
-// The NATS request-reply round trip the gateway makes, without HTTP: one
-// reused message, framed as the gateway sends it, with the two headers that
-// gateways sent before (what nats.go allocates on its own, the message
-// reused too), or bare.
-func BenchmarkNATSRequest(b *testing.B) {
-	ns := testenv.NATS(b)
-	benchResponder(b, ns)
-	nc := inProcess(b, ns)
-	subject := "joingate." + callback.JoinGroupCommand
-	opID := []byte("bench-operation-0123456789")
-	b.Run("framed", func(b *testing.B) {
-		b.ReportAllocs()
-		msg := &nats.Msg{Subject: natsconn.FramedSubject("joingate", callback.JoinGroupCommand)}
-		for i := 0; b.Loop(); i++ {
-			msg.Data = natsconn.AppendFramed(msg.Data[:0], time.Now().Add(time.Hour), opID, benchBodies[i%len(benchBodies)])
-			requestAllowed(b, nc, msg)
-		}
-	})
-	b.Run("headers", func(b *testing.B) {
-		b.ReportAllocs()
-		msg := nats.NewMsg(subject)
-		msg.Header.Set(natsconn.HeaderOperationID, string(opID))
-		natsconn.SetDeadline(msg, time.Now().Add(time.Hour))
-		for i := 0; b.Loop(); i++ {
-			msg.Data = benchBodies[i%len(benchBodies)]
-			requestAllowed(b, nc, msg)
-		}
-	})
-	b.Run("bare", func(b *testing.B) {
-		b.ReportAllocs()
-		msg := &nats.Msg{Subject: subject}
-		for i := 0; b.Loop(); i++ {
-			msg.Data = benchBodies[i%len(benchBodies)]
-			requestAllowed(b, nc, msg)
-		}
-	})
-}
-
-func requestAllowed(b *testing.B, nc *nats.Conn, msg *nats.Msg) {
-	reply, err := nc.RequestMsg(msg, 300*time.Millisecond)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if !bytes.Equal(reply.Data, []byte(callback.AllowJSON)) {
-		b.Fatalf("reply %q", reply.Data)
-	}
 }
